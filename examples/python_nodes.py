@@ -1,0 +1,33 @@
+"""Example callables for the ``python`` node type.
+
+A ``python`` node calls ``callable(document)`` where ``document`` is
+``{"inputs": <run inputs>, "nodes": {<upstream id>: <output>, ...}}``; the
+return value (JSON-serializable) is the node's output. Use them as
+``{type: python, config: {callable: "examples.python_nodes:order_total"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+def order_total(document: dict[str, Any]) -> dict[str, Any]:
+    """Sum ``price * quantity`` over ``inputs.items`` (a plain function: runs in a worker thread)."""
+    items = document["inputs"].get("items", [])
+    total = sum(item["price"] * item.get("quantity", 1) for item in items)
+    return {"total": round(total, 2), "count": len(items)}
+
+
+async def greeting(document: dict[str, Any]) -> str:
+    """Greet ``inputs.name`` (a coroutine function: awaited on the event loop)."""
+    await asyncio.sleep(0)
+    return f"Hello, {document['inputs'].get('name', 'world')}!"
+
+
+def reject_empty(document: dict[str, Any]) -> dict[str, Any]:
+    """Raise ``ValueError`` when the run has no items; the node fails with kind ``ValueError``."""
+    items = document["inputs"].get("items")
+    if not items:
+        raise ValueError("the order has no items")
+    return {"accepted": len(items)}

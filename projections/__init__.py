@@ -1,0 +1,1 @@
+"""Read-model projectors: pure folds of the event log plus checkpointed runners."""

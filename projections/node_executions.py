@@ -1,0 +1,102 @@
+"""Node executions: one row per (run, node) — the run's lineage nodes and each node's history.
+
+``apply`` is pure and idempotent per row (``last_seq``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from schemas.envelope import EventEnvelope
+from schemas.events import (
+    NodeExecuteAfter,
+    NodeExecuteAfterData,
+    NodeExecuteBefore,
+    NodeRetryScheduled,
+    NodeSkipped,
+)
+
+NAME = "node_executions"
+TABLES = ("node_executions",)
+NODE_EVENTS = (NodeExecuteBefore, NodeExecuteAfter, NodeExecuteAfterData, NodeRetryScheduled, NodeSkipped)
+TYPES = frozenset(
+    {
+        "node_execute_before",
+        "node_execute_after",
+        "node_execute_after_data",
+        "node_retry_scheduled",
+        "node_skipped",
+    }
+)
+"""The event types this view reads."""
+
+
+class NodeExecution(msgspec.Struct, frozen=True):
+    run_id: str
+    node_id: str
+    tenant: str
+    workflow_id: str
+    node_type: str = ""
+    status: str = "pending"
+    attempts: int = 0
+    retries: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    output_bytes: int = 0
+    item_count: int = 0
+    branch_label: str | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+    skip_reason: str | None = None
+    last_seq: int = -1
+
+
+def key(event: EventEnvelope) -> tuple[str, str] | None:
+    """Rows are per node; run-level events touch no row."""
+    if isinstance(event.data, NODE_EVENTS):
+        return (str(event.run_id), event.data.node_id)
+    return None
+
+
+def apply(view: NodeExecution | None, event: EventEnvelope) -> NodeExecution | None:
+    body = event.data
+    if not isinstance(body, NODE_EVENTS):
+        return view
+    if view is None:
+        view = NodeExecution(
+            run_id=str(event.run_id), node_id=body.node_id, tenant=event.tenant, workflow_id=event.workflow_id
+        )
+    if event.seq <= view.last_seq:
+        return view
+    changes: dict[str, object] = {"last_seq": event.seq}
+    match body:
+        case NodeExecuteBefore():
+            changes.update(
+                node_type=body.node_type,
+                status="running",
+                attempts=max(view.attempts, body.attempt),
+                started_at=view.started_at or event.recorded_at,
+            )
+        case NodeExecuteAfter():
+            changes.update(
+                node_type=body.node_type or view.node_type,
+                status=body.status,
+                duration_ms=body.duration_ms,
+                item_count=body.item_count,
+                finished_at=event.recorded_at,
+                error_kind=body.error.kind if body.error else None,
+                error_message=body.error.message if body.error else None,
+            )
+        case NodeExecuteAfterData():
+            label = body.output.get("branch") if isinstance(body.output, dict) else None
+            changes.update(
+                output_bytes=body.output_bytes, branch_label=label if isinstance(label, str) else None
+            )
+        case NodeRetryScheduled():
+            changes.update(status="retry_wait", retries=view.retries + 1)
+        case NodeSkipped():
+            changes.update(status="skipped", skip_reason=body.reason, finished_at=event.recorded_at)
+    return msgspec.structs.replace(view, **changes)

@@ -1,0 +1,243 @@
+"""The one pure fold of a run's events into its state.
+
+Used by the engine (live execution and crash recovery), time travel, forks and
+the audit legality check. ``apply`` has no I/O, clock or randomness; an event
+whose seq was already applied changes nothing, so folding is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.envelope import EventEnvelope
+from schemas.events import (
+    ForkOrigin,
+    NodeError,
+    NodeExecuteAfter,
+    NodeExecuteAfterData,
+    NodeExecuteBefore,
+    NodeRetryScheduled,
+    NodeSkipped,
+    OutputMarker,
+    ReuseRef,
+    RunCancelled,
+    RunCancelRequested,
+    RunFinished,
+    RunQueued,
+    RunRecovered,
+    RunResumed,
+    RunStarted,
+    RunWaiting,
+)
+
+NodeStatus = Literal["pending", "running", "retry_wait", "succeeded", "failed", "skipped"]
+RunStatus = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+TERMINAL_NODE = frozenset({"succeeded", "failed", "skipped"})
+TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class NodeState(msgspec.Struct, frozen=True):
+    """A node as its events left it. ``failures`` counts failed attempts (retry budget)."""
+
+    node_id: str
+    node_type: str = ""
+    status: NodeStatus = "pending"
+    attempts: int = 0
+    failures: int = 0
+    output: Any = None
+    output_bytes: int = 0
+    output_sha256: str = ""
+    marker: OutputMarker | None = None
+    error: NodeError | None = None
+    duration_ms: float = 0.0
+    item_count: int = 0
+    skip_reason: str | None = None
+    retry_delay_ms: int | None = None
+    reused_from: ReuseRef | None = None
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+class RunState(msgspec.Struct, frozen=True):
+    """A run as its events left it, right after event ``seq`` (-1: no event yet)."""
+
+    run_id: str | None = None
+    tenant: str = ""
+    workflow_id: str = ""
+    workflow_version: str = ""
+    inputs: dict[str, Any] = {}
+    parent_run_id: str | None = None
+    idempotency_key: str | None = None
+    fork: ForkOrigin | None = None
+    status: RunStatus = "queued"
+    nodes: dict[str, NodeState] = {}
+    seq: int = -1
+    started: bool = False
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    recoveries: int = 0
+    error: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_RUN
+
+    def node(self, node_id: str) -> NodeState:
+        return self.nodes.get(node_id) or NodeState(node_id)
+
+
+class IllegalEvent(ValueError):
+    """An event that cannot follow the history before it (e.g. a node finishing before it started)."""
+
+    def __init__(self, seq: int, message: str) -> None:
+        super().__init__(f"seq {seq}: {message}")
+        self.seq = seq
+
+
+def _with_node(state: RunState, node: NodeState, **changes: Any) -> dict[str, NodeState]:
+    nodes = dict(state.nodes)
+    nodes[node.node_id] = msgspec.structs.replace(node, **changes)
+    return nodes
+
+
+def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> RunState:
+    """The state right after ``event``. Events at or below ``state.seq`` are ignored.
+
+    With ``strict`` an event that is not a legal continuation raises ``IllegalEvent``
+    (the audit uses this); otherwise the fold is lenient and keeps going.
+    """
+    if event.seq <= state.seq:
+        return state
+    body = event.data
+    seq = event.seq
+    if strict:
+        _check_legal(state, event)
+    base: dict[str, Any] = {"seq": seq}
+    if state.run_id is None:
+        base.update(run_id=str(event.run_id), tenant=event.tenant, workflow_id=event.workflow_id)
+    match body:
+        case RunQueued():
+            base.update(
+                workflow_version=body.workflow_version,
+                inputs=body.inputs,
+                parent_run_id=body.parent_run_id,
+                idempotency_key=body.idempotency_key,
+                fork=body.fork,
+                queued_at=event.recorded_at,
+            )
+        case RunStarted():
+            base.update(status="running", started=True, started_at=event.recorded_at)
+        case RunRecovered():
+            base.update(status="running", started=True, recoveries=state.recoveries + 1)
+        case NodeExecuteBefore():
+            node = state.node(body.node_id)
+            base["nodes"] = _with_node(
+                state,
+                node,
+                node_type=body.node_type,
+                status="running",
+                attempts=max(node.attempts, body.attempt),
+                first_seq=node.first_seq if node.first_seq is not None else seq,
+                last_seq=seq,
+                retry_delay_ms=None,
+            )
+        case NodeExecuteAfter():
+            node = state.node(body.node_id)
+            failed = body.status == "failed"
+            base["nodes"] = _with_node(
+                state,
+                node,
+                node_type=body.node_type or node.node_type,
+                status="failed" if failed else "succeeded",
+                failures=node.failures + (1 if failed else 0),
+                error=body.error,
+                duration_ms=body.duration_ms,
+                item_count=body.item_count,
+                last_seq=seq,
+            )
+        case NodeExecuteAfterData():
+            node = state.node(body.node_id)
+            base["nodes"] = _with_node(
+                state,
+                node,
+                output=body.output,
+                output_bytes=body.output_bytes,
+                output_sha256=body.output_sha256,
+                marker=body.marker,
+                reused_from=body.reused_from,
+                last_seq=seq,
+            )
+        case NodeRetryScheduled():
+            node = state.node(body.node_id)
+            base["nodes"] = _with_node(
+                state, node, status="retry_wait", retry_delay_ms=body.delay_ms, last_seq=seq
+            )
+        case NodeSkipped():
+            node = state.node(body.node_id)
+            base["nodes"] = _with_node(state, node, status="skipped", skip_reason=body.reason, last_seq=seq)
+        case RunWaiting():
+            base.update(status="waiting")
+        case RunResumed():
+            base.update(status="running")
+        case RunCancelRequested():
+            base.update(cancel_requested=True, cancel_reason=body.reason or "cancel requested")
+        case RunCancelled():
+            base.update(
+                status="cancelled", finished_at=event.recorded_at, error=body.reason or state.cancel_reason
+            )
+        case RunFinished():
+            base.update(status=body.status, finished_at=event.recorded_at, error=body.error)
+    return msgspec.structs.replace(state, **base)
+
+
+def fold(events: Iterable[EventEnvelope], state: RunState | None = None, *, strict: bool = False) -> RunState:
+    """Fold events (in seq order) onto ``state`` (a fresh run by default)."""
+    current = state or RunState()
+    for event in events:
+        current = apply(current, event, strict=strict)
+    return current
+
+
+def _check_legal(state: RunState, event: EventEnvelope) -> None:
+    body = event.data
+    seq = event.seq
+    if seq != state.seq + 1:
+        raise IllegalEvent(seq, f"expected seq {state.seq + 1}")
+    if state.ended:
+        raise IllegalEvent(seq, f"{event.type} after the run ended ({state.status})")
+    if seq == 0 and not isinstance(body, RunQueued):
+        raise IllegalEvent(seq, f"a run must begin with run_queued, not {event.type}")
+    if seq > 0 and isinstance(body, RunQueued):
+        raise IllegalEvent(seq, "run_queued may only be the first event")
+    node_id = getattr(body, "node_id", None)
+    if node_id is None or isinstance(body, RunWaiting):
+        return
+    node = state.node(node_id)
+    match body:
+        case NodeExecuteBefore():
+            if node.status not in ("pending", "retry_wait", "running"):
+                raise IllegalEvent(seq, f"node {node_id} started again after it ended ({node.status})")
+        case NodeExecuteAfter():
+            if node.status != "running":
+                raise IllegalEvent(seq, f"node {node_id} finished but was not running ({node.status})")
+        case NodeExecuteAfterData():
+            if node.status not in ("succeeded", "failed") or node.last_seq != seq - 1:
+                raise IllegalEvent(
+                    seq, f"node {node_id} output does not directly follow its node_execute_after"
+                )
+        case NodeRetryScheduled():
+            if node.status != "failed":
+                raise IllegalEvent(
+                    seq, f"retry of node {node_id} scheduled but its last attempt did not fail"
+                )
+        case NodeSkipped():
+            # "running" here means an attempt interrupted by a crash that recovery chose not to re-run.
+            if node.status not in ("pending", "retry_wait", "running"):
+                raise IllegalEvent(seq, f"node {node_id} skipped after it {node.status}")

@@ -1,0 +1,305 @@
+"""Checkpointed projection runners: fold log events into view rows, batch by batch.
+
+Guarantees:
+- the view rows and the projector's checkpoint are written in one transaction,
+  so a runner stopped at any point resumes exactly where it committed;
+- one runner per projector advances at a time (the checkpoint row is locked);
+- a rebuild folds the whole log into a shadow table while the live view keeps
+  serving, then swaps the tables atomically (with the last events applied
+  under the same lock), so readers never see a half-built view.
+
+The runner owns only the SQL of the view tables; reading the log and the
+checkpoints is handed in (``LogAccess``), so this package imports nothing of
+the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Protocol
+from uuid import UUID
+
+import msgspec
+
+from projections import node_executions, run_summaries
+from schemas.codec import to_typed
+from schemas.envelope import EventEnvelope, RawEnvelope
+
+
+class Conn(Protocol):
+    """The subset of an asyncpg connection the runner uses."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+    async def executemany(self, command: str, args: Any) -> None: ...
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+    def transaction(self) -> Any: ...
+    async def copy_records_to_table(
+        self, table_name: str, *, records: Any, columns: Any, schema_name: str
+    ) -> str: ...
+
+
+class LogAccess(Protocol):
+    """Reading the event log and the checkpoints (implemented by the service)."""
+
+    async def read_events(self, conn: Any, after_position: int, limit: int) -> list[EventEnvelope]: ...
+    async def read_raw(self, conn: Any, after_position: int, limit: int) -> list[RawEnvelope]:
+        """Like ``read_events`` without decoding bodies; ``conn`` None: on a connection of its own."""
+        ...
+
+    async def lock_checkpoint(self, conn: Any, name: str) -> int: ...
+    async def write_checkpoint(self, conn: Any, name: str, position: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One read model: its pure fold and how its rows map to a table."""
+
+    name: str
+    table: str
+    row_type: type[msgspec.Struct]
+    key_columns: tuple[str, ...]
+    key: Callable[[EventEnvelope], Hashable | None]
+    apply: Callable[[Any, EventEnvelope], Any]
+    types: frozenset[str]
+    """Event types the view reads: others are not even decoded for it."""
+
+    @classmethod
+    def of(
+        cls, module: ModuleType, row_type: type[msgspec.Struct], key_columns: tuple[str, ...]
+    ) -> Projection:
+        return cls(
+            module.NAME, module.TABLES[0], row_type, key_columns, module.key, module.apply, module.TYPES
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.row_type.__struct_fields__)
+
+
+PROJECTIONS: dict[str, Projection] = {
+    p.name: p
+    for p in (
+        Projection.of(run_summaries, run_summaries.RunSummary, ("run_id",)),
+        Projection.of(node_executions, node_executions.NodeExecution, ("run_id", "node_id")),
+    )
+}
+
+
+def _key_tuple(key: Hashable) -> tuple[Any, ...]:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def fold_batch(
+    projection: Projection, rows: dict[Hashable, Any], events: list[EventEnvelope]
+) -> set[Hashable]:
+    """Apply ``events`` to ``rows`` in place (pure apart from the dict); returns the keys changed."""
+    changed: set[Hashable] = set()
+    for event in events:
+        if event.type not in projection.types:
+            continue
+        key = projection.key(event)
+        if key is None:
+            continue
+        before = rows.get(key)
+        after = projection.apply(before, event)
+        if after is not None and after is not before:
+            rows[key] = after
+            changed.add(key)
+    return changed
+
+
+class ProjectionRunner:
+    """Advances one projection's view table (``table`` overrides it, e.g. for a shadow)."""
+
+    def __init__(
+        self, projection: Projection, *, schema: str = "flowledger", table: str | None = None
+    ) -> None:
+        self.projection = projection
+        self.schema = schema
+        self.table = table or projection.table
+        t = f'"{schema}"."{self.table}"'
+        cols = projection.columns
+        keys = projection.key_columns
+        values_sql = ", ".join(f"${i + 1}" for i in range(len(cols)))
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c not in keys)
+        self._sql_upsert = (
+            f"INSERT INTO {t} ({', '.join(cols)}) VALUES ({values_sql}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        )
+        if keys == ("run_id",):
+            self._sql_load = f"SELECT * FROM {t} WHERE run_id = ANY($1::uuid[])"
+        else:
+            self._sql_load = (
+                f"SELECT t.* FROM {t} t JOIN unnest($1::uuid[], $2::text[]) AS k(run_id, node_id) "
+                "USING (run_id, node_id)"
+            )
+
+    async def load(self, conn: Conn, keys: set[Hashable]) -> dict[Hashable, Any]:
+        if not keys:
+            return {}
+        columns = list(zip(*(_key_tuple(k) for k in keys), strict=True))
+        args = [[UUID(v) for v in columns[0]], *[list(c) for c in columns[1:]]]
+        rows = await conn.fetch(self._sql_load, *args)
+        out: dict[Hashable, Any] = {}
+        for row in rows:
+            data = dict(row)
+            data["run_id"] = str(data["run_id"])
+            view = msgspec.convert(data, self.projection.row_type)
+            key = tuple(data[c] for c in self.projection.key_columns)
+            out[key[0] if len(key) == 1 else key] = view
+        return out
+
+    async def save(self, conn: Conn, rows: list[Any]) -> None:
+        if not rows:
+            return
+        await conn.executemany(self._sql_upsert, [_record(self.projection, row) for row in rows])
+
+    async def apply_events(self, conn: Conn, events: list[EventEnvelope]) -> None:
+        """Fold ``events`` into the table (inside the caller's transaction)."""
+        keys = {k for e in events if (k := self.projection.key(e)) is not None}
+        rows = await self.load(conn, keys)
+        changed = fold_batch(self.projection, rows, events)
+        await self.save(conn, [rows[k] for k in changed])
+
+    async def step(self, conn: Conn, log: LogAccess, limit: int = 2000, checkpoint: str | None = None) -> int:
+        """One batch: lock the checkpoint, fold the next events, write rows + checkpoint. Returns events applied."""
+        name = checkpoint or self.projection.name
+        async with conn.transaction():
+            position = await log.lock_checkpoint(conn, name)
+            events = await log.read_events(conn, position, limit)
+            if not events:
+                return 0
+            await self.apply_events(conn, events)
+            await log.write_checkpoint(conn, name, events[-1].global_position)
+        return len(events)
+
+
+def _record(projection: Projection, row: Any) -> list[Any]:
+    """A view row as database values (uuid run ids, lists for arrays)."""
+    cols = projection.columns
+    values = [getattr(row, c) for c in cols]
+    run_index = cols.index("run_id")
+    values[run_index] = UUID(values[run_index])
+    return [list(v) if isinstance(v, tuple) else v for v in values]
+
+
+async def rebuild(
+    conn: Conn,
+    log: LogAccess,
+    projection: Projection,
+    *,
+    schema: str = "flowledger",
+    batch: int = 5000,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Rebuild one projection (see ``rebuild_all``). Returns the final position."""
+    return await rebuild_all(conn, log, [projection], schema=schema, batch=batch, on_progress=on_progress)
+
+
+async def rebuild_all(
+    conn: Conn,
+    log: LogAccess,
+    projections: list[Projection],
+    *,
+    schema: str = "flowledger",
+    batch: int = 5000,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Fold the whole log into shadow tables in one pass, then swap them in atomically.
+
+    The fold runs in memory: a run's rows are written (with COPY) once its
+    terminal event has been applied, so each row is written once instead of
+    once per batch; runs still open at the end are written then. The live views
+    keep serving (and their runners keep advancing) until the swap, which takes
+    the live checkpoint locks, applies what arrived meanwhile, and renames the
+    tables in the same transaction. Returns the final position.
+    """
+    shadows = [f"{p.table}_rebuild" for p in projections]
+    for projection, shadow in zip(projections, shadows, strict=True):
+        await conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{shadow}"')
+        await conn.execute(
+            f'CREATE TABLE "{schema}"."{shadow}" (LIKE "{schema}"."{projection.table}" INCLUDING ALL)'
+        )
+    rows: list[dict[Hashable, Any]] = [{} for _ in projections]
+    keys_by_run: dict[str, list[tuple[int, Hashable]]] = {}
+    written: set[str] = set()
+    late: list[EventEnvelope] = []  # events of runs already written (only in an illegal history)
+
+    async def write(run_ids: list[str]) -> None:
+        records: list[list[list[Any]]] = [[] for _ in projections]
+        for run_id in run_ids:
+            for index, key in keys_by_run.pop(run_id, ()):
+                row = rows[index].pop(key, None)
+                if row is not None:
+                    records[index].append(_record(projections[index], row))
+            written.add(run_id)
+        for projection, shadow, recs in zip(projections, shadows, records, strict=True):
+            if recs:
+                await conn.copy_records_to_table(
+                    shadow, records=recs, columns=list(projection.columns), schema_name=schema
+                )
+
+    wanted = frozenset().union(*(p.types for p in projections))
+    position = 0
+    # The next page is read (on a connection of its own) while this one is folded.
+    next_page = asyncio.ensure_future(log.read_raw(None, 0, batch))
+    while True:
+        raws = await next_page
+        if not raws:
+            break
+        next_page = asyncio.ensure_future(log.read_raw(None, raws[-1].global_position, batch))
+        ended: list[str] = []
+        for raw in raws:
+            run_id = str(raw.run_id)
+            if raw.type in ("run_finished", "run_cancelled"):
+                ended.append(run_id)
+            if raw.type not in wanted:
+                continue  # no view reads it: not even decoded
+            event = to_typed(raw)
+            if run_id in written:
+                late.append(event)
+                continue
+            for index, projection in enumerate(projections):
+                if event.type not in projection.types:
+                    continue
+                key = projection.key(event)
+                if key is None:
+                    continue
+                table = rows[index]
+                before = table.get(key)
+                after = projection.apply(before, event)
+                if after is not None:
+                    if before is None:
+                        keys_by_run.setdefault(run_id, []).append((index, key))
+                    table[key] = after
+        await write(ended)
+        position = raws[-1].global_position
+        if on_progress is not None:
+            on_progress(len(raws))
+    await write(list(keys_by_run))
+    runners = [ProjectionRunner(p, schema=schema, table=t) for p, t in zip(projections, shadows, strict=True)]
+    async with conn.transaction():
+        for projection in projections:
+            await log.lock_checkpoint(conn, projection.name)
+        pending = late
+        while True:
+            if pending:
+                for runner in runners:
+                    await runner.apply_events(conn, pending)
+                position = max(position, pending[-1].global_position)
+                if on_progress is not None:
+                    on_progress(len(pending))
+            pending = await log.read_events(conn, position, batch)
+            if not pending:
+                break
+        for projection, shadow in zip(projections, shadows, strict=True):
+            live = f'"{schema}"."{projection.table}"'
+            await conn.execute(f'ALTER TABLE {live} RENAME TO "{projection.table}_old"')
+            await conn.execute(f'ALTER TABLE "{schema}"."{shadow}" RENAME TO "{projection.table}"')
+            await conn.execute(f'DROP TABLE "{schema}"."{projection.table}_old"')
+            await log.write_checkpoint(conn, projection.name, position)
+    return position

@@ -1,0 +1,104 @@
+"""HTTP API bodies (requests and responses)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+
+from schemas.envelope import EventEnvelope
+from schemas.workflow import WorkflowSpec
+
+
+class WorkflowRegistered(msgspec.Struct, frozen=True):
+    id: str
+    version: str
+    created: bool
+    """False when an identical spec was already registered (nothing changed)."""
+    created_at: datetime
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True):
+    id: str
+    version: str
+    name: str | None
+    node_count: int
+    created_at: datetime
+
+
+class WorkflowVersion(msgspec.Struct, frozen=True):
+    version: str
+    created_at: datetime
+
+
+class WorkflowDetail(msgspec.Struct, frozen=True):
+    id: str
+    version: str
+    spec: WorkflowSpec
+    versions: list[WorkflowVersion]
+
+
+class WorkflowPage(msgspec.Struct, frozen=True):
+    items: list[WorkflowSummary]
+    next_cursor: str | None
+
+
+class StartRun(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    inputs: dict[str, Any] = {}
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    version: str | None = None
+    """Run this workflow version instead of the latest."""
+
+
+class RunAccepted(msgspec.Struct, frozen=True):
+    run_id: UUID
+    status: Literal["queued"]
+    workflow_id: str
+    workflow_version: str
+    created: bool
+    """False when the idempotency key matched an earlier run (that run is returned)."""
+    status_url: str
+    events_url: str
+    stream_url: str
+
+
+class CancelRun(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class CancelAccepted(msgspec.Struct, frozen=True):
+    run_id: UUID
+    status: Literal["cancel_requested"]
+
+
+class EventPage(msgspec.Struct, frozen=True):
+    items: list[EventEnvelope]
+    next_cursor: str | None
+
+
+class ReplayRun(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Fork a finished run: reuse every recorded result not downstream of ``from_node``."""
+
+    from_node: str | None = None
+    from_failure: bool = False
+    """Fork from the first failed node."""
+    overrides: dict[str, Any] = {}
+    """Node id -> output to use instead of executing that node."""
+    workflow_version: str | None = None
+    """Run the fork under this version of the workflow (default: the parent's)."""
+
+
+class ForkAccepted(msgspec.Struct, frozen=True):
+    run_id: UUID
+    status: Literal["queued"]
+    parent_run_id: UUID
+    workflow_id: str
+    workflow_version: str
+    from_node: str | None
+    reused_nodes: list[str]
+    overridden_nodes: list[str]
+    status_url: str
+    events_url: str
+    stream_url: str

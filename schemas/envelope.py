@@ -1,0 +1,42 @@
+"""The envelope every stored, published and served event travels in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Generic, TypeVar
+from uuid import UUID
+
+import msgspec
+
+from schemas.events import Event
+
+DataT = TypeVar("DataT")
+
+
+class Envelope(msgspec.Struct, Generic[DataT], frozen=True):
+    """One event of a run stream as stored in ``flowledger.events``.
+
+    ``seq`` is 0-based and contiguous within the run; ``global_position`` orders
+    the whole log. ``hash`` is SHA-256 over ``prev_hash`` and the canonical bytes
+    of this event (see ``schemas.canonical``), hex-encoded.
+    """
+
+    event_id: UUID
+    run_id: UUID
+    seq: int
+    global_position: int
+    type: str
+    tenant: str
+    workflow_id: str
+    recorded_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    schema_version: int
+    prev_hash: str | None
+    hash: str
+    data: DataT
+
+
+EventEnvelope = Envelope[Event]
+"""Envelope with a decoded body: what typed consumers read."""
+
+RawEnvelope = Envelope[msgspec.Raw]
+"""Envelope with the body kept as the exact stored JSON bytes (no re-encoding)."""

@@ -1,0 +1,166 @@
+"""Event bodies of a run stream: one frozen Struct per stable type tag, one union.
+
+Tags are stable forever: never rename or reuse one. New fields get defaults and
+existing field types never change, so every stored history stays decodable.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""Workflow, node and tenant ids: also used as NATS subject tokens."""
+
+SCHEMA_VERSION = 1
+"""Version of the event body schemas written by this code."""
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of every event body (tag field ``type``)."""
+
+
+class NodeError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Why a node attempt failed. ``kind`` is a stable classifier (e.g. ``timeout``)."""
+
+    kind: str
+    message: str
+    retryable: bool = True
+
+
+class ReuseRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a forked run's node result came from: the parent's event (or an override of it)."""
+
+    run_id: str
+    seq: int
+    event_id: str
+    overridden: bool = False
+
+
+class ForkOrigin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a forked run relates to its parent: which nodes it reuses and which it overrides."""
+
+    parent_run_id: str
+    from_node: str | None = None
+    reuse: list[str] = []
+    overrides: dict[str, Any] = {}
+
+
+class RunQueued(_Event, frozen=True, tag="run_queued"):
+    workflow_version: str
+    inputs: dict[str, Any] = {}
+    idempotency_key: str | None = None
+    parent_run_id: str | None = None
+    node_count: int = 0
+    """Nodes in the workflow version (read models derive progress from it)."""
+    fork: ForkOrigin | None = None
+
+
+class RunStarted(_Event, frozen=True, tag="run_started"):
+    worker_id: str = ""
+
+
+class NodeExecuteBefore(_Event, frozen=True, tag="node_execute_before"):
+    node_id: Identifier
+    node_type: str
+    attempt: int = 1
+    reused_from: ReuseRef | None = None
+
+
+class NodeExecuteAfter(_Event, frozen=True, tag="node_execute_after"):
+    node_id: Identifier
+    node_type: str
+    status: Literal["succeeded", "failed"]
+    attempt: int = 1
+    duration_ms: float = 0.0
+    item_count: int = 0
+    error: NodeError | None = None
+    reused_from: ReuseRef | None = None
+
+
+class OutputMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Stands in for a node output larger than the cap: its size and hash, not its bytes."""
+
+    size_bytes: int
+    sha256: str
+    truncated: bool = True
+
+
+class NodeExecuteAfterData(_Event, frozen=True, tag="node_execute_after_data"):
+    node_id: Identifier
+    attempt: int = 1
+    output: Any = None
+    output_bytes: int = 0
+    output_sha256: str = ""
+    marker: OutputMarker | None = None
+    reused_from: ReuseRef | None = None
+
+
+class NodeRetryScheduled(_Event, frozen=True, tag="node_retry_scheduled"):
+    node_id: Identifier
+    attempt: int
+    next_attempt: int
+    delay_ms: int
+    error: NodeError | None = None
+
+
+class NodeSkipped(_Event, frozen=True, tag="node_skipped"):
+    node_id: Identifier
+    reason: str = ""
+
+
+class RunWaiting(_Event, frozen=True, tag="run_waiting"):
+    reason: str = ""
+    node_id: str | None = None
+
+
+class RunResumed(_Event, frozen=True, tag="run_resumed"):
+    reason: str = ""
+
+
+class RunCancelRequested(_Event, frozen=True, tag="run_cancel_requested"):
+    reason: str = ""
+    requested_by: str = ""
+
+
+class RunCancelled(_Event, frozen=True, tag="run_cancelled"):
+    reason: str = ""
+
+
+class RunRecovered(_Event, frozen=True, tag="run_recovered"):
+    worker_id: str = ""
+    completed_nodes: list[str] = []
+
+
+class RunFinished(_Event, frozen=True, tag="run_finished"):
+    status: Literal["succeeded", "failed"]
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+Event = (
+    RunQueued
+    | RunStarted
+    | NodeExecuteBefore
+    | NodeExecuteAfter
+    | NodeExecuteAfterData
+    | NodeRetryScheduled
+    | NodeSkipped
+    | RunWaiting
+    | RunResumed
+    | RunCancelRequested
+    | RunCancelled
+    | RunRecovered
+    | RunFinished
+)
+"""Every event body; decoding dispatches on the ``type`` tag."""
+
+EVENT_TYPES: tuple[type[_Event], ...] = Event.__args__  # type: ignore[attr-defined]
+EVENT_TYPE_BY_TAG: dict[str, type[_Event]] = {str(t.__struct_config__.tag): t for t in EVENT_TYPES}
+TERMINAL_TYPES = frozenset({"run_finished", "run_cancelled"})
+
+
+def event_tag(event: Event) -> str:
+    """The stable type tag of an event body."""
+    return event.__struct_config__.tag  # type: ignore[return-value]

@@ -1,0 +1,41 @@
+"""Workflow spec: a DAG of typed nodes (JSON or YAML, same shape)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.events import Identifier
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Exponential backoff between attempts; ``max_attempts`` counts the first."""
+
+    max_attempts: int = 1
+    initial_backoff_ms: int = 100
+    multiplier: float = 2.0
+    max_backoff_ms: int = 5000
+    non_retryable: list[str] = []
+
+
+class NodeSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: Identifier
+    type: str
+    config: dict[str, Any] = {}
+    retry: RetryPolicy | None = None
+    timeout_ms: int | None = None
+
+
+class EdgeSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    from_: Identifier = msgspec.field(name="from")
+    to: Identifier = msgspec.field()
+    when: str | None = None
+
+
+class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: Identifier
+    nodes: list[NodeSpec]
+    edges: list[EdgeSpec] = []
+    name: str | None = None
+    on_failure: Literal["stop", "continue"] = "stop"

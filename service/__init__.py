@@ -1,0 +1,1 @@
+"""The running Flowledger service: event store, relay, HTTP API, CLI, embedded servers."""

@@ -1,0 +1,142 @@
+"""The HTTP API (Litestar): wiring in a lifespan, RFC 9457 problem details for every error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response, get
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+
+from service.api_history import history_router
+from service.api_metrics import metrics_router
+from service.api_push import push_router
+from service.api_queries import queries_router
+from service.api_runs import runs_router
+from service.config import Settings
+from service.runtime import STARTUP_ERRORS, Runtime
+
+log = structlog.get_logger(__name__)
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class ReadyState(msgspec.Struct):
+    status: str
+    postgres: bool
+    migrations: bool
+    nats: bool
+    relay_active: bool
+    relay_position: int
+
+
+@get("/health", summary="Liveness: the process answers", sync_to_thread=False)
+def health() -> Health:
+    return Health(status="ok")
+
+
+@get("/ready", summary="Readiness: Postgres, migrations and NATS are up (503 until then)")
+async def ready(request: Request[Any, Any, Any]) -> ReadyState:
+    runtime: Runtime = request.app.state.runtime
+    r = runtime.readiness
+    relay = runtime.relay
+    state = ReadyState(
+        status="ready" if r.ready else "starting",
+        postgres=r.postgres,
+        migrations=r.migrations,
+        nats=r.nats,
+        relay_active=bool(relay and relay.status.active),
+        relay_position=relay.status.published_position if relay else 0,
+    )
+    if not r.ready:
+        missing = [name for name in ("postgres", "migrations", "nats") if not getattr(r, name)]
+        detail = r.error or f"waiting for: {', '.join(missing)}"
+        raise ProblemDetailsException(
+            status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            title="Service not ready",
+            detail=detail,
+            extra=msgspec.to_builtins(state),
+        )
+    return state
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Last resort: log the traceback, answer with a problem document (never a bare 500 page)."""
+    log.exception("unhandled_error", path=request.url.path)
+    return ProblemDetailsException(
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+        title="Internal error",
+        detail="the service failed to handle this request; the error was logged",
+    ).to_response(request)
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
+    """The service app. Dependencies start in the background so ``/ready`` can say 503 meanwhile;
+    a start-up failure is logged as one line and reported through ``on_fatal``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+
+        async def bootstrap() -> None:
+            try:
+                await runtime.start()
+                log.info("service_ready", http=f"http://{settings.http_host}:{settings.http_port}")
+            except STARTUP_ERRORS as exc:
+                runtime.readiness.error = str(exc)
+                log.error("startup_failed", error=str(exc))
+                if on_fatal is not None:
+                    on_fatal(str(exc))
+
+        task = asyncio.create_task(bootstrap(), name="bootstrap")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await runtime.stop()
+
+    return Litestar(
+        route_handlers=[
+            health,
+            ready,
+            runs_router(),
+            queries_router(),
+            metrics_router(),
+            push_router(),
+            history_router(),
+        ],
+        lifespan=[lifespan],
+        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig())],
+        exception_handlers={HTTPException: _http_problem, Exception: _internal_error},
+        openapi_config=OpenAPIConfig(title="Flowledger", version="0.1.0", path="/schema"),
+        logging_config=None,
+    )
+
+
+def _http_problem(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    if isinstance(exc, ProblemDetailsException):
+        return exc.to_response(request)
+    detail = exc.detail
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route for {request.method} {request.url.path}; the API is described at /schema"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; the API is described at /schema"
+    return ProblemDetailsException(
+        status_code=exc.status_code, title=exc.detail, detail=detail, extra=exc.extra
+    ).to_response(request)

@@ -1,0 +1,39 @@
+"""Throw-away Postgres schemas and JetStream streams for benchmarks (removed afterwards)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from nats.aio.client import Client as NATS
+
+from service.migrations import apply_migrations
+from service.nats_client import ensure_stream, stream_config
+
+
+@asynccontextmanager
+async def scratch_schema(pool: asyncpg.Pool, prefix: str = "bench") -> AsyncIterator[str]:
+    """A fresh, migrated schema (a log of its own), dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    async with pool.acquire() as conn:
+        await apply_migrations(conn, schema=name)
+    try:
+        yield name
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@asynccontextmanager
+async def scratch_stream(nc: NATS, label: str) -> AsyncIterator[tuple[str, str]]:
+    """A fresh stream: yields (stream name, subject prefix)."""
+    token = uuid.uuid4().hex[:10]
+    name, prefix = f"BENCH_{label}_{token}", f"bench{token}.{label.lower()}"
+    js = nc.jetstream()
+    await ensure_stream(js, stream_config(name, prefix))
+    try:
+        yield name, prefix
+    finally:
+        await js.delete_stream(name)

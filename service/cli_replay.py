@@ -1,0 +1,79 @@
+"""``flowledger replay``: time travel (--at-seq), fork and re-run (--fork ...), republish to NATS (--republish)."""
+
+from __future__ import annotations
+
+import click
+
+from service.cli_client import _client, fork_run
+from service.config import Settings
+
+
+@click.command("replay")
+@click.argument("run_id")
+@click.option(
+    "--at-seq", type=click.IntRange(0), default=None, help="Show the run's state right after event N."
+)
+@click.option(
+    "--fork", "fork", is_flag=True, help="Start a new run linked to RUN that reuses its recorded results."
+)
+@click.option("--from-node", default=None, help="With --fork: execute this node and everything after it.")
+@click.option("--from-failure", is_flag=True, help="With --fork: start from the first failed node.")
+@click.option(
+    "--override", "overrides", multiple=True, help="With --fork: NODE=@output.json uses that output for NODE."
+)
+@click.option(
+    "--workflow-version", default=None, help="With --fork: run the fork under this workflow version."
+)
+@click.option("--follow", "-f", is_flag=True, help="With --fork: show the new run live (exit 0 on success).")
+@click.option("--republish", is_flag=True, help="Re-send RUN's events to flowledger.replay.<...> on NATS.")
+@click.option(
+    "--prefix", default="flowledger.replay", show_default=True, help="Subject prefix for --republish."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="With --at-seq: print the state document as the API returns it."
+)
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    run_id: str,
+    at_seq: int | None,
+    fork: bool,
+    from_node: str | None,
+    from_failure: bool,
+    overrides: tuple[str, ...],
+    workflow_version: str | None,
+    follow: bool,
+    republish: bool,
+    prefix: str,
+    as_json: bool,
+) -> None:
+    """Look at RUN at any event, fork it, or republish its history."""
+    forking = fork or bool(from_node or from_failure or overrides or workflow_version)
+    chosen = [
+        name
+        for name, on in (("--at-seq", at_seq is not None), ("--fork", forking), ("--republish", republish))
+        if on
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one of --at-seq, --fork, --republish (got {', '.join(chosen)})")
+    if republish:
+        from service.cli_history import republish_command
+
+        settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
+        republish_command(settings, run_id, prefix)
+        return
+    if forking:
+        fork_run(
+            ctx,
+            run_id,
+            from_node=from_node,
+            from_failure=from_failure,
+            overrides=overrides,
+            workflow_version=workflow_version,
+            follow=follow,
+        )
+        return
+    from service.cli_history import show_state
+
+    with _client(ctx) as client:
+        show_state(client, run_id, at_seq, as_json=as_json)

@@ -1,0 +1,52 @@
+"""PostgreSQL connections: pool creation with our codecs and one clear error line."""
+
+from __future__ import annotations
+
+import socket
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from service.urls import mask_url
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""A connection of our own or one borrowed from a pool: every ``*_txn``/``conn`` helper takes either."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL could not be reached; the message names the (masked) URL."""
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection set-up: ``json`` travels as raw bytes, never re-encoded.
+
+    The event log stores the exact bytes that were hashed, so the driver must
+    neither parse nor re-serialize them.
+    """
+    await conn.set_type_codec("json", encoder=bytes, decoder=bytes, schema="pg_catalog", format="binary")
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 10.0
+) -> asyncpg.Pool:
+    """A pool whose connections are initialised by ``init_connection``.
+
+    Raises ``DatabaseUnavailable`` with one human-readable line on failure.
+    """
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=init_connection,
+            timeout=timeout,
+            command_timeout=None,
+        )
+    except (TimeoutError, OSError, socket.gaierror) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {mask_url(dsn)}: {reason}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        raise DatabaseUnavailable(f"cannot use PostgreSQL at {mask_url(dsn)}: {exc}") from exc
+    assert pool is not None
+    return pool

@@ -1,0 +1,186 @@
+"""The service's live dependencies, started and stopped in order.
+
+Start: embedded servers (only for URLs that are not configured), the Postgres
+pool, migrations, the event store's committer, NATS and its stream, the relay.
+Stop: the reverse, and only the embedded servers this process started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NATS
+
+from service.config import Settings
+from service.db import DatabaseUnavailable, create_pool
+from service.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from service.event_store import EventStore
+from service.migrations import MigrationError, apply_migrations
+from service.nats_client import MessagingUnavailable, connect_nats, ensure_stream, stream_config
+from service.nodes.registry import NodeRegistry, default_registry
+from service.projection_service import ProjectionService
+from service.push import PushHub
+from service.read_models import ReadModels
+from service.relay import Relay
+from service.run_queue import RunQueue
+from service.urls import mask_url
+from service.worker import Worker
+from service.workflow_store import WorkflowStore
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TENANT = "default"
+
+STARTUP_ERRORS = (DatabaseUnavailable, MessagingUnavailable, EmbeddedServerError, MigrationError)
+"""Failures with a one-line, human-actionable message: shown as such, never as a traceback."""
+
+
+@dataclass
+class Readiness:
+    """What is up; ``/ready`` answers 200 only when all of it is."""
+
+    postgres: bool = False
+    migrations: bool = False
+    nats: bool = False
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.postgres and self.migrations and self.nats and self.error is None
+
+
+class Runtime:
+    """Owns every connection and background task of one service process."""
+
+    def __init__(self, settings: Settings) -> None:
+        # A plain class, not a dataclass: Litestar inspects dataclass dependencies field by field.
+        self.settings = settings
+        self.readiness = Readiness()
+        self.pool: asyncpg.Pool | None = None
+        self.store: EventStore | None = None
+        self.nats: NATS | None = None
+        self.relay: Relay | None = None
+        self.workflows: WorkflowStore
+        self.queue: RunQueue
+        self.registry: NodeRegistry = default_registry()
+        self.worker: Worker | None = None
+        self.projections: ProjectionService | None = None
+        self.read_models: ReadModels
+        self.push: PushHub | None = None
+        self.database_url: str | None = None
+        self.nats_url: str | None = None
+        self._embedded: list[EmbeddedPostgres | EmbeddedNats] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(
+        self, *, relay: bool | None = None, worker: bool | None = None, projections: bool | None = None
+    ) -> None:
+        """Bring every dependency up; raises one of ``STARTUP_ERRORS`` on failure."""
+        settings = self.settings
+        home = await asyncio.to_thread(_prepared_home, settings)
+        self.database_url = settings.database_url or await self._start_embedded(EmbeddedPostgres(home))
+        self.pool = await create_pool(self.database_url)
+        self.readiness.postgres = True
+        log.info("postgres_connected", url=mask_url(self.database_url))
+        async with self.pool.acquire() as conn:
+            await apply_migrations(conn)
+        self.readiness.migrations = True
+        self.store = EventStore(self.pool)
+        await self.store.start()
+        self.workflows = WorkflowStore(self.pool)
+        self.queue = RunQueue(self.store)
+        self.read_models = ReadModels(self.store)
+
+        self.nats_url = settings.nats_url or await self._start_embedded(EmbeddedNats(home))
+        self.nats = await connect_nats(self.nats_url, on_reconnect=self._nats_reconnected)
+        self.push = PushHub(
+            self.nats, subject_prefix=settings.nats_subject_prefix, queue_size=settings.push_queue_size
+        )
+        await self.push.start()
+        await ensure_stream(
+            self.nats.jetstream(), stream_config(settings.nats_stream, settings.nats_subject_prefix)
+        )
+        self.readiness.nats = True
+        log.info("nats_connected", url=mask_url(self.nats_url))
+
+        if settings.relay_enabled if relay is None else relay:
+            self.relay = Relay(
+                self.store,
+                self.nats,
+                stream=settings.nats_stream,
+                subject_prefix=settings.nats_subject_prefix,
+            )
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+        if settings.projections_enabled if projections is None else projections:
+            self.projections = ProjectionService(self.store)
+            self._tasks.append(asyncio.create_task(self.projections.run(), name="projections"))
+        if settings.worker_enabled if worker is None else worker:
+            self.worker = Worker(self.store, self.queue, self.workflows, self.registry, settings.worker)
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
+
+    def _nats_reconnected(self) -> None:
+        if self.push is not None:
+            self.push.reconnected()
+
+    async def _start_embedded(self, server: EmbeddedPostgres | EmbeddedNats) -> str:
+        url = await asyncio.to_thread(server.start)
+        self._embedded.append(server)
+        log.info(
+            "embedded_server",
+            kind=type(server).__name__,
+            url=url,
+            started_here=server.started_here,
+        )
+        return url
+
+    async def stop(self) -> None:
+        """Stop everything started, newest first; safe to call after a partial start."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.registry.aclose()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.close(), 10)
+        if self.push is not None:
+            await self.push.stop()
+        if self.nats is not None:
+            with contextlib.suppress(Exception):
+                await self.nats.close()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), 10)
+        for server in reversed(self._embedded):
+            await asyncio.to_thread(server.stop)
+        self._embedded.clear()
+        self.readiness = Readiness()
+
+
+def _prepared_home(settings: Settings) -> Path:
+    home = Path(settings.home).resolve()
+    if settings.database_url is None or settings.nats_url is None:
+        home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, *, relay: bool = False, worker: bool = False, projections: bool = False
+) -> AsyncIterator[Runtime]:
+    """A started runtime for CLI commands; stopped on exit."""
+    runtime = Runtime(settings)
+    try:
+        await runtime.start(relay=relay, worker=worker, projections=projections)
+        yield runtime
+    finally:
+        await runtime.stop()

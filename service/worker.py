@@ -1,0 +1,166 @@
+"""The worker: claims queued runs, keeps their leases, and runs each in a ``RunExecutor``.
+
+Any number of workers (in any number of processes) share one database; a run
+is executed by one worker at a time (lease + ``FOR UPDATE SKIP LOCKED``). A
+worker that dies stops renewing; once the lease expires another worker claims
+the run and recovers it from its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from uuid import UUID
+
+import structlog
+
+from service.event_store import EventStore
+from service.executor import ExecutionLimits, RunExecutor
+from service.nodes.registry import NodeRegistry
+from service.run_queue import Claim, LeaseLost, RunQueue
+from service.workflow_spec import WorkflowGraph, build_graph
+from service.workflow_store import WorkflowStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    max_runs: int = 200
+    """Runs executed at once by this worker (global run limit per process)."""
+    max_node_tasks: int = 512
+    """Node handlers running at once across all runs of this worker."""
+    max_parallel_nodes: int = 16
+    """Node handlers running at once within one run."""
+    lease_s: float = 15.0
+    poll_s: float = 1.0
+    output_cap_bytes: int = 5 * 1024 * 1024
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        store: EventStore,
+        queue: RunQueue,
+        workflows: WorkflowStore,
+        registry: NodeRegistry,
+        settings: WorkerSettings = WorkerSettings(),
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.workflows = workflows
+        self.registry = registry
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.node_slots = asyncio.Semaphore(settings.max_node_tasks)
+        self.limits = ExecutionLimits(settings.max_parallel_nodes, settings.output_cap_bytes)
+        self.executors: dict[UUID, RunExecutor] = {}
+        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._graphs: dict[tuple[str, str], WorkflowGraph] = {}
+        self.completed = 0
+
+    async def run(self) -> None:
+        """Claim and execute until cancelled; on cancellation, give the runs back at once."""
+        listener = await self.store.pool.acquire()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+        try:
+            await listener.add_listener(self.queue.notify_channel, self._on_notify)  # type: ignore[arg-type]
+            log.info("worker_started", worker_id=self.worker_id, max_runs=self.settings.max_runs)
+            while True:
+                self._wake.clear()
+                free = self.settings.max_runs - len(self._tasks)
+                claims = (
+                    await self.queue.claim(self.worker_id, free, self.settings.lease_s) if free > 0 else []
+                )
+                for claim in claims:
+                    self._start(claim)
+                if len(claims) < free or free <= 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+        finally:
+            heartbeat.cancel()
+            running = list(self._tasks)
+            for task in self._tasks.values():
+                task.cancel()
+            for task in list(self._tasks.values()):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.queue.release(self.worker_id, running)
+            listener.terminate()
+            await self.store.pool.release(listener)
+            log.info("worker_stopped", worker_id=self.worker_id, released=len(running))
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        kind, _, run = str(payload).partition(":")
+        if kind == "cancel":
+            with contextlib.suppress(ValueError):
+                executor = self.executors.get(UUID(run))
+                if executor is not None:
+                    asyncio.create_task(executor.refresh())  # noqa: RUF006 - refresh is short and self-contained
+            return
+        self._wake.set()
+
+    def _start(self, claim: Claim) -> None:
+        self._tasks[claim.run_id] = asyncio.create_task(self._execute(claim), name=f"run:{claim.run_id}")
+
+    async def _graph(self, claim: Claim) -> WorkflowGraph:
+        key = (claim.workflow_id, claim.workflow_version)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = build_graph(await self.workflows.spec(*key))
+            self._graphs[key] = graph
+        return graph
+
+    async def _execute(self, claim: Claim) -> None:
+        bound = log.bind(run_id=str(claim.run_id), workflow_id=claim.workflow_id)
+        try:
+            executor = RunExecutor(
+                store=self.store,
+                queue=self.queue,
+                registry=self.registry,
+                graph=await self._graph(claim),
+                claim=claim,
+                worker_id=self.worker_id,
+                node_slots=self.node_slots,
+                limits=self.limits,
+            )
+            self.executors[claim.run_id] = executor
+            await executor.execute()
+            self.completed += 1
+        except LeaseLost as exc:
+            bound.warning("run_lease_lost", error=str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease is left to expire, so the run is retried by recovery later.
+            bound.exception("run_execution_error")
+        finally:
+            self.executors.pop(claim.run_id, None)
+            self._tasks.pop(claim.run_id, None)
+            self._wake.set()
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            owned = list(self._tasks)
+            try:
+                held = await self.queue.renew(self.worker_id, owned, self.settings.lease_s)
+            except Exception as exc:
+                log.warning("lease_renewal_failed", error=str(exc))
+                continue
+            for run_id in owned:
+                if run_id not in held and run_id in self._tasks and run_id in self.executors:
+                    log.warning("run_lease_lost", run_id=str(run_id))
+                    self._tasks[run_id].cancel()

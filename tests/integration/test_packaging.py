@@ -1,0 +1,33 @@
+"""`pip install .` (not editable) must carry everything read at run time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_ships_migrations_and_packages(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("flowledger-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    migrations = sorted(p.name for p in (REPO / "infra" / "postgres").glob("*.sql"))
+    assert migrations
+    for name in migrations:
+        assert f"service/_infra/postgres/{name}" in names
+    for package in (
+        "schemas/__init__.py",
+        "service/__init__.py",
+        "projections/__init__.py",
+        "service/cli.py",
+    ):
+        assert package in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "flowledger = service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

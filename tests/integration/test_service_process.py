@@ -1,0 +1,154 @@
+"""The service as a user runs it: a real `flowledger serve` process, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+FLOWLEDGER = str(Path(sys.executable).parent / "flowledger")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
+    env.update(FLOWLEDGER_HOME=str(home), FLOWLEDGER_LOG_FORMAT="json", **extra)
+    return env
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> list[int]:
+    """Poll /ready until 200; returns every status code seen."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early with {proc.returncode}")
+        try:
+            code = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code
+            seen.append(code)
+            if code == 200:
+                return seen
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"/ready never answered 200 (saw {seen[-5:]})")
+
+
+def _processes_of(home: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(home) in part for part in p.info["cmdline"] or []):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _leftovers(home: Path, grace: float = 10.0) -> list[psutil.Process]:
+    """Processes still mentioning ``home`` once ``grace`` seconds have passed."""
+    deadline = time.monotonic() + grace
+    while (found := _processes_of(home)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+    proc.wait(timeout=30)
+
+
+def test_embedded_default_starts_serves_and_stops_without_orphans(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [FLOWLEDGER, "serve", "--port", str(port)],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_ready(port, proc)
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        assert health == {"status": "ok"}
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready").json()
+        assert ready["postgres"] and ready["nats"] and ready["migrations"]
+        assert httpx.get(f"http://127.0.0.1:{port}/schema/openapi.json").status_code == 200
+        missing = httpx.get(f"http://127.0.0.1:{port}/v1/nothing-here")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/problem+json")
+        assert "/v1/nothing-here" in missing.json()["detail"]
+        assert _processes_of(home), "the embedded servers should be running under the temp home"
+    finally:
+        _interrupt(proc)
+    assert proc.returncode == 0, proc.stdout.read().decode() if proc.stdout else ""
+    assert _leftovers(home) == [], "postgres or nats-server outlived the service"
+
+    # A second start reuses the data: migrations are not applied again.
+    proc = subprocess.Popen(
+        [FLOWLEDGER, "serve", "--port", str(port)],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_ready(port, proc)
+    finally:
+        _interrupt(proc)
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert "migration_applied" not in output
+    assert _leftovers(home) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "named", "secret"),
+    [
+        (
+            [
+                "--database-url",
+                "postgresql://alice:s3cr3t@127.0.0.1:{port}/db",
+                "--nats-url",
+                "nats://127.0.0.1:4222",
+            ],
+            "cannot connect to PostgreSQL at postgresql://alice:***@127.0.0.1:{port}/db",
+            "s3cr3t",
+        ),
+        (
+            ["--nats-url", "nats://bob:hunter2@127.0.0.1:{port}"],
+            "cannot connect to NATS at nats://bob:***@127.0.0.1:{port}",
+            "hunter2",
+        ),
+    ],
+)
+def test_unreachable_server_gives_one_clear_line(
+    tmp_path: Path, database_url: str, args: list[str], named: str, secret: str
+) -> None:
+    dead = _free_port()  # nothing listens there
+    argv = [a.format(port=dead) for a in args]
+    if "--database-url" not in argv:
+        argv = ["--database-url", database_url, *argv]
+    proc = subprocess.run(
+        [FLOWLEDGER, *argv, "serve", "--port", str(_free_port())],
+        env=_env(tmp_path / "home"),
+        capture_output=True,
+        timeout=60,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("flowledger: " + named.format(port=dead)), stderr
+    assert secret not in stderr + proc.stdout.decode()
+    assert "Traceback" not in stderr
