@@ -142,7 +142,8 @@ class PushConnection:
         hub's bounded subscription, which cuts the client off when it overflows.
         """
         try:
-            await asyncio.wait_for(self.queue.put(message), self.send_timeout_s)
+            async with asyncio.timeout(self.send_timeout_s):
+                await self.queue.put(message)
         except TimeoutError:
             raise _ClientTooSlow(
                 f"client too slow: {self.queue.maxsize} messages waited more than {self.send_timeout_s:g} s"

@@ -17,6 +17,7 @@ from schemas.envelope import EventEnvelope, RawEnvelope
 from service.checkpoints import write_checkpoint
 from service.db import Conn
 from service.event_store import EventStore
+from service.waiting import wait_set
 
 log = structlog.get_logger(__name__)
 
@@ -116,8 +117,7 @@ class ProjectionService:
                 continue
             if applied == 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_poll_s)
+                await wait_set(self._wake, self.idle_poll_s)
 
 
 async def projection_status(conn: Conn, store: EventStore) -> list[ProjectorStatus]:

@@ -20,7 +20,6 @@ The log is the outbox. Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from collections import deque
@@ -39,6 +38,7 @@ from service.checkpoints import read_checkpoint, write_checkpoint
 from service.db import Conn
 from service.event_store import EventStore
 from service.nats_client import STREAM_NAME, SUBJECT_PREFIX
+from service.waiting import wait_set
 
 log = structlog.get_logger(__name__)
 
@@ -235,8 +235,7 @@ class Relay:
                 self.status.stream_sequence = batch.first_seq + len(batch.events)
                 await write_checkpoint(conn, self.name, self.status.published_position, self.store.schema)
                 continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.idle_poll_s)
+            await wait_set(self._wakeup, self.idle_poll_s)
 
     def _on_notify(self, *_: object) -> None:
         self._wakeup.set()

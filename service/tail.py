@@ -302,7 +302,8 @@ async def tail(
                 if idle_exit_s is None:
                     msg = await anext(messages)
                 else:
-                    msg = await asyncio.wait_for(anext(messages), idle_exit_s)
+                    async with asyncio.timeout(idle_exit_s):
+                        msg = await anext(messages)
             except (StopAsyncIteration, TimeoutError):  # unsubscribed / idle for idle_exit_s
                 return
             emit(msg)

@@ -22,6 +22,7 @@ from service.event_store import EventStore
 from service.executor import ExecutionLimits, RunExecutor
 from service.nodes.registry import NodeRegistry
 from service.run_queue import Claim, LeaseLost, RunQueue
+from service.waiting import wait_set
 from service.workflow_spec import WorkflowGraph, build_graph
 from service.workflow_store import WorkflowStore
 
@@ -85,8 +86,7 @@ class Worker:
                 for claim in claims:
                     self._start(claim)
                 if len(claims) < free or free <= 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+                    await wait_set(self._wake, self.settings.poll_s)
         finally:
             heartbeat.cancel()
             running = list(self._tasks)
