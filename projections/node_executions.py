@@ -33,7 +33,7 @@ TYPES = frozenset(
 """The event types this view reads."""
 
 
-class NodeExecution(msgspec.Struct, frozen=True):
+class NodeExecution(msgspec.Struct, frozen=True, gc=False):
     run_id: str
     node_id: str
     tenant: str
@@ -69,34 +69,45 @@ def apply(view: NodeExecution | None, event: EventEnvelope) -> NodeExecution | N
         view = NodeExecution(
             run_id=str(event.run_id), node_id=body.node_id, tenant=event.tenant, workflow_id=event.workflow_id
         )
-    if event.seq <= view.last_seq:
+    seq = event.seq
+    if seq <= view.last_seq:
         return view
-    changes: dict[str, object] = {"last_seq": event.seq}
+    replace = msgspec.structs.replace  # one copy per event: this runs for every node event
     match body:
         case NodeExecuteBefore():
-            changes.update(
+            return replace(
+                view,
+                last_seq=seq,
                 node_type=body.node_type,
                 status="running",
                 attempts=max(view.attempts, body.attempt),
                 started_at=view.started_at or event.recorded_at,
             )
         case NodeExecuteAfter():
-            changes.update(
+            error = body.error
+            return replace(
+                view,
+                last_seq=seq,
                 node_type=body.node_type or view.node_type,
                 status=body.status,
                 duration_ms=body.duration_ms,
                 item_count=body.item_count,
                 finished_at=event.recorded_at,
-                error_kind=body.error.kind if body.error else None,
-                error_message=body.error.message if body.error else None,
+                error_kind=error.kind if error else None,
+                error_message=error.message if error else None,
             )
         case NodeExecuteAfterData():
             label = body.output.get("branch") if isinstance(body.output, dict) else None
-            changes.update(
-                output_bytes=body.output_bytes, branch_label=label if isinstance(label, str) else None
+            return replace(
+                view,
+                last_seq=seq,
+                output_bytes=body.output_bytes,
+                branch_label=label if isinstance(label, str) else None,
             )
         case NodeRetryScheduled():
-            changes.update(status="retry_wait", retries=view.retries + 1)
+            return replace(view, last_seq=seq, status="retry_wait", retries=view.retries + 1)
         case NodeSkipped():
-            changes.update(status="skipped", skip_reason=body.reason, finished_at=event.recorded_at)
-    return msgspec.structs.replace(view, **changes)
+            return replace(
+                view, last_seq=seq, status="skipped", skip_reason=body.reason, finished_at=event.recorded_at
+            )
+    return view

@@ -40,7 +40,7 @@ TERMINAL_NODE = frozenset({"succeeded", "failed", "skipped"})
 TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled"})
 
 
-class NodeState(msgspec.Struct, frozen=True):
+class NodeState(msgspec.Struct, frozen=True, gc=False):
     """A node as its events left it. ``failures`` counts failed attempts (retry budget)."""
 
     node_id: str
@@ -62,7 +62,7 @@ class NodeState(msgspec.Struct, frozen=True):
     last_seq: int | None = None
 
 
-class RunState(msgspec.Struct, frozen=True):
+class RunState(msgspec.Struct, frozen=True, gc=False):
     """A run as its events left it, right after event ``seq`` (-1: no event yet)."""
 
     run_id: str | None = None

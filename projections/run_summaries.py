@@ -45,7 +45,7 @@ TYPES = frozenset(
 """The event types this view reads; the others (e.g. node outputs) never touch it, not even ``last_seq``."""
 
 
-class RunSummary(msgspec.Struct, frozen=True):
+class RunSummary(msgspec.Struct, frozen=True, gc=False):
     run_id: str
     tenant: str
     workflow_id: str
@@ -68,22 +68,27 @@ class RunSummary(msgspec.Struct, frozen=True):
 
 
 def _without(items: tuple[str, ...], item: str) -> tuple[str, ...]:
-    return tuple(i for i in items if i != item)
+    return tuple(i for i in items if i != item) if item in items else items
 
 
 def _with(items: tuple[str, ...], item: str) -> tuple[str, ...]:
     return items if item in items else (*items, item)
 
 
-_PROGRESS_INPUTS = frozenset({"status", "node_count", "executed_nodes", "failed_nodes", "skipped_nodes"})
-
-
-def _progress_of(status: str, node_count: int, executed: int, failed: int, skipped: int) -> int:
-    if status == "succeeded":
+def _progress_of(view: RunSummary) -> int:
+    if view.status == "succeeded":
         return 100
-    if not node_count:
+    if not view.node_count:
         return 0
-    return min(100, (100 * (executed + failed + skipped)) // node_count)
+    done = len(view.executed_nodes) + len(view.failed_nodes) + len(view.skipped_nodes)
+    return min(100, (100 * done) // view.node_count)
+
+
+def _ended(view: RunSummary, seq: int, at: datetime, status: str, error: str | None) -> RunSummary:
+    duration = (at - view.started_at).total_seconds() * 1000 if view.started_at else view.duration_ms
+    return msgspec.structs.replace(
+        view, last_seq=seq, status=status, error=error, finished_at=at, current_nodes=(), duration_ms=duration
+    )
 
 
 def key(event: EventEnvelope) -> str:
@@ -94,58 +99,58 @@ def apply(view: RunSummary | None, event: EventEnvelope) -> RunSummary:
     """The summary right after ``event`` (a new row for a run's first event)."""
     if view is None:
         view = RunSummary(run_id=str(event.run_id), tenant=event.tenant, workflow_id=event.workflow_id)
-    if event.seq <= view.last_seq or event.type not in TYPES:
+    seq = event.seq
+    if seq <= view.last_seq or event.type not in TYPES:
         return view
     body = event.data
-    changes: dict[str, object] = {"last_seq": event.seq}
+    replace = msgspec.structs.replace  # one copy per event: this runs for every event
     match body:
-        case RunQueued():
-            changes.update(
-                workflow_version=body.workflow_version,
-                node_count=body.node_count,
-                parent_run_id=body.parent_run_id,
-                queued_at=event.recorded_at,
-            )
-        case RunStarted():
-            changes.update(status="running", started_at=event.recorded_at)
-        case RunRecovered() | RunResumed():
-            changes.update(status="running")
-        case RunWaiting():
-            changes.update(status="waiting")
         case NodeExecuteBefore():
-            changes.update(
+            new = replace(
+                view,
+                last_seq=seq,
                 current_nodes=_with(view.current_nodes, body.node_id),
                 failed_nodes=_without(view.failed_nodes, body.node_id),
             )
         case NodeExecuteAfter():
             current = _without(view.current_nodes, body.node_id)
             if body.status == "succeeded":
-                changes.update(current_nodes=current, executed_nodes=_with(view.executed_nodes, body.node_id))
+                executed = _with(view.executed_nodes, body.node_id)
+                new = replace(view, last_seq=seq, current_nodes=current, executed_nodes=executed)
             else:
-                changes.update(current_nodes=current, failed_nodes=_with(view.failed_nodes, body.node_id))
-        case NodeRetryScheduled():
-            changes.update(failed_nodes=_without(view.failed_nodes, body.node_id), retries=view.retries + 1)
+                failed = _with(view.failed_nodes, body.node_id)
+                new = replace(view, last_seq=seq, current_nodes=current, failed_nodes=failed)
         case NodeSkipped():
-            changes.update(
+            new = replace(
+                view,
+                last_seq=seq,
                 current_nodes=_without(view.current_nodes, body.node_id),
                 skipped_nodes=_with(view.skipped_nodes, body.node_id),
             )
+        case NodeRetryScheduled():
+            failed = _without(view.failed_nodes, body.node_id)
+            new = replace(view, last_seq=seq, failed_nodes=failed, retries=view.retries + 1)
+        case RunQueued():
+            new = replace(
+                view,
+                last_seq=seq,
+                workflow_version=body.workflow_version,
+                node_count=body.node_count,
+                parent_run_id=body.parent_run_id,
+                queued_at=event.recorded_at,
+            )
+        case RunStarted():
+            new = replace(view, last_seq=seq, status="running", started_at=event.recorded_at)
+        case RunRecovered() | RunResumed():
+            new = replace(view, last_seq=seq, status="running")
+        case RunWaiting():
+            new = replace(view, last_seq=seq, status="waiting")
         case RunFinished():
-            changes.update(
-                status=body.status, error=body.error, finished_at=event.recorded_at, current_nodes=()
-            )
+            new = _ended(view, seq, event.recorded_at, body.status, body.error)
         case RunCancelled():
-            changes.update(
-                status="cancelled", error=body.reason, finished_at=event.recorded_at, current_nodes=()
-            )
-    if isinstance(body, RunFinished | RunCancelled) and view.started_at is not None:
-        changes["duration_ms"] = (event.recorded_at - view.started_at).total_seconds() * 1000
-    if _PROGRESS_INPUTS.intersection(changes):
-        changes["progress"] = _progress_of(
-            str(changes.get("status", view.status)),
-            int(changes.get("node_count", view.node_count)),  # type: ignore[call-overload]
-            len(changes.get("executed_nodes", view.executed_nodes)),  # type: ignore[arg-type]
-            len(changes.get("failed_nodes", view.failed_nodes)),  # type: ignore[arg-type]
-            len(changes.get("skipped_nodes", view.skipped_nodes)),  # type: ignore[arg-type]
-        )
-    return msgspec.structs.replace(view, **changes)  # one copy per event: this runs for every event
+            new = _ended(view, seq, event.recorded_at, "cancelled", body.reason)
+        case _:
+            return view
+    # Every change above can move the progress; `new` is our own fresh copy until returned.
+    msgspec.structs.force_setattr(new, "progress", _progress_of(new))
+    return new

@@ -25,8 +25,8 @@ from uuid import UUID
 import msgspec
 
 from projections import node_executions, run_summaries
-from schemas.codec import to_typed
-from schemas.envelope import EventEnvelope, RawEnvelope
+from projections.shadow_tables import add_indexes, create_unindexed, swap_in
+from schemas.envelope import EventEnvelope
 
 
 class Conn(Protocol):
@@ -42,12 +42,22 @@ class Conn(Protocol):
     ) -> str: ...
 
 
+@dataclass(frozen=True)
+class LogPage:
+    """A page of the log: how far it reached, how many events it held, the decoded ones wanted."""
+
+    last_position: int
+    count: int
+    events: list[EventEnvelope]
+
+
 class LogAccess(Protocol):
     """Reading the event log and the checkpoints (implemented by the service)."""
 
     async def read_events(self, conn: Any, after_position: int, limit: int) -> list[EventEnvelope]: ...
-    async def read_raw(self, conn: Any, after_position: int, limit: int) -> list[RawEnvelope]:
-        """Like ``read_events`` without decoding bodies; ``conn`` None: on a connection of its own."""
+    async def read_page(self, after_position: int, limit: int, types: frozenset[str]) -> LogPage:
+        """The next ``limit`` events on a connection of its own; only those of ``types`` are
+        decoded and returned (a full rebuild reads the whole log this way)."""
         ...
 
     async def lock_checkpoint(self, conn: Any, name: str) -> int: ...
@@ -87,6 +97,9 @@ PROJECTIONS: dict[str, Projection] = {
         Projection.of(node_executions, node_executions.NodeExecution, ("run_id", "node_id")),
     )
 }
+
+
+_TERMINAL = frozenset({"run_finished", "run_cancelled"})
 
 
 def _key_tuple(key: Hashable) -> tuple[Any, ...]:
@@ -156,7 +169,7 @@ class ProjectionRunner:
     async def save(self, conn: Conn, rows: list[Any]) -> None:
         if not rows:
             return
-        await conn.executemany(self._sql_upsert, [_record(self.projection, row) for row in rows])
+        await conn.executemany(self._sql_upsert, [_record(row) for row in rows])
 
     async def apply_events(self, conn: Conn, events: list[EventEnvelope]) -> None:
         """Fold ``events`` into the table (inside the caller's transaction)."""
@@ -178,13 +191,64 @@ class ProjectionRunner:
         return len(events)
 
 
-def _record(projection: Projection, row: Any) -> list[Any]:
-    """A view row as database values (uuid run ids, lists for arrays)."""
-    cols = projection.columns
-    values = [getattr(row, c) for c in cols]
-    run_index = cols.index("run_id")
-    values[run_index] = UUID(values[run_index])
-    return [list(v) if isinstance(v, tuple) else v for v in values]
+def _record(row: Any) -> tuple[Any, ...]:
+    """A view row as database values, in ``projection.columns`` order (asyncpg encodes the
+    run id string as uuid and tuples as arrays)."""
+    return msgspec.structs.astuple(row)
+
+
+class _ShadowWriter:
+    """Buffers finished rows and COPYs them into the shadow tables in large batches, one COPY
+    at a time in the background, so that folding goes on while the database loads rows."""
+
+    def __init__(
+        self,
+        conn: Conn,
+        schema: str,
+        projections: list[Projection],
+        shadows: list[str],
+        batch_rows: int = 20_000,
+    ) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.targets = [(shadow, list(p.columns)) for p, shadow in zip(projections, shadows, strict=True)]
+        self.batch_rows = batch_rows
+        self.records: list[list[tuple[Any, ...]]] = [[] for _ in projections]
+        self.buffered = 0
+        self.copying: asyncio.Future[None] | None = None
+
+    def add(self, index: int, row: Any) -> None:
+        self.records[index].append(_record(row))
+        self.buffered += 1
+
+    async def flush_when_full(self) -> None:
+        if self.buffered >= self.batch_rows:
+            await self._flush()
+
+    async def close(self) -> None:
+        await self._flush()
+        await self._wait()
+
+    def abort(self) -> None:
+        if self.copying is not None:
+            self.copying.cancel()
+
+    async def _flush(self) -> None:
+        await self._wait()
+        records, self.records, self.buffered = self.records, [[] for _ in self.targets], 0
+        self.copying = asyncio.ensure_future(self._copy(records))
+
+    async def _wait(self) -> None:
+        if self.copying is not None:
+            copying, self.copying = self.copying, None
+            await copying
+
+    async def _copy(self, records: list[list[tuple[Any, ...]]]) -> None:
+        for (shadow, columns), recs in zip(self.targets, records, strict=True):
+            if recs:
+                await self.conn.copy_records_to_table(
+                    shadow, records=recs, columns=columns, schema_name=self.schema
+                )
 
 
 async def rebuild(
@@ -208,10 +272,12 @@ async def rebuild_all(
     schema: str = "flowledger",
     batch: int = 5000,
     on_progress: Callable[[int], None] | None = None,
+    copy_rows: int = 20_000,
 ) -> int:
     """Fold the whole log into shadow tables in one pass, then swap them in atomically.
 
-    The fold runs in memory: a run's rows are written (with COPY) once its
+    The shadow tables are filled without indexes, which are built once at the end
+    (``shadow_tables``). The fold runs in memory: a run's rows are written (with COPY) once its
     terminal event has been applied, so each row is written once instead of
     once per batch; runs still open at the end are written then. The live views
     keep serving (and their runners keep advancing) until the swap, which takes
@@ -219,68 +285,73 @@ async def rebuild_all(
     tables in the same transaction. Returns the final position.
     """
     shadows = [f"{p.table}_rebuild" for p in projections]
-    for projection, shadow in zip(projections, shadows, strict=True):
-        await conn.execute(f'DROP TABLE IF EXISTS "{schema}"."{shadow}"')
-        await conn.execute(
-            f'CREATE TABLE "{schema}"."{shadow}" (LIKE "{schema}"."{projection.table}" INCLUDING ALL)'
-        )
+    indexes = [
+        await create_unindexed(conn, schema, projection.table, shadow)
+        for projection, shadow in zip(projections, shadows, strict=True)
+    ]
     rows: list[dict[Hashable, Any]] = [{} for _ in projections]
     keys_by_run: dict[str, list[tuple[int, Hashable]]] = {}
     written: set[str] = set()
     late: list[EventEnvelope] = []  # events of runs already written (only in an illegal history)
 
-    async def write(run_ids: list[str]) -> None:
-        records: list[list[list[Any]]] = [[] for _ in projections]
+    writer = _ShadowWriter(conn, schema, projections, shadows, copy_rows)
+
+    def write(run_ids: list[str]) -> None:
         for run_id in run_ids:
             for index, key in keys_by_run.pop(run_id, ()):
                 row = rows[index].pop(key, None)
                 if row is not None:
-                    records[index].append(_record(projections[index], row))
+                    writer.add(index, row)
             written.add(run_id)
-        for projection, shadow, recs in zip(projections, shadows, records, strict=True):
-            if recs:
-                await conn.copy_records_to_table(
-                    shadow, records=recs, columns=list(projection.columns), schema_name=schema
-                )
 
-    wanted = frozenset().union(*(p.types for p in projections))
+    # Terminal events are always read: they tell when a run's rows can be written.
+    wanted = frozenset().union(*(p.types for p in projections), _TERMINAL)
+    # Per event type, the views that read it: (index, key function, apply function, rows).
+    readers = {
+        type_: [(i, p.key, p.apply, rows[i]) for i, p in enumerate(projections) if type_ in p.types]
+        for type_ in wanted
+    }
     position = 0
     # The next page is read (on a connection of its own) while this one is folded.
-    next_page = asyncio.ensure_future(log.read_raw(None, 0, batch))
-    while True:
-        raws = await next_page
-        if not raws:
-            break
-        next_page = asyncio.ensure_future(log.read_raw(None, raws[-1].global_position, batch))
-        ended: list[str] = []
-        for raw in raws:
-            run_id = str(raw.run_id)
-            if raw.type in ("run_finished", "run_cancelled"):
-                ended.append(run_id)
-            if raw.type not in wanted:
-                continue  # no view reads it: not even decoded
-            event = to_typed(raw)
-            if run_id in written:
-                late.append(event)
-                continue
-            for index, projection in enumerate(projections):
-                if event.type not in projection.types:
+    next_page = asyncio.ensure_future(log.read_page(0, batch, wanted))
+    try:
+        while True:
+            page = await next_page
+            if not page.count:
+                break
+            next_page = asyncio.ensure_future(log.read_page(page.last_position, batch, wanted))
+            ended: list[str] = []
+            for event in page.events:
+                run_id = str(event.run_id)
+                type_ = event.type
+                if type_ in _TERMINAL:
+                    ended.append(run_id)
+                if run_id in written:
+                    late.append(event)
                     continue
-                key = projection.key(event)
-                if key is None:
-                    continue
-                table = rows[index]
-                before = table.get(key)
-                after = projection.apply(before, event)
-                if after is not None:
-                    if before is None:
-                        keys_by_run.setdefault(run_id, []).append((index, key))
-                    table[key] = after
-        await write(ended)
-        position = raws[-1].global_position
-        if on_progress is not None:
-            on_progress(len(raws))
-    await write(list(keys_by_run))
+                for index, key_of, apply, table in readers[type_]:
+                    key = key_of(event)
+                    if key is None:
+                        continue
+                    before = table.get(key)
+                    after = apply(before, event)
+                    if after is not None:
+                        if before is None:
+                            keys_by_run.setdefault(run_id, []).append((index, key))
+                        table[key] = after
+            write(ended)
+            await writer.flush_when_full()
+            position = page.last_position
+            if on_progress is not None:
+                on_progress(page.count)
+        write(list(keys_by_run))
+        await writer.close()
+    except BaseException:
+        next_page.cancel()
+        writer.abort()
+        raise
+    for shadow, shadow_indexes in zip(shadows, indexes, strict=True):
+        await add_indexes(conn, schema, shadow, shadow_indexes)
     runners = [ProjectionRunner(p, schema=schema, table=t) for p, t in zip(projections, shadows, strict=True)]
     async with conn.transaction():
         for projection in projections:
@@ -297,9 +368,6 @@ async def rebuild_all(
             if not pending:
                 break
         for projection, shadow in zip(projections, shadows, strict=True):
-            live = f'"{schema}"."{projection.table}"'
-            await conn.execute(f'ALTER TABLE {live} RENAME TO "{projection.table}_old"')
-            await conn.execute(f'ALTER TABLE "{schema}"."{shadow}" RENAME TO "{projection.table}"')
-            await conn.execute(f'DROP TABLE "{schema}"."{projection.table}_old"')
+            await swap_in(conn, schema, projection.table, shadow)
             await log.write_checkpoint(conn, projection.name, position)
     return position

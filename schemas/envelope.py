@@ -13,7 +13,7 @@ from schemas.events import Event
 DataT = TypeVar("DataT")
 
 
-class Envelope(msgspec.Struct, Generic[DataT], frozen=True):
+class Envelope(msgspec.Struct, Generic[DataT], frozen=True, gc=False):
     """One event of a run stream as stored in ``flowledger.events``.
 
     ``seq`` is 0-based and contiguous within the run; ``global_position`` orders

@@ -17,11 +17,11 @@ SCHEMA_VERSION = 1
 """Version of the event body schemas written by this code."""
 
 
-class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True, gc=False):
     """Base of every event body (tag field ``type``)."""
 
 
-class NodeError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class NodeError(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Why a node attempt failed. ``kind`` is a stable classifier (e.g. ``timeout``)."""
 
     kind: str
@@ -29,7 +29,7 @@ class NodeError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retryable: bool = True
 
 
-class ReuseRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class ReuseRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Where a forked run's node result came from: the parent's event (or an override of it)."""
 
     run_id: str
@@ -38,7 +38,7 @@ class ReuseRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     overridden: bool = False
 
 
-class ForkOrigin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class ForkOrigin(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """How a forked run relates to its parent: which nodes it reuses and which it overrides."""
 
     parent_run_id: str
@@ -79,7 +79,7 @@ class NodeExecuteAfter(_Event, frozen=True, tag="node_execute_after"):
     reused_from: ReuseRef | None = None
 
 
-class OutputMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class OutputMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Stands in for a node output larger than the cap: its size and hash, not its bytes."""
 
     size_bytes: int

@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -29,12 +30,14 @@ import structlog
 import uuid_utils.compat as uuid_compat
 
 from schemas.canonical import canonical_header, chain_hash
-from schemas.codec import encode_event
-from schemas.envelope import Envelope, RawEnvelope
+from schemas.codec import encode_event, event_decoder
+from schemas.envelope import Envelope, EventEnvelope, RawEnvelope
 from schemas.events import SCHEMA_VERSION, Event, event_tag
 from service.db import Conn
 
 log = structlog.get_logger(__name__)
+
+BodyT = TypeVar("BodyT")
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], UUID]
@@ -467,7 +470,7 @@ class EventStore:
         """The run's events with ``seq > after_seq``, in seq order."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self._sql_read_run, run_id, after_seq, limit)
-        return [_envelope(row) for row in rows]
+        return [_envelope(row, msgspec.Raw) for row in rows]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RawEnvelope]:
         """Events of all runs with ``global_position > after_position``, in log order."""
@@ -477,7 +480,23 @@ class EventStore:
     async def read_all_conn(self, conn: Conn, after_position: int, limit: int) -> list[RawEnvelope]:
         """``read_all`` on a connection the caller holds."""
         rows = await conn.fetch(self._sql_read_all, after_position, limit)
-        return [_envelope(row) for row in rows]
+        return [_envelope(row, msgspec.Raw) for row in rows]
+
+    async def read_typed(
+        self, after_position: int, limit: int, types: frozenset[str]
+    ) -> tuple[int, int, list[EventEnvelope]]:
+        """Read like ``read_all``; decode and return only the events of ``types``.
+
+        Returns (the last position read, the number of events read, the decoded events).
+        The envelope is built once, with its body decoded (no intermediate raw envelope).
+        """
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self._sql_read_all, after_position, limit)
+        if not rows:
+            return after_position, 0, []
+        decode = event_decoder.decode
+        events: list[EventEnvelope] = [_envelope(row, decode) for row in rows if row[4] in types]
+        return rows[-1][3], len(rows), events
 
     async def read_filtered(
         self,
@@ -498,7 +517,7 @@ class EventStore:
                 sorted(types) if types else None,
                 limit,
             )
-        return [_envelope(row) for row in rows]
+        return [_envelope(row, msgspec.Raw) for row in rows]
 
     async def head_position(self) -> int:
         """The highest committed ``global_position`` (0 for an empty log)."""
@@ -524,7 +543,8 @@ def _settle(request: _AppendRequest, error: BaseException | None) -> None:
         future.set_exception(error)
 
 
-def _envelope(row: asyncpg.Record) -> RawEnvelope:
+def _envelope(row: asyncpg.Record, body: Callable[[bytes], BodyT]) -> Envelope[BodyT]:
+    """The envelope of an events row, its body made by ``body`` (``msgspec.Raw``: kept as bytes)."""
     # Positional: this runs once per event read, on the relay's and every reader's hot path.
     event_id, run_id, seq, position, type_, tenant, workflow_id, recorded_at, version, prev, digest, data = (
         row
@@ -541,5 +561,5 @@ def _envelope(row: asyncpg.Record) -> RawEnvelope:
         version,
         prev,
         digest,
-        msgspec.Raw(data),
+        body(data),
     )

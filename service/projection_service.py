@@ -11,9 +11,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from projections.runner import PROJECTIONS, Projection, ProjectionRunner, rebuild_all
+from projections.runner import PROJECTIONS, LogPage, Projection, ProjectionRunner, rebuild_all
 from schemas.codec import to_typed
-from schemas.envelope import EventEnvelope, RawEnvelope
+from schemas.envelope import EventEnvelope
 from service.checkpoints import write_checkpoint
 from service.db import Conn
 from service.event_store import EventStore
@@ -36,10 +36,9 @@ class StoreLog:
     async def read_events(self, conn: Conn, after_position: int, limit: int) -> list[EventEnvelope]:
         return [to_typed(e) for e in await self.store.read_all_conn(conn, after_position, limit)]
 
-    async def read_raw(self, conn: Conn | None, after_position: int, limit: int) -> list[RawEnvelope]:
-        if conn is None:
-            return await self.store.read_all(after_position, limit)
-        return await self.store.read_all_conn(conn, after_position, limit)
+    async def read_page(self, after_position: int, limit: int, types: frozenset[str]) -> LogPage:
+        last, count, events = await self.store.read_typed(after_position, limit, types)
+        return LogPage(last, count, events)
 
     async def lock_checkpoint(self, conn: Conn, name: str) -> int:
         await conn.execute(self._sql_lock, name)

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from projections.runner import PROJECTIONS, ProjectionRunner, fold_batch, rebuild
+from projections.runner import PROJECTIONS, ProjectionRunner, fold_batch, rebuild_all
+from projections.shadow_tables import indexes_of
 from schemas.envelope import EventEnvelope
 from service.event_store import EventStore
 from service.migrations import apply_migrations
@@ -162,14 +163,24 @@ async def test_full_rebuild_equals_the_incrementally_built_view(
         while await live.step(conn, log, limit=37):
             pass
         incremental = await _table_rows(conn, corpus.schema, projection.table, ORDER[name])
-        seen: list[int] = []
-        position = await rebuild(
-            conn, log, projection, schema=corpus.schema, batch=50, on_progress=seen.append
-        )
-        assert position == corpus.events[-1].global_position
-        assert sum(seen) == len(corpus.events)
-        assert await _table_rows(conn, corpus.schema, projection.table, ORDER[name]) == incremental
-        assert await log.lock_checkpoint(conn, projection.name) == position
+        indexes = await indexes_of(conn, corpus.schema, projection.table)
+        for copy_rows in (20_000, 7):  # rows COPYed at once: all, or many COPYs while folding
+            seen: list[int] = []
+            position = await rebuild_all(
+                conn,
+                log,
+                [projection],
+                schema=corpus.schema,
+                batch=50,
+                on_progress=seen.append,
+                copy_rows=copy_rows,
+            )
+            assert position == corpus.events[-1].global_position
+            assert sum(seen) == len(corpus.events)
+            assert await _table_rows(conn, corpus.schema, projection.table, ORDER[name]) == incremental
+            assert await log.lock_checkpoint(conn, projection.name) == position
+            # The rebuilt table has the migration's indexes, under their names.
+            assert await indexes_of(conn, corpus.schema, projection.table) == indexes
 
 
 @pytest.mark.parametrize("name", sorted(PROJECTIONS))
