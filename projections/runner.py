@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, Protocol
 from uuid import UUID
 
+import asyncpg
 import msgspec
 
 from projections import node_executions, run_summaries
@@ -169,7 +170,7 @@ class ProjectionRunner:
     async def save(self, conn: Conn, rows: list[Any]) -> None:
         if not rows:
             return
-        await conn.executemany(self._sql_upsert, [_record(row) for row in rows])
+        await conn.executemany(self._sql_upsert, [_storable_record(row) for row in rows])
 
     async def apply_events(self, conn: Conn, events: list[EventEnvelope]) -> None:
         """Fold ``events`` into the table (inside the caller's transaction)."""
@@ -195,6 +196,21 @@ def _record(row: Any) -> tuple[Any, ...]:
     """A view row as database values, in ``projection.columns`` order (asyncpg encodes the
     run id string as uuid and tuples as arrays)."""
     return msgspec.structs.astuple(row)
+
+
+def _storable(value: Any) -> Any:
+    # PostgreSQL text cannot hold NUL, which an event may (a node's error message, a cancel
+    # reason): the view shows U+FFFD there, while the log keeps the exact text.
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, tuple):
+        return tuple(_storable(v) for v in value)
+    return value
+
+
+def _storable_record(row: Any) -> tuple[Any, ...]:
+    """``_record`` with any NUL character in text replaced (checked per value: slower)."""
+    return tuple(_storable(v) for v in msgspec.structs.astuple(row))
 
 
 class _ShadowWriter:
@@ -245,9 +261,19 @@ class _ShadowWriter:
 
     async def _copy(self, records: list[list[tuple[Any, ...]]]) -> None:
         for (shadow, columns), recs in zip(self.targets, records, strict=True):
-            if recs:
+            if not recs:
+                continue
+            try:
                 await self.conn.copy_records_to_table(
                     shadow, records=recs, columns=columns, schema_name=self.schema
+                )
+            except asyncpg.CharacterNotInRepertoireError:
+                # A NUL in some text: nothing of this COPY was written; again, made storable.
+                await self.conn.copy_records_to_table(
+                    shadow,
+                    records=[tuple(_storable(v) for v in r) for r in recs],
+                    columns=columns,
+                    schema_name=self.schema,
                 )
 
 

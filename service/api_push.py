@@ -28,15 +28,20 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 HEARTBEAT_S = 15.0
 
 
-def _resume_point(value: str | None, name: str) -> int:
+MAX_SEQ = 2**31 - 1
+"""seq is an ``integer`` column; global positions are ``bigint``."""
+MAX_POSITION = 2**63 - 1
+
+
+def _resume_point(value: str | None, name: str, maximum: int) -> int:
     if value is None or value == "":
         return -1
     try:
         point = int(value)
     except ValueError:
         raise problem(400, "Bad resume point", f"{name} must be an integer, not {value!r}") from None
-    if point < -1:
-        raise problem(400, "Bad resume point", f"{name} must be >= -1")
+    if not -1 <= point <= maximum:
+        raise problem(400, "Bad resume point", f"{name} must be between -1 and {maximum}, not {point}")
     return point
 
 
@@ -79,7 +84,9 @@ async def stream_run(
 ) -> Stream:
     hub = _hub(runtime)
     assert runtime.store is not None
-    resume = _resume_point(last_event_id if last_event_id is not None else after_seq, "Last-Event-ID")
+    resume = _resume_point(
+        last_event_id if last_event_id is not None else after_seq, "Last-Event-ID", MAX_SEQ
+    )
     if not await runtime.store.read_run(run_id, limit=1):
         raise problem(404, "Unknown run", f"no run {run_id}")
     events = run_events(hub, runtime.store, run_id, resume, heartbeat_s=HEARTBEAT_S)
@@ -105,7 +112,10 @@ async def stream_all(
             f"unknown type(s) {', '.join(unknown)}; known: {', '.join(sorted(EVENT_TYPE_BY_TAG))}",
         )
     resume = max(
-        0, _resume_point(last_event_id if last_event_id is not None else after_position, "Last-Event-ID")
+        0,
+        _resume_point(
+            last_event_id if last_event_id is not None else after_position, "Last-Event-ID", MAX_POSITION
+        ),
     )
     events = all_events(
         hub,
@@ -204,8 +214,10 @@ class PushConnection:
             self.subscribe(key, -1)
         elif kind == "resume":
             last = data.get("lastSeq", -1)
-            if not isinstance(last, int) or last < -1:
-                await self.reply("error", message="resume needs data.lastSeq, an integer >= -1")
+            if not isinstance(last, int) or isinstance(last, bool) or not -1 <= last <= MAX_SEQ:
+                await self.reply(
+                    "error", message=f"resume needs data.lastSeq, an integer from -1 to {MAX_SEQ}"
+                )
                 return
             self.subscribe(key, last)
         elif kind == "unsubscribe":

@@ -155,7 +155,7 @@ async def _run_state(runtime: Runtime, run_id: UUID) -> RunState:
 async def run_events(
     runtime: Runtime,
     run_id: UUID,
-    after_seq: Annotated[int, Parameter(ge=-1)] = -1,
+    after_seq: Annotated[int, Parameter(ge=-1, le=2**31 - 1)] = -1,
     limit: Annotated[int, Parameter(ge=1, le=MAX_EVENTS_PAGE)] = 100,
 ) -> EventPage:
     assert runtime.store is not None

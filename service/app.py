@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get
@@ -17,7 +18,11 @@ from litestar.plugins.problem_details import (
     ProblemDetailsException,
     ProblemDetailsPlugin,
 )
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
 from service.api_history import history_router
 from service.api_metrics import metrics_router
@@ -83,6 +88,18 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     ).to_response(request)
 
 
+def _refused_value(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[dict[str, Any]]:
+    """A value from the request that PostgreSQL cannot take (text with a NUL character, a number
+    out of range): the caller's input, so a 400 naming it, not a 500."""
+    message = str(exc)
+    if "0x00" in message:
+        message = "text values must not contain the NUL character (\\u0000)"
+    log.warning("request_value_refused", path=request.url.path, error=str(exc))
+    return ProblemDetailsException(
+        status_code=HTTP_400_BAD_REQUEST, title="Value not accepted", detail=message
+    ).to_response(request)
+
+
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
     """The service app. Dependencies start in the background so ``/ready`` can say 503 meanwhile;
     a start-up failure is logged as one line and reported through ``on_fatal``."""
@@ -123,7 +140,11 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         ],
         lifespan=[lifespan],
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig())],
-        exception_handlers={HTTPException: _http_problem, Exception: _internal_error},
+        exception_handlers={
+            HTTPException: _http_problem,
+            asyncpg.DataError: _refused_value,
+            Exception: _internal_error,
+        },
         openapi_config=OpenAPIConfig(title="Flowledger", version="0.1.0", path="/schema"),
         logging_config=None,
     )

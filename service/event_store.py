@@ -296,10 +296,12 @@ class EventStore:
         try:
             async with conn.transaction():
                 failures = await self._write_batch_txn(conn, batch)
-        except asyncpg.UniqueViolationError:
-            # Only a writer that bypassed the append lock can cause this; retry one
-            # request per transaction so that only the conflicting one fails.
-            if len(batch) == 1:
+        except asyncpg.PostgresError:
+            # One request can make the database refuse the whole transaction: text it cannot
+            # store (a NUL character) in a with_txn hook's row, a writer that bypassed the append
+            # lock (unique violation). Retry one request per transaction so that only the
+            # request at fault fails and its batch mates are written.
+            if len(batch) == 1 or conn.is_closed():
                 raise
             for request in batch:
                 request.recorded = []

@@ -99,6 +99,29 @@ async def test_a_refused_request_does_not_fail_its_batch_mates(store: EventStore
             assert isinstance(result, ConcurrencyError)
 
 
+async def test_a_request_the_database_refuses_does_not_fail_its_batch_mates(store: EventStore) -> None:
+    # PostgreSQL cannot store NUL in text: that append's transaction is refused by the server.
+    runs = [_new_run() for _ in range(40)]
+    results = await asyncio.gather(
+        *[
+            store.append(
+                run,
+                [RunQueued(workflow_version="v1")],
+                0,
+                tenant="t",
+                workflow_id="wf" if i % 4 else "w\x00f",
+            )
+            for i, run in enumerate(runs)
+        ],
+        return_exceptions=True,
+    )
+    for i, result in enumerate(results):
+        if i % 4:
+            assert isinstance(result, list), result
+        else:
+            assert isinstance(result, asyncpg.PostgresError), result
+
+
 async def test_append_to_another_workflows_run_is_refused(store: EventStore) -> None:
     run = _new_run()
     await store.append(run, [RunQueued(workflow_version="v1")], 0, tenant="t", workflow_id="wf")

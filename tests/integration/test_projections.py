@@ -18,6 +18,15 @@ from hypothesis import strategies as st
 from projections.runner import PROJECTIONS, ProjectionRunner, fold_batch, rebuild_all
 from projections.shadow_tables import indexes_of
 from schemas.envelope import EventEnvelope
+from schemas.events import (
+    NodeError,
+    NodeExecuteAfter,
+    NodeExecuteAfterData,
+    NodeExecuteBefore,
+    RunCancelled,
+    RunQueued,
+    RunStarted,
+)
 from service.event_store import EventStore
 from service.migrations import apply_migrations
 from service.projection_service import StoreLog
@@ -210,3 +219,41 @@ def test_summaries_describe_the_runs(corpus: Corpus) -> None:
         if summary.status == "failed":
             assert summary.failed_nodes and summary.error
         assert summary.duration_ms is None or summary.duration_ms >= 0
+
+
+async def test_text_postgres_cannot_store_is_made_storable_not_a_stuck_projection(
+    pool: asyncpg.Pool, schema: str, store: EventStore
+) -> None:
+    # A NUL in a node error or a cancel reason is valid JSON in the log, but PostgreSQL text
+    # refuses it: the views show U+FFFD there instead of failing the projection forever.
+    run = uuid.uuid4()
+    error = NodeError(kind="http", message="body: \x00\x01")
+    await store.append(
+        run,
+        [
+            RunQueued(workflow_version="v", node_count=1),
+            RunStarted(),
+            NodeExecuteBefore(node_id="a", node_type="http"),
+            NodeExecuteAfter(node_id="a", node_type="http", status="failed", error=error),
+            NodeExecuteAfterData(node_id="a"),
+            RunCancelled(reason="stop\x00now"),
+        ],
+        0,
+        tenant="default",
+        workflow_id="wf",
+    )
+    log = StoreLog(store)
+    async with pool.acquire() as conn:
+        for projection in PROJECTIONS.values():
+            while await ProjectionRunner(projection, schema=schema).step(conn, log):
+                pass
+        incremental = [
+            await _table_rows(conn, schema, p.table, ORDER[name]) for name, p in PROJECTIONS.items()
+        ]
+        await rebuild_all(conn, log, list(PROJECTIONS.values()), schema=schema)
+        rebuilt = [await _table_rows(conn, schema, p.table, ORDER[name]) for name, p in PROJECTIONS.items()]
+        summary = await conn.fetchrow(f'SELECT error FROM "{schema}".run_summaries')
+        node = await conn.fetchrow(f'SELECT error_message FROM "{schema}".node_executions')
+    assert rebuilt == incremental
+    assert summary is not None and summary["error"] == "stop\ufffdnow"
+    assert node is not None and node["error_message"] == "body: \ufffd\x01"
