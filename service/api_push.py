@@ -17,7 +17,8 @@ from litestar.response import Stream
 
 from schemas.events import EVENT_TYPE_BY_TAG
 from service.api_runs import problem, provide_runtime
-from service.push import Overflow, PushEvent, PushHub, all_events, run_events, sse_frame
+from service.event_store import EventStore
+from service.push import HubClosing, Overflow, PushEvent, PushHub, all_events, run_events, sse_frame
 from service.push_messages import encode_message
 from service.run_control import RunAlreadyEnded, UnknownRun, request_cancel
 from service.runtime import DEFAULT_TENANT, Runtime
@@ -45,6 +46,19 @@ def _resume_point(value: str | None, name: str, maximum: int) -> int:
     return point
 
 
+async def _refuse_resume(store: EventStore, run_id: UUID, resume: int) -> tuple[int, str, str] | None:
+    """Why a run cannot be streamed from ``resume`` (status, title, detail), or None.
+
+    A resume point past the run's last stored event names an event nobody was sent
+    (the log is always ahead of what is pushed): a client bug, answered at once.
+    """
+    if not await store.read_run(run_id, limit=1):
+        return 404, "Unknown run", f"no run {run_id}"
+    if resume >= 0 and not await store.read_run(run_id, after_seq=resume - 1, limit=1):
+        return 400, "Bad resume point", f"run {run_id} has no event {resume}: it is past the run's last event"
+    return None
+
+
 def _hub(runtime: Runtime) -> PushHub:
     if runtime.push is None:
         raise problem(503, "Service not ready", "live push is not running")
@@ -66,6 +80,8 @@ async def _sse(events: AsyncIterator[PushEvent | None], *, by_position: bool) ->
                 yield event.sse_frame
     except Overflow as exc:
         yield b"event: error\ndata: %s\n\n" % msgspec.json.encode({"message": str(exc)})
+    except HubClosing:
+        return  # shutting down: the client reconnects with Last-Event-ID and misses nothing
 
 
 def _sse_response(frames: AsyncIterator[bytes]) -> Stream:
@@ -87,8 +103,9 @@ async def stream_run(
     resume = _resume_point(
         last_event_id if last_event_id is not None else after_seq, "Last-Event-ID", MAX_SEQ
     )
-    if not await runtime.store.read_run(run_id, limit=1):
-        raise problem(404, "Unknown run", f"no run {run_id}")
+    refusal = await _refuse_resume(runtime.store, run_id, resume)
+    if refusal is not None:
+        raise problem(*refusal)
     events = run_events(hub, runtime.store, run_id, resume, heartbeat_s=HEARTBEAT_S)
     return _sse_response(_sse(events, by_position=False))
 
@@ -173,6 +190,8 @@ class PushConnection:
                     await self.enqueue(message)
         except (Overflow, _ClientTooSlow) as exc:
             await self.close(4008, str(exc))
+        except HubClosing:
+            await self.close(1001, "the service is shutting down")
 
     async def close(self, code: int, reason: str) -> None:
         if self.closing is None:
@@ -210,14 +229,17 @@ class PushConnection:
             await self.reply("error", message=f"{kind} needs data.executionId, a run id")
             return
         key = str(run_id)
-        if kind == "subscribe":
-            self.subscribe(key, -1)
-        elif kind == "resume":
-            last = data.get("lastSeq", -1)
+        if kind in ("subscribe", "resume"):
+            last = data.get("lastSeq", -1) if kind == "resume" else -1
             if not isinstance(last, int) or isinstance(last, bool) or not -1 <= last <= MAX_SEQ:
                 await self.reply(
                     "error", message=f"resume needs data.lastSeq, an integer from -1 to {MAX_SEQ}"
                 )
+                return
+            assert self.runtime.store is not None  # checked when the socket was accepted
+            refusal = await _refuse_resume(self.runtime.store, run_id, last)
+            if refusal is not None:
+                await self.reply("error", message=refusal[2])
                 return
             self.subscribe(key, last)
         elif kind == "unsubscribe":
@@ -240,23 +262,34 @@ class PushConnection:
             message = await self.queue.get()
             await self.socket.send_text(message.decode())
 
+    async def close_on_shutdown(self) -> None:
+        await _hub(self.runtime).closing.wait()
+        await self.close(1001, "the service is shutting down")
+
     async def run(self) -> None:
         sender = asyncio.create_task(self.send_loop())
+        closer = asyncio.create_task(self.close_on_shutdown())
         try:
-            async for message in self.socket.iter_json():
+            async for frame in self.socket.iter_data("text"):
                 try:
+                    try:
+                        message = msgspec.json.decode(frame)
+                    except msgspec.DecodeError as exc:
+                        await self.reply("error", message=f"a message must be a JSON object: {exc}")
+                        continue
                     await self.handle(message)
                 except _ClientTooSlow as exc:
                     await self.close(4008, str(exc))
                     break
-        except Exception as exc:  # a disconnect or a frame that is not JSON ends this client only
+        except Exception as exc:  # a disconnect ends this client only
             if self.closing is None:
                 log.info("push_client_gone", push_ref=self.push_ref, reason=type(exc).__name__)
         finally:
             sender.cancel()
+            closer.cancel()
             for task in self.pumps.values():
                 task.cancel()
-            for task in [sender, *self.pumps.values()]:
+            for task in [sender, closer, *self.pumps.values()]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
@@ -264,10 +297,14 @@ class PushConnection:
 @websocket("/push", summary="n8n-compatible push channel (subscribe / unsubscribe / resume / cancel)")
 async def push_channel(
     socket: WebSocket[Any, Any, Any],
-    push_ref: Annotated[str, QueryParameter(name="pushRef", min_length=1, max_length=200)],
+    push_ref: Annotated[str | None, QueryParameter(name="pushRef")] = None,
 ) -> None:
     runtime: Runtime = socket.app.state.runtime
     await socket.accept()
+    if not push_ref or len(push_ref) > 200:
+        # Accepted first so the client gets a reason, not a bare HTTP 403.
+        await socket.close(code=1008, reason="the pushRef query parameter is required (1 to 200 characters)")
+        return
     if runtime.push is None or runtime.store is None:
         await socket.close(code=1013, reason="service not ready")
         return

@@ -100,6 +100,14 @@ def _refused_value(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> R
     ).to_response(request)
 
 
+def begin_shutdown(app: Litestar) -> None:
+    """The HTTP server is stopping: end live streams now, since it waits for every open
+    connection before it runs the lifespan shutdown. Safe to call from a signal handler."""
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    if runtime is not None and runtime.push is not None:
+        asyncio.get_running_loop().call_soon_threadsafe(runtime.push.close_streams)
+
+
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
     """The service app. Dependencies start in the background so ``/ready`` can say 503 meanwhile;
     a start-up failure is logged as one line and reported through ``on_fatal``."""

@@ -203,7 +203,7 @@ def serve(
 
     import uvicorn
 
-    from service.app import create_app
+    from service.app import begin_shutdown, create_app
     from service.worker import WorkerSettings
 
     worker_settings = WorkerSettings(
@@ -225,8 +225,23 @@ def serve(
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            begin_shutdown(app)
+
+    # A request still open 10 s after Ctrl-C is cut off: the service stops in bounded time.
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = Server(config)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -69,6 +70,14 @@ class Overflow(Exception):
     """A client fell too far behind: its bounded queue is full."""
 
 
+class HubClosing(Exception):
+    """The service is shutting down: live streams end (clients resume elsewhere or later)."""
+
+
+_CLOSE = object()
+"""Put in a subscription's queue to wake a reader waiting on it when the hub closes."""
+
+
 @dataclass(eq=False)
 class Subscription:
     """A client's bounded inbox. The hub never waits on it: when full, the client is cut off."""
@@ -78,6 +87,7 @@ class Subscription:
     queue: asyncio.Queue[PushEvent] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
     overflowed: bool = False
     generation: int = 0
+    closed: bool = False
 
     def offer(self, event: PushEvent) -> None:
         if self.overflowed or not self.matches(event):
@@ -91,15 +101,25 @@ class Subscription:
         """The next live event, or None after ``timeout`` seconds of silence."""
         if self.overflowed:
             raise Overflow(f"more than {self.queue.maxsize} events queued for a client that is not reading")
+        if self.closed:
+            raise HubClosing("the service is shutting down")
         try:
-            return self.queue.get_nowait()  # the common case under load: no task, no timer
+            item: Any = self.queue.get_nowait()  # the common case under load: no task, no timer
         except asyncio.QueueEmpty:
-            pass
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.queue.get()
-        except TimeoutError:
-            return None
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await self.queue.get()
+            except TimeoutError:
+                return None
+        if item is _CLOSE:
+            raise HubClosing("the service is shutting down")
+        event: PushEvent = item
+        return event
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: its reader is not waiting
+            self.queue.put_nowait(_CLOSE)  # type: ignore[arg-type]
 
 
 class PushHub:
@@ -115,6 +135,8 @@ class PushHub:
         self.generation = 0
         """Bumped when the NATS connection was re-established: live messages may have been missed."""
         self.delivered = 0
+        self.closing = asyncio.Event()
+        """Set by ``close_streams`` when the service starts shutting down."""
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(f"{self.subject_prefix}.>", cb=self._on_msg)
@@ -123,6 +145,13 @@ class PushHub:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
+
+    def close_streams(self) -> None:
+        """End every live stream now (and any opened later): the HTTP server waits for open
+        streams before it stops, and a run-less ``/v1/stream`` never ends by itself."""
+        self.closing.set()
+        for sub in [*self._all, *(s for subs in self._by_run.values() for s in subs)]:
+            sub.close()
 
     def reconnected(self) -> None:
         self.generation += 1
@@ -137,6 +166,8 @@ class PushHub:
         sub = Subscription(
             run_id, matches, asyncio.Queue(maxsize=self.queue_size), generation=self.generation
         )
+        if self.closing.is_set():
+            sub.close()
         if run_id is None:
             self._all.add(sub)
         else:

@@ -265,6 +265,9 @@ class Relay:
         if position != checkpoint:
             await write_checkpoint(conn, self.name, position, self.store.schema)
         log.info("relay_resume", position=position, stream_sequence=last_seq, checkpoint=checkpoint)
+        # Everything up to here is already on the stream: lag is measured from it, not from 0.
+        self.status.published_position = position
+        self.status.stream_sequence = last_seq
         return position, last_seq
 
     async def _send(self, events: list[RawEnvelope], first_seq: int) -> _InFlight:

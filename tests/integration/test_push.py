@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -134,6 +135,10 @@ async def test_sse_errors(api: httpx.AsyncClient) -> None:
     run_id = await _start(api, steps(1, 1))
     bad = await api.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "abc"})
     assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["detail"]
+    await _wait_ended(api, run_id)
+    # A resume point past the run's last event names an event nobody was sent: refused at once.
+    past = await api.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "50"})
+    assert past.status_code == 400 and "past the run's last event" in past.json()["detail"]
 
 
 def _ws_url(api: httpx.AsyncClient, ref: str = "tab-1") -> str:
@@ -190,6 +195,12 @@ async def test_websocket_cancel_and_bad_messages(api: httpx.AsyncClient) -> None
         assert "unknown message type" in json.loads(await ws.recv())["data"]["message"]
         await ws.send(json.dumps({"type": "subscribe", "data": {}}))
         assert "executionId" in json.loads(await ws.recv())["data"]["message"]
+        await ws.send("not json")
+        assert "JSON" in json.loads(await ws.recv())["data"]["message"]
+        await ws.send(json.dumps({"type": "subscribe", "data": {"executionId": str(uuid.uuid4())}}))
+        assert "no run" in json.loads(await ws.recv())["data"]["message"]
+        await ws.send(json.dumps({"type": "resume", "data": {"executionId": run_id, "lastSeq": 999}}))
+        assert "past the run's last event" in json.loads(await ws.recv())["data"]["message"]
         await ws.send(json.dumps({"type": "subscribe", "data": {"executionId": run_id}}))
         first = json.loads(await ws.recv())
         assert first["type"] == "executionStarted"
@@ -198,6 +209,15 @@ async def test_websocket_cancel_and_bad_messages(api: httpx.AsyncClient) -> None
         )
         messages = await _ws_until_finished(ws, timeout=10)
     assert messages[-1]["data"]["status"] == "canceled"
+
+
+async def test_websocket_without_push_ref_is_told_why(api: httpx.AsyncClient) -> None:
+    url = str(api.base_url).replace("http://", "ws://") + "/v1/push"
+    async with websockets.connect(url) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "pushRef" in closed.value.rcvd.reason
 
 
 class RawWebSocket:

@@ -76,6 +76,18 @@ async def test_restarted_relay_resumes_without_duplicates(
         await stream_messages(nats_client, stream.name), events, stream.subject_prefix
     )
 
+    # A relay started on a log it already relayed reports no lag before anything new is written.
+    relay3 = _relay(store, nats_client, stream)
+    task3 = asyncio.create_task(relay3.run())
+    try:
+        async with asyncio.timeout(10):
+            while not relay3.status.active or relay3.status.published_position == 0:
+                await asyncio.sleep(0.02)
+        assert relay3.status.published_position == events[-1].global_position
+        assert relay3.status.stream_sequence == len(events)
+    finally:
+        await _stop(task3)
+
 
 async def test_two_relays_at_once_publish_nothing_twice(
     store: EventStore, nats_client: NATS, stream: StreamTarget

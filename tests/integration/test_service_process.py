@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,19 +98,34 @@ def test_embedded_default_starts_serves_and_stops_without_orphans(tmp_path: Path
     assert proc.returncode == 0, proc.stdout.read().decode() if proc.stdout else ""
     assert _leftovers(home) == [], "postgres or nats-server outlived the service"
 
-    # A second start reuses the data: migrations are not applied again.
+    # A second start reuses the data: migrations are not applied again. A live stream that
+    # never ends by itself (/v1/stream) is open when Ctrl-C comes: the service ends it.
     proc = subprocess.Popen(
         [FLOWLEDGER, "serve", "--port", str(port)],
         env=_env(home),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    stream_ended = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/v1/stream", timeout=None) as response:
+            assert response.status_code == 200
+            for _ in response.iter_bytes():
+                pass
+        stream_ended.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
     try:
         _wait_ready(port, proc)
+        listener.start()
+        time.sleep(0.5)  # connected and idle
     finally:
         _interrupt(proc)
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert "migration_applied" not in output
+    assert stream_ended.wait(5), "the live stream was not ended by the shutdown"
+    assert "graceful shutdown exceeded" not in output, "the stream was cut off by the timeout, not ended"
     assert _leftovers(home) == []
 
 
