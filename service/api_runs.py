@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Request, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 from litestar.plugins.problem_details import ProblemDetailsException
@@ -60,8 +60,15 @@ def _run_links(run_id: UUID) -> dict[str, str]:
 # -- workflows -------------------------------------------------------------------------------------
 
 
-@post("/workflows", status_code=201, summary="Register a workflow (JSON or YAML); identical specs are no-ops")
-async def register_workflow(request: Request[Any, Any, Any], runtime: Runtime) -> WorkflowRegistered:
+@post(
+    "/workflows",
+    status_code=201,
+    summary="Register a workflow (JSON or YAML): 201 for a new version, 200 for one already stored "
+    "(which becomes the current version again)",
+)
+async def register_workflow(
+    request: Request[Any, Any, Any], runtime: Runtime
+) -> Response[WorkflowRegistered]:
     body = await request.body()
     if len(body) > MAX_SPEC_BYTES:
         raise problem(413, "Workflow too large", f"a workflow spec may be at most {MAX_SPEC_BYTES} bytes")
@@ -77,9 +84,10 @@ async def register_workflow(request: Request[Any, Any, Any], runtime: Runtime) -
             problems=[msgspec.to_builtins(p) for p in exc.problems],
         ) from exc
     stored, created = await runtime.workflows.register(spec)
-    return WorkflowRegistered(
+    registered = WorkflowRegistered(
         id=stored.workflow_id, version=stored.version, created=created, created_at=stored.created_at
     )
+    return Response(registered, status_code=201 if created else 200)
 
 
 @get("/workflows", summary="Registered workflows (latest version of each), by id")
@@ -114,7 +122,8 @@ async def get_workflow(runtime: Runtime, workflow_id: str, version: str | None =
     status_code=202,
     summary="Start a run (idempotent with idempotency_key)",
 )
-async def start_run(runtime: Runtime, workflow_id: str, data: StartRun) -> RunAccepted:
+async def start_run(runtime: Runtime, workflow_id: str, data: StartRun | None = None) -> RunAccepted:
+    data = data or StartRun()  # no body: no inputs
     try:
         stored = await runtime.workflows.get(workflow_id, data.version)
     except UnknownWorkflow as exc:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import msgspec
@@ -163,9 +164,29 @@ def _http_problem(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         return exc.to_response(request)
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
+        malformed = _malformed_run_id(request.url.path)
+        if malformed is not None:
+            return ProblemDetailsException(
+                status_code=HTTP_400_BAD_REQUEST,
+                title="Bad run id",
+                detail=f"{malformed!r} is not a valid run id (run ids are UUIDs)",
+            ).to_response(request)
         detail = f"no route for {request.method} {request.url.path}; the API is described at /schema"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; the API is described at /schema"
     return ProblemDetailsException(
         status_code=exc.status_code, title=exc.detail, detail=detail, extra=exc.extra
     ).to_response(request)
+
+
+def _malformed_run_id(path: str) -> str | None:
+    """The path segment that stands where a run id belongs (after ``/v1/runs/`` or ``/diff/``)
+    but is not a UUID: the route exists, only the id is wrong."""
+    parts = path.strip("/").split("/")
+    for index, part in enumerate(parts[:-1]):
+        if (part == "diff" or parts[: index + 1] == ["v1", "runs"]) and parts[index + 1]:
+            try:
+                UUID(parts[index + 1])
+            except ValueError:
+                return parts[index + 1]
+    return None

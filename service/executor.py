@@ -369,7 +369,8 @@ class RunExecutor:
                         await self._append([after, data])
                         return
                     assert failure is not None
-                    error = NodeError(kind=failure.kind, message=failure.message, retryable=failure.retryable)
+                    retryable = failure.retryable and failure.kind not in policy.non_retryable
+                    error = NodeError(kind=failure.kind, message=failure.message, retryable=retryable)
                     failed: list[Event] = [
                         NodeExecuteAfter(
                             node_id=node_id,
@@ -382,12 +383,7 @@ class RunExecutor:
                         NodeExecuteAfterData(node_id=node_id, attempt=attempt),
                     ]
                     failures = self.state.node(node_id).failures + 1
-                    if (
-                        failure.retryable
-                        and failure.kind not in policy.non_retryable
-                        and failures < policy.max_attempts
-                        and not self.state.cancel_requested
-                    ):
+                    if retryable and failures < policy.max_attempts and not self.state.cancel_requested:
                         delay = backoff_ms(policy, failures)
                         retry = NodeRetryScheduled(
                             node_id=node_id,

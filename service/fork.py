@@ -46,16 +46,17 @@ def plan_fork(
         if not failed:
             raise ForkError(f"run {parent.run_id} has no failed node to fork from")
         from_node = failed[0]
-    for node_id in [*([from_node] if from_node else []), *overrides]:
+    named = [*([from_node] if from_node is not None else []), *overrides]
+    for node_id in named:
         if node_id not in graph.nodes:
             known = ", ".join(graph.topo_order)
             raise ForkError(f"node {node_id!r} is not in the workflow (nodes: {known})")
     rerun: set[str] = set()
-    for node_id in [*([from_node] if from_node else []), *overrides]:
+    for node_id in named:
         rerun |= descendants(graph, node_id)
-    if from_node:
+    if from_node is not None:
         rerun.add(from_node)
-    if not from_node and not overrides:
+    if from_node is None and not overrides:
         rerun = set(graph.topo_order)
     reuse = [
         n
@@ -84,7 +85,7 @@ async def start_fork(
     parent = fold_raw(events)
     if not parent.ended:
         raise ForkError(f"run {parent_run_id} is still {parent.status}; fork it once it has ended")
-    version = workflow_version or parent.workflow_version
+    version = parent.workflow_version if workflow_version is None else workflow_version
     stored = await workflows.get(parent.workflow_id, version)
     origin = plan_fork(
         parent, build_graph(stored.spec), from_node=from_node, from_failure=from_failure, overrides=overrides

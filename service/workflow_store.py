@@ -40,35 +40,42 @@ class WorkflowStore:
         self._sql_get = (
             f"SELECT version, spec, created_at FROM {s}.workflows WHERE workflow_id = $1 AND version = $2"
         )
+        # The current version is the one registered last (see 0005_workflow_current_version.sql).
+        current = "coalesce(current_since, created_at) DESC"
         self._sql_latest = (
             f"SELECT version, spec, created_at FROM {s}.workflows WHERE workflow_id = $1 "
-            "ORDER BY created_at DESC LIMIT 1"
+            f"ORDER BY {current} LIMIT 1"
         )
         self._sql_list = (
             f"SELECT DISTINCT ON (workflow_id) workflow_id, version, spec, created_at FROM {s}.workflows "
-            "WHERE workflow_id > $1 ORDER BY workflow_id, created_at DESC LIMIT $2"
+            f"WHERE workflow_id > $1 ORDER BY workflow_id, {current} LIMIT $2"
         )
         self._sql_versions = (
-            f"SELECT version, created_at FROM {s}.workflows WHERE workflow_id = $1 ORDER BY created_at DESC"
+            f"SELECT version, created_at FROM {s}.workflows WHERE workflow_id = $1 ORDER BY {current}"
+        )
+        self._sql_reinstate = (
+            f"UPDATE {s}.workflows SET current_since = clock_timestamp() "
+            "WHERE workflow_id = $1 AND version = $2 RETURNING created_at"
         )
         self._cache: dict[tuple[str, str], WorkflowSpec] = {}
 
     async def register(self, spec: WorkflowSpec) -> tuple[StoredWorkflow, bool]:
-        """Store ``spec`` as a new version of its workflow; an identical spec is a no-op.
+        """Store ``spec`` as the current version of its workflow; returns it and whether it was new.
 
-        Returns the stored version and whether it was new.
+        An identical spec is not stored again: registering the current version changes
+        nothing, and registering an older version makes it the current one again (what
+        was registered last is what runs).
         """
         version = spec_version(spec)
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             created_at = await conn.fetchval(self._sql_insert, spec.id, version, msgspec.json.encode(spec))
-            if created_at is None:
-                existing = await conn.fetchval(
-                    "SELECT created_at FROM " + self._table + " WHERE workflow_id = $1 AND version = $2",
-                    spec.id,
-                    version,
-                )
-                return StoredWorkflow(spec.id, version, spec, existing), False
-        return StoredWorkflow(spec.id, version, spec, created_at), True
+            if created_at is not None:
+                return StoredWorkflow(spec.id, version, spec, created_at), True
+            current = await conn.fetchrow(self._sql_latest, spec.id)
+            if current is not None and current["version"] == version:
+                return StoredWorkflow(spec.id, version, spec, current["created_at"]), False
+            created_at = await conn.fetchval(self._sql_reinstate, spec.id, version)
+        return StoredWorkflow(spec.id, version, spec, created_at), False
 
     async def get(self, workflow_id: str, version: str | None = None) -> StoredWorkflow:
         """A version (the latest when ``version`` is None); raises ``UnknownWorkflow``."""

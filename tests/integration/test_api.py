@@ -60,7 +60,9 @@ async def test_register_run_and_read_events(api: httpx.AsyncClient) -> None:
     body = created.json()
     assert body["id"] == wid and body["created"] is True
     again = await api.post("/v1/workflows", json=_spec(wid))
-    assert again.json() == {**body, "created": False}
+    assert again.status_code == 200 and again.json() == {**body, "created": False}
+    without_body = await api.post(f"/v1/workflows/{wid}/runs")  # no inputs at all
+    assert without_body.status_code == 202, without_body.text
     as_yaml = await api.post(
         "/v1/workflows", content=yaml.safe_dump(_spec(wid)), headers={"content-type": "application/yaml"}
     )
@@ -125,7 +127,9 @@ async def test_cancel_answers_202_then_409_once_ended(api: httpx.AsyncClient) ->
         ("POST", "/v1/workflows/nope-{u}/runs", {"json": {}}, 404, "register it with POST /v1/workflows"),
         ("GET", "/v1/runs/{uuid}/events", {}, 404, "no run"),
         ("POST", "/v1/runs/{uuid}/cancel", {}, 404, "no run"),
-        ("GET", "/v1/runs/not-a-uuid/events", {}, 404, "no route"),
+        ("GET", "/v1/runs/not-a-uuid/events", {}, 400, "'not-a-uuid' is not a valid run id"),
+        ("GET", "/v1/runs/{uuid}/diff/xyz", {}, 400, "'xyz' is not a valid run id"),
+        ("GET", "/v1/runs/{uuid}/nothing", {}, 404, "no route"),
         ("GET", "/v1/runs/{uuid}/events?limit=100000", {}, 400, "limit"),
         ("GET", "/v1/runs/{uuid}/events?after_seq=x", {}, 400, "after_seq"),
         ("GET", "/v1/runs/{uuid}/events?after_seq=2147483648", {}, 400, "after_seq"),

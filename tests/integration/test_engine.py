@@ -179,6 +179,9 @@ async def test_retries_exhausted_and_non_retryable_kinds_fail_the_run(engine: En
     once = await engine.wait_ended(await engine.start("nonretry"))
     assert [e.type for e in once].count("node_execute_before") == 1
     assert "node_retry_scheduled" not in types(once)
+    # The recorded error says it was not retryable under this node's policy.
+    (after,) = [e.data for e in once if e.type == "node_execute_after"]
+    assert after.error is not None and after.error.kind == "fail" and after.error.retryable is False
 
 
 async def test_untaken_branch_is_skipped_with_its_descendants(engine: Engine) -> None:
@@ -361,6 +364,14 @@ async def test_workflow_versions_are_content_addressed_and_runs_record_theirs(en
     assert (await engine.state(run1)).workflow_version == v1
     assert (await engine.state(run2)).workflow_version == v2
     assert len((await engine.state(run2)).nodes) == 2
+
+    # Registering the first spec again makes v1 current again: what was registered last runs.
+    assert await engine.register(spec) == v1
+    assert (await engine.workflows.get("versioned")).version == v1
+    run3 = await engine.start("versioned")
+    await engine.wait_ended(run3)
+    assert (await engine.state(run3)).workflow_version == v1
+    assert [v for v, _ in await engine.workflows.versions("versioned")] == [v1, v2]
 
 
 async def test_many_runs_complete_under_the_global_limit(pool: asyncpg.Pool, schema: str) -> None:

@@ -100,6 +100,9 @@ async def test_fork_errors(api: httpx.AsyncClient) -> None:
     parent, _ = await _run(api, CHAIN, {"x": 1})
     body = _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_node": "zz"}), 400)
     assert "'zz' is not in the workflow" in body["detail"]
+    body = _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_node": ""}), 400)
+    assert "'' is not in the workflow" in body["detail"]
+    _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"workflow_version": ""}), 404)
     body = _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_failure": True}), 400)
     assert "no failed node" in body["detail"]
     _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"workflow_version": "nope"}), 404)
