@@ -13,7 +13,7 @@ import click
 
 from service.cli_admin import projections
 from service.cli_audit import audit, export_bundle, import_bundle_command, verify_bundle_command
-from service.cli_client import cancel, events, run, runs, workflows
+from service.cli_client import api_url, cancel, events, run, runs, workflows
 from service.cli_history import diff
 from service.cli_replay import replay
 from service.config import (
@@ -83,8 +83,9 @@ def run_async(main: Awaitable[T]) -> T:
     "--api-url",
     envvar="FLOWLEDGER_API_URL",
     show_envvar=True,
-    default="http://127.0.0.1:8000",
-    help="HTTP API used by the client commands (workflows, run, events, cancel).",
+    default=None,
+    help="HTTP API used by the client commands (workflows, run, events, cancel). "
+    "Unset: http://FLOWLEDGER_HTTP_HOST:FLOWLEDGER_HTTP_PORT (127.0.0.1:8000), where serve listens.",
 )
 @click.option(
     "--home",
@@ -116,7 +117,7 @@ def cli(
     nats_url: str | None,
     nats_stream: str,
     nats_subject_prefix: str,
-    api_url: str,
+    api_url: str | None,
     home: Path,
     log_format: str,
     log_level: str,
@@ -354,7 +355,7 @@ def tail_command(
                 from_start=from_start,
                 stream=settings.nats_stream,
                 subject_prefix=prefix,
-                api_url=ctx.find_root().params["api_url"],
+                api_url=api_url(ctx),
             )
         )
     except TailError as exc:

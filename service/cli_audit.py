@@ -2,7 +2,8 @@
 
 Problems go to stdout, one line each (``run <id> seq <n>: <kind>: <what>``), then
 a summary line; progress bars go to stderr. Exit codes: 0 clean, 1 problems
-found (or an export/import refused), 2 the database could not be used.
+found (or an export/import refused, or nothing to verify), 2 the database
+could not be used or the command line is wrong.
 
 These commands need PostgreSQL only (``verify-bundle`` not even that): an audit
 must work while NATS is down, so they start the pool, migrations and event store
@@ -40,6 +41,7 @@ from service.bundle import (
     verify_bundle_file,
     write_bundle,
 )
+from service.cli_client import RUN_ID
 from service.config import Settings
 from service.db import create_pool
 from service.embedded import EmbeddedPostgres
@@ -134,7 +136,7 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.argument("run_ids", metavar="[RUN]...", nargs=-1, type=click.UUID)
+@click.argument("run_ids", metavar="[RUN]...", nargs=-1, type=RUN_ID)
 @click.option("--all", "all_runs", is_flag=True, help="Every run of the log, in one pass.")
 @click.option("--workflow", "-w", default=None, help="Every run of this workflow id.")
 @click.option(
@@ -154,7 +156,8 @@ def audit_verify(
     (the history is one the state machine accepts: it starts with run_queued,
     nodes start before they finish, nothing follows the terminal event). Runs
     the run queue marks ended must end with a terminal event. Exit 0 when all is
-    intact, 1 with one line per problem otherwise, 2 when the database is unusable.
+    intact, 1 with one line per problem otherwise (or when --workflow W has no
+    runs: nothing was verified), 2 when the database is unusable.
     """
     chosen = sum([bool(run_ids), all_runs, workflow is not None])
     if chosen != 1:
@@ -179,6 +182,10 @@ def audit_verify(
             return report
 
     report = _run(main())
+    if workflow is not None and report.runs == 0:
+        # "ok: 0 runs verified" would pass a typo off as a clean audit.
+        click.echo(f"no runs of workflow {workflow!r} exist; nothing was verified")
+        sys.exit(1)
     _print_problems(report.problems)
     click.echo(report.summary())
     sys.exit(0 if report.clean else 1)
@@ -188,7 +195,7 @@ def audit_verify(
 
 
 @click.command("export")
-@click.argument("run_ids", metavar="RUN...", nargs=-1, required=True, type=click.UUID)
+@click.argument("run_ids", metavar="RUN...", nargs=-1, required=True, type=RUN_ID)
 @click.option(
     "--output",
     "-o",
@@ -208,6 +215,8 @@ def export_bundle(ctx: click.Context, run_ids: tuple[UUID, ...], output: Path) -
     """
     settings = _settings(ctx)
     to_stdout = str(output) == "-"
+    if not to_stdout:
+        _check_writable_dir(output)
 
     async def main() -> list[RunExport]:
         async with _database(settings) as db:
@@ -227,13 +236,23 @@ def export_bundle(ctx: click.Context, run_ids: tuple[UUID, ...], output: Path) -
             out.write(line)
         out.flush()
     else:
-        write_bundle(output, lines)
+        try:
+            write_bundle(output, lines)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     events = sum(len(r.events) for r in runs)
     click.echo(
         f"exported {events:,} events of {len(runs)} run{'s' if len(runs) != 1 else ''}"
         f"{'' if to_stdout else f' to {output}'}; digest sha256:{digest}",
         err=to_stdout,
     )
+
+
+def _check_writable_dir(output: Path) -> None:
+    """Fail before the export reads anything when the bundle's directory is missing."""
+    directory = output.resolve().parent
+    if not directory.is_dir():
+        raise click.ClickException(f"cannot write {output}: directory {directory} does not exist")
 
 
 @click.command("verify-bundle")

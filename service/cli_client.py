@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from uuid import UUID
 
 import click
 import httpx
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
+
+from service.config import Settings, default_api_url
+from service.logs import quiet_http_client_logs
 
 TERMINAL_TYPES = {"run_finished", "run_cancelled"}
 
@@ -22,9 +28,40 @@ class ApiError(click.ClickException):
     """A problem-details answer (or no answer), shown as one line."""
 
 
+class RunIdType(click.ParamType):
+    """A run id argument: any UUID spelling, converted to a ``UUID``; anything else is a usage error.
+
+    Checked before the command connects anywhere, so a typo never reaches the API
+    (where it would only be an unknown route).
+    """
+
+    name = "run id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> UUID:
+        if isinstance(value, UUID):
+            return value
+        try:
+            return UUID(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a valid run id (run ids are UUIDs)", param, ctx)
+
+
+RUN_ID = RunIdType()
+
+
+def api_url(ctx: click.Context) -> str:
+    """The root ``--api-url``; left at its default, the address ``serve`` binds in this environment."""
+    root = ctx.find_root()
+    given: str | None = root.params.get("api_url")
+    if given and root.get_parameter_source("api_url") is not ParameterSource.DEFAULT:
+        return given
+    return default_api_url(os.environ)
+
+
 def _client(ctx: click.Context) -> httpx.Client:
-    api_url: str = ctx.find_root().params["api_url"]
-    return httpx.Client(base_url=api_url.rstrip("/"), timeout=30)
+    settings = ctx.find_object(Settings)
+    quiet_http_client_logs(settings.log_level if settings is not None else "info")
+    return httpx.Client(base_url=api_url(ctx).rstrip("/"), timeout=30)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
@@ -64,14 +101,31 @@ def workflows() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_context
 def workflows_add(ctx: click.Context, file: Path) -> None:
-    """Register FILE (JSON or YAML). A changed spec becomes a new version; an identical one is a no-op."""
-    content_type = "application/yaml" if file.suffix in (".yaml", ".yml") else "application/json"
+    """Register FILE (JSON or YAML). A changed spec becomes a new version; an identical one is a no-op.
+
+    The format comes from the suffix (.json, .yaml, .yml); for any other name it
+    is JSON when the content parses as JSON, else YAML.
+    """
+    content = file.read_bytes()
+    content_type = f"application/{spec_format(file, content)}"
     with _client(ctx) as client:
-        body = _call(
-            client, "POST", "/v1/workflows", content=file.read_bytes(), headers={"content-type": content_type}
-        )
+        body = _call(client, "POST", "/v1/workflows", content=content, headers={"content-type": content_type})
     state = "registered" if body["created"] else "unchanged"
     console.print(f"{body['id']} version {body['version']} {state}")
+
+
+def spec_format(file: Path, content: bytes) -> Literal["json", "yaml"]:
+    """The format of a workflow spec file: by suffix when it says, else by content."""
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        return "json"
+    if suffix in (".yaml", ".yml"):
+        return "yaml"
+    try:
+        json.loads(content)
+    except ValueError:  # also UnicodeDecodeError: the server reports the bytes as YAML then
+        return "yaml"
+    return "json"
 
 
 @workflows.command("list")
@@ -95,8 +149,14 @@ def _describe(event: dict[str, Any]) -> str | None:
             return (
                 f"[yellow]run recovered[/yellow] ({len(data.get('completed_nodes', []))} nodes already done)"
             )
+        case "node_execute_before" if data.get("reused_from"):
+            return None  # a fork's reused result: shown once, with its node_execute_after
         case "node_execute_before":
             return f"  ▶ {node} ({data['node_type']}) attempt {data['attempt']}"
+        case "node_execute_after" if reuse := data.get("reused_from"):
+            if reuse.get("overridden"):
+                return f"  [cyan]↺ {node}[/cyan] output overridden (--override)"
+            return f"  [cyan]↺ {node}[/cyan] reused from run {reuse['run_id']} seq {reuse['seq']}"
         case "node_execute_after":
             ms = f"{data['duration_ms']:.0f} ms"
             if data["status"] == "succeeded":
@@ -188,23 +248,23 @@ def run(
 
 
 @click.command("events")
-@click.argument("run_id")
+@click.argument("run_id", type=RUN_ID)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the run ends.")
 @click.option("--format", "fmt", type=click.Choice(["table", "ndjson"]), default="table")
 @click.pass_context
-def events(ctx: click.Context, run_id: str, follow: bool, fmt: str) -> None:
+def events(ctx: click.Context, run_id: UUID, follow: bool, fmt: str) -> None:
     """Print a run's events in order."""
     with _client(ctx) as client:
-        code = follow_events(client, run_id, ndjson=fmt == "ndjson", follow=follow)
+        code = follow_events(client, str(run_id), ndjson=fmt == "ndjson", follow=follow)
     if follow:
         sys.exit(code)
 
 
 @click.command("cancel")
-@click.argument("run_id")
+@click.argument("run_id", type=RUN_ID)
 @click.option("--reason", default="", help="Recorded in the run's cancel events.")
 @click.pass_context
-def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
+def cancel(ctx: click.Context, run_id: UUID, reason: str) -> None:
     """Request cancellation of a run (fails when it has already ended)."""
     with _client(ctx) as client:
         _call(client, "POST", f"/v1/runs/{run_id}/cancel", json={"reason": reason})
@@ -237,8 +297,11 @@ def runs_list(
     with _client(ctx) as client:
         page = _call(client, "GET", "/v1/runs", params=params)
     table = Table()
-    for column in ("run", "workflow", "status", "progress", "started", "duration", "error"):
-        table.add_column(column)
+    # The run id is what one copies into `runs show`: never cut. On a narrow terminal
+    # (80 columns when piped) the other columns wrap instead of being cut with an ellipsis.
+    table.add_column("run", no_wrap=True, min_width=len(str(UUID(int=0))))
+    for column in ("workflow", "status", "progress", "started", "duration", "error"):
+        table.add_column(column, overflow="fold")
     for r in page["items"]:
         duration = f"{r['duration_ms']:.0f} ms" if r["duration_ms"] is not None else ""
         table.add_row(
@@ -246,7 +309,7 @@ def runs_list(
             r["workflow_id"],
             _status(r["status"]),
             f"{r['progress']}%",
-            (r["started_at"] or "")[:19],
+            (r["started_at"] or "")[:19].replace("T", " "),
             duration,
             (r["error"] or "")[:60],
         )
@@ -261,9 +324,9 @@ def _status(status: str) -> str:
 
 
 @runs.command("show")
-@click.argument("run_id")
+@click.argument("run_id", type=RUN_ID)
 @click.pass_context
-def runs_show(ctx: click.Context, run_id: str) -> None:
+def runs_show(ctx: click.Context, run_id: UUID) -> None:
     """A run's summary and a table of its nodes."""
     with _client(ctx) as client:
         summary = _call(client, "GET", f"/v1/runs/{run_id}")
@@ -314,7 +377,7 @@ def parse_override(pair: str) -> tuple[str, Any]:
 
 def fork_run(
     ctx: click.Context,
-    run_id: str,
+    run_id: UUID,
     *,
     from_node: str | None,
     from_failure: bool,

@@ -16,7 +16,7 @@ import httpx
 from rich.markup import escape
 from rich.table import Table
 
-from service.cli_client import _call, _client, _status, console
+from service.cli_client import RUN_ID, _call, _client, _status, console
 from service.config import Settings
 from service.republish import DEFAULT_REPLAY_PREFIX
 
@@ -214,11 +214,11 @@ def _json_change(change: dict[str, Any]) -> str:
 
 
 @click.command("diff")
-@click.argument("run_a")
-@click.argument("run_b")
+@click.argument("run_a", type=RUN_ID)
+@click.argument("run_b", type=RUN_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the diff document as the API returns it.")
 @click.pass_context
-def diff(ctx: click.Context, run_a: str, run_b: str, as_json: bool) -> None:
+def diff(ctx: click.Context, run_a: UUID, run_b: UUID, as_json: bool) -> None:
     """Compare RUN_B against RUN_A node by node: status, attempts, duration, output and branch.
 
     Exits 0 whether or not the runs differ (1 only on an error such as an unknown run).
@@ -250,15 +250,12 @@ async def republish_run(settings: Settings, run_id: UUID, prefix: str = DEFAULT_
         )
 
 
-def republish_command(settings: Settings, run_id: str, prefix: str = DEFAULT_REPLAY_PREFIX) -> None:
+def republish_command(settings: Settings, run_id: UUID | str, prefix: str = DEFAULT_REPLAY_PREFIX) -> None:
     """``flowledger replay RUN --republish``: republish and say where the events went."""
     from service.cli import run_async
     from service.run_control import UnknownRun
 
-    try:
-        parsed = UUID(run_id)
-    except ValueError:
-        raise click.BadParameter(f"{run_id!r} is not a run id (UUID)", param_hint="RUN") from None
+    parsed = RUN_ID.convert(run_id, None, None)
     try:
         count = run_async(republish_run(settings, parsed, prefix))
     except (UnknownRun, ValueError) as exc:

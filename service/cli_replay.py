@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import click
 
-from service.cli_client import _client, fork_run
+from service.cli_client import RUN_ID, _client, fork_run
 from service.config import Settings
+from service.republish import DEFAULT_REPLAY_PREFIX, InvalidPrefix, check_prefix
+
+
+def _replay_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Checked before anything connects: NATS would reject or silently misroute a bad prefix."""
+    try:
+        return check_prefix(value)
+    except InvalidPrefix as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 @click.command("replay")
-@click.argument("run_id")
+@click.argument("run_id", type=RUN_ID)
 @click.option(
     "--at-seq", type=click.IntRange(0), default=None, help="Show the run's state right after event N."
 )
@@ -27,7 +38,11 @@ from service.config import Settings
 @click.option("--follow", "-f", is_flag=True, help="With --fork: show the new run live (exit 0 on success).")
 @click.option("--republish", is_flag=True, help="Re-send RUN's events to flowledger.replay.<...> on NATS.")
 @click.option(
-    "--prefix", default="flowledger.replay", show_default=True, help="Subject prefix for --republish."
+    "--prefix",
+    default=DEFAULT_REPLAY_PREFIX,
+    show_default=True,
+    callback=_replay_prefix,
+    help="Subject prefix for --republish: dot-separated tokens, no spaces or wildcards (* >).",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="With --at-seq: print the state document as the API returns it."
@@ -35,7 +50,7 @@ from service.config import Settings
 @click.pass_context
 def replay(
     ctx: click.Context,
-    run_id: str,
+    run_id: UUID,
     at_seq: int | None,
     fork: bool,
     from_node: str | None,
@@ -76,4 +91,4 @@ def replay(
     from service.cli_history import show_state
 
     with _client(ctx) as client:
-        show_state(client, run_id, at_seq, as_json=as_json)
+        show_state(client, str(run_id), at_seq, as_json=as_json)

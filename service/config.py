@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,23 @@ ENV_HTTP_HOST = "FLOWLEDGER_HTTP_HOST"
 ENV_HTTP_PORT = "FLOWLEDGER_HTTP_PORT"
 ENV_LOG_FORMAT = "FLOWLEDGER_LOG_FORMAT"
 ENV_LOG_LEVEL = "FLOWLEDGER_LOG_LEVEL"
+ENV_API_URL = "FLOWLEDGER_API_URL"
+
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+
+
+def default_api_url(env: Mapping[str, str]) -> str:
+    """The API URL of a service started with the same environment (``FLOWLEDGER_API_URL`` unset).
+
+    ``serve`` binds ``FLOWLEDGER_HTTP_HOST:FLOWLEDGER_HTTP_PORT`` (default
+    127.0.0.1:8000); a wildcard bind address is reached over the loopback.
+    """
+    host = env.get(ENV_HTTP_HOST, "").strip()
+    host = "127.0.0.1" if host in _WILDCARD_HOSTS else host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    port = env.get(ENV_HTTP_PORT, "").strip() or "8000"
+    return f"http://{host}:{port}"
 
 
 @dataclass(frozen=True)

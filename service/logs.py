@@ -49,3 +49,16 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_client_logs(level: str) -> None:
+    """Client commands: no log line per HTTP request unless ``level`` is debug.
+
+    httpx logs every request at INFO; for a command line that is noise on stderr.
+    """
+    quiet = level.lower() != "debug"
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)

@@ -35,10 +35,39 @@ from service.relay import (
 )
 from service.run_control import UnknownRun
 
-__all__ = ["DEFAULT_REPLAY_PREFIX", "HEADER_REPLAY", "republish"]
+__all__ = ["DEFAULT_REPLAY_PREFIX", "HEADER_REPLAY", "InvalidPrefix", "check_prefix", "republish"]
 
 DEFAULT_REPLAY_PREFIX = "flowledger.replay"
 HEADER_REPLAY = "Flowledger-Replay"
+
+
+class InvalidPrefix(ValueError):
+    """A replay prefix that is not a literal NATS subject prefix; the message says why."""
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` unchanged when it is a literal subject prefix, else ``InvalidPrefix``.
+
+    Literal means dot-separated non-empty tokens without whitespace or the
+    wildcards ``*`` and ``>``: NATS rejects whitespace at publish time and
+    silently drops or misroutes the others (``a..b``, ``x.*``, ``>``).
+    """
+    if not prefix:
+        raise InvalidPrefix("the replay prefix must not be empty")
+    if any(ch.isspace() for ch in prefix):
+        raise InvalidPrefix(f"replay prefix {prefix!r} contains whitespace (not allowed in NATS subjects)")
+    tokens = prefix.split(".")
+    if "" in tokens:
+        raise InvalidPrefix(
+            f"replay prefix {prefix!r} has an empty token (a leading, trailing or double dot)"
+        )
+    wild = next((t for t in tokens if "*" in t or ">" in t), None)
+    if wild is not None:
+        raise InvalidPrefix(
+            f"replay prefix {prefix!r} contains the wildcard token {wild!r}; "
+            "messages are published to literal subjects only"
+        )
+    return prefix
 
 
 def _overlaps(prefix: str, live_prefix: str) -> bool:
@@ -68,13 +97,14 @@ async def republish(
 ) -> int:
     """Publish every stored event of ``run_id`` in seq order; returns how many.
 
-    Raises ``UnknownRun`` when the run has no events and ``ValueError`` when
-    ``prefix`` would publish into the live subjects (``live_prefix``).
+    Raises ``UnknownRun`` when the run has no events, ``InvalidPrefix`` when
+    ``prefix`` is not a literal subject prefix and ``ValueError`` when it would
+    publish into the live subjects (``live_prefix``).
     ``max_payload`` (default: the server's) decides which events are trimmed.
     Returns once NATS has received every message (a flush).
     """
-    prefix = prefix.strip(".")
-    if not prefix or _overlaps(prefix, live_prefix):
+    check_prefix(prefix)
+    if _overlaps(prefix, live_prefix):
         raise ValueError(
             f"replay prefix {prefix!r} overlaps the live event subjects {live_prefix}.>; "
             f"use a prefix of its own such as {DEFAULT_REPLAY_PREFIX}"

@@ -161,9 +161,10 @@ def parse_spec(data: bytes | str, *, format: Literal["json", "yaml", "auto"] = "
     except msgspec.ValidationError as exc:  # wrong shape, from either format
         raise InvalidWorkflow([SpecProblem("parse_error", _validation_message(exc, fmt))]) from None
     except msgspec.DecodeError as exc:  # not JSON at all
-        raise InvalidWorkflow(
-            [SpecProblem("parse_error", f"JSON is malformed: {_one_line(str(exc))}")]
-        ) from None
+        message = _one_line(str(exc))  # usually "JSON is malformed: ...", not always
+        if not message.startswith("JSON"):
+            message = f"JSON is malformed: {message}"
+        raise InvalidWorkflow([SpecProblem("parse_error", message)]) from None
 
 
 _SUFFIX_FORMATS: dict[str, Literal["json", "yaml"]] = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
