@@ -110,7 +110,7 @@ def workflows_add(ctx: click.Context, file: Path) -> None:
     content_type = f"application/{spec_format(file, content)}"
     with _client(ctx) as client:
         body = _call(client, "POST", "/v1/workflows", content=content, headers={"content-type": content_type})
-    state = "registered" if body["created"] else "unchanged"
+    state = "registered" if body["created"] else "already registered; it is the current version"
     console.print(f"{body['id']} version {body['version']} {state}")
 
 
