@@ -101,7 +101,8 @@ def workflows() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_context
 def workflows_add(ctx: click.Context, file: Path) -> None:
-    """Register FILE (JSON or YAML). A changed spec becomes a new version; an identical one is a no-op.
+    """Register FILE (JSON or YAML) as the current version: a changed spec is stored as a new
+    version; one already stored is not stored again.
 
     The format comes from the suffix (.json, .yaml, .yml); for any other name it
     is JSON when the content parses as JSON, else YAML.
