@@ -10,7 +10,8 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Router, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
 
 from projections.run_state import fold
 from schemas.codec import to_typed
@@ -47,7 +48,11 @@ async def _graph(runtime: Runtime, events: list[EventEnvelope]) -> WorkflowGraph
     summary="The run's full state right after event at_seq (default: the latest): nodes, "
     "what each saw, and what would run next",
 )
-async def run_state_at(runtime: Runtime, run_id: UUID, at_seq: int | None = None) -> RunStateView:
+async def run_state_at(
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    at_seq: FromQuery[int | None] = None,
+) -> RunStateView:
     events = await _events(runtime, run_id)
     graph = await _graph(runtime, events)
     try:
@@ -63,7 +68,9 @@ async def run_state_at(runtime: Runtime, run_id: UUID, at_seq: int | None = None
     summary="Compare run other_run_id against run run_id node by node: status, attempts, "
     "duration, output (SHA-256, JSON paths) and branch",
 )
-async def diff_two_runs(runtime: Runtime, run_id: UUID, other_run_id: UUID) -> RunDiff:
+async def diff_two_runs(
+    runtime: NamedDependency[Runtime], run_id: FromPath[UUID], other_run_id: FromPath[UUID]
+) -> RunDiff:
     events_a = await _events(runtime, run_id)
     events_b = await _events(runtime, other_run_id)
     graph_a = await _graph(runtime, events_a)

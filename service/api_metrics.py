@@ -10,7 +10,8 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, Router, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery
 
 from service.api_runs import problem, provide_runtime
 from service.metrics import NodeTypeFigures, Quantiles, ServiceMetrics, WorkflowFigures, read_figures
@@ -117,7 +118,7 @@ def _workflow(w: WorkflowFigures, node_types: list[NodeTypeMetrics]) -> Workflow
     )
 
 
-def provide_metrics(request: Request[Any, Any, Any], runtime: Runtime) -> ServiceMetrics:
+def provide_metrics(request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> ServiceMetrics:
     """The app's ``ServiceMetrics``, created on first use (its registry lives as long as the app)."""
     state = request.app.state
     metrics: ServiceMetrics | None = state.get("metrics")
@@ -132,7 +133,9 @@ def provide_metrics(request: Request[Any, Any, Any], runtime: Runtime) -> Servic
     summary="Per workflow and per (workflow, node type): counts, success rate, duration percentiles",
 )
 async def metrics_summary(
-    runtime: Runtime, metrics: ServiceMetrics, workflow_id: str | None = None
+    runtime: NamedDependency[Runtime],
+    metrics: NamedDependency[ServiceMetrics],
+    workflow_id: FromQuery[str | None] = None,
 ) -> MetricsSummary:
     assert runtime.pool is not None and runtime.store is not None
     figures = await read_figures(runtime.pool, runtime.store, metrics.queries, DEFAULT_TENANT, workflow_id)
@@ -161,7 +164,9 @@ async def metrics_summary(
     summary="Prometheus metrics (text format 0.0.4): the summary's figures and service gauges",
     media_type=PROMETHEUS_TEXT,
 )
-async def prometheus_metrics(runtime: Runtime, metrics: ServiceMetrics) -> Response[bytes]:
+async def prometheus_metrics(
+    runtime: NamedDependency[Runtime], metrics: NamedDependency[ServiceMetrics]
+) -> Response[bytes]:
     snapshot = await metrics.snapshot(runtime, DEFAULT_TENANT)
     return Response(metrics.render(snapshot), media_type=PROMETHEUS_TEXT)
 

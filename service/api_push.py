@@ -11,8 +11,8 @@ from uuid import UUID
 import msgspec
 import structlog
 from litestar import Router, WebSocket, get, websocket
-from litestar.di import Provide
-from litestar.params import HeaderParameter, QueryParameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from schemas.events import EVENT_TYPE_BY_TAG
@@ -93,8 +93,8 @@ def _sse_response(frames: AsyncIterator[bytes]) -> Stream:
     summary="SSE of the run's events (id = seq; Last-Event-ID resumes); ends with the run",
 )
 async def stream_run(
-    runtime: Runtime,
-    run_id: UUID,
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
     after_seq: Annotated[str | None, QueryParameter(name="after_seq")] = None,
 ) -> Stream:
@@ -112,8 +112,8 @@ async def stream_run(
 
 @get("/stream", summary="SSE of all runs' events (id = global position), filtered by workflow_id and type")
 async def stream_all(
-    runtime: Runtime,
-    workflow_id: str | None = None,
+    runtime: NamedDependency[Runtime],
+    workflow_id: FromQuery[str | None] = None,
     type_: Annotated[list[str] | None, QueryParameter(name="type")] = None,
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
     after_position: Annotated[str | None, QueryParameter(name="after_position")] = None,

@@ -8,8 +8,8 @@ from uuid import UUID
 
 import msgspec
 from litestar import Router, get
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from projections.node_executions import NodeExecution
 from projections.run_summaries import RunSummary
@@ -73,7 +73,7 @@ def _limit(limit: int) -> int:
     "/runs/{run_id:uuid}",
     summary="Run summary: status, progress, current/executed/failed/skipped nodes, times",
 )
-async def get_run(runtime: Runtime, run_id: UUID) -> RunSummary:
+async def get_run(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> RunSummary:
     summary = await runtime.read_models.summary(run_id)
     if summary is None:
         raise problem(404, "Unknown run", f"no run {run_id}")
@@ -82,11 +82,13 @@ async def get_run(runtime: Runtime, run_id: UUID) -> RunSummary:
 
 @get("/runs", summary="Runs, newest first; filter by workflow_id and status; cursor pagination")
 async def list_runs(
-    runtime: Runtime,
-    workflow_id: str | None = None,
-    status: Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"] | None = None,
-    limit: Annotated[int, Parameter(ge=1)] = 50,
-    cursor: str | None = None,
+    runtime: NamedDependency[Runtime],
+    workflow_id: FromQuery[str | None] = None,
+    status: FromQuery[
+        Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"] | None
+    ] = None,
+    limit: Annotated[int, QueryParameter(ge=1)] = 50,
+    cursor: FromQuery[str | None] = None,
 ) -> RunPage:
     try:
         page = await runtime.read_models.list_runs(
@@ -100,7 +102,7 @@ async def list_runs(
 @get(
     "/runs/{run_id:uuid}/lineage", summary="The run's DAG: nodes with status and figures, edges taken or not"
 )
-async def get_lineage(runtime: Runtime, run_id: UUID) -> Lineage:
+async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> Lineage:
     summary = await runtime.read_models.summary(run_id)
     if summary is None:
         raise problem(404, "Unknown run", f"no run {run_id}")
@@ -151,11 +153,11 @@ async def get_lineage(runtime: Runtime, run_id: UUID) -> Lineage:
 
 @get("/workflows/{workflow_id:str}/nodes/{node_id:str}/history", summary="A node's executions across runs")
 async def node_history(
-    runtime: Runtime,
-    workflow_id: str,
-    node_id: str,
-    limit: Annotated[int, Parameter(ge=1)] = 50,
-    cursor: str | None = None,
+    runtime: NamedDependency[Runtime],
+    workflow_id: FromPath[str],
+    node_id: FromPath[str],
+    limit: Annotated[int, QueryParameter(ge=1)] = 50,
+    cursor: FromQuery[str | None] = None,
 ) -> NodeHistoryPage:
     try:
         page = await runtime.read_models.node_history(

@@ -7,8 +7,8 @@ from uuid import UUID
 
 import msgspec
 from litestar import Request, Response, Router, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.plugins.problem_details import ProblemDetailsException
 
 from projections.run_state import RunState
@@ -67,7 +67,7 @@ def _run_links(run_id: UUID) -> dict[str, str]:
     "(which becomes the current version again)",
 )
 async def register_workflow(
-    request: Request[Any, Any, Any], runtime: Runtime
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
 ) -> Response[WorkflowRegistered]:
     body = await request.body()
     if len(body) > MAX_SPEC_BYTES:
@@ -92,9 +92,9 @@ async def register_workflow(
 
 @get("/workflows", summary="Registered workflows (latest version of each), by id")
 async def list_workflows(
-    runtime: Runtime,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
-    cursor: str | None = None,
+    runtime: NamedDependency[Runtime],
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    cursor: FromQuery[str | None] = None,
 ) -> WorkflowPage:
     items = await runtime.workflows.latest_each(after=cursor or "", limit=limit + 1)
     page = items[:limit]
@@ -108,7 +108,11 @@ async def list_workflows(
 
 
 @get("/workflows/{workflow_id:str}", summary="A workflow's latest (or ?version=) spec and its versions")
-async def get_workflow(runtime: Runtime, workflow_id: str, version: str | None = None) -> WorkflowDetail:
+async def get_workflow(
+    runtime: NamedDependency[Runtime],
+    workflow_id: FromPath[str],
+    version: FromQuery[str | None] = None,
+) -> WorkflowDetail:
     try:
         stored = await runtime.workflows.get(workflow_id, version)
     except UnknownWorkflow as exc:
@@ -122,7 +126,11 @@ async def get_workflow(runtime: Runtime, workflow_id: str, version: str | None =
     status_code=202,
     summary="Start a run (idempotent with idempotency_key)",
 )
-async def start_run(runtime: Runtime, workflow_id: str, data: StartRun | None = None) -> RunAccepted:
+async def start_run(
+    runtime: NamedDependency[Runtime],
+    workflow_id: FromPath[str],
+    data: JSONBody[StartRun | None] = None,
+) -> RunAccepted:
     data = data or StartRun()  # no body: no inputs
     try:
         stored = await runtime.workflows.get(workflow_id, data.version)
@@ -162,10 +170,10 @@ async def _run_state(runtime: Runtime, run_id: UUID) -> RunState:
 
 @get("/runs/{run_id:uuid}/events", summary="The run's raw events in seq order (after_seq, limit)")
 async def run_events(
-    runtime: Runtime,
-    run_id: UUID,
-    after_seq: Annotated[int, Parameter(ge=-1, le=2**31 - 1)] = -1,
-    limit: Annotated[int, Parameter(ge=1, le=MAX_EVENTS_PAGE)] = 100,
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    after_seq: Annotated[int, QueryParameter(ge=-1, le=2**31 - 1)] = -1,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_EVENTS_PAGE)] = 100,
 ) -> EventPage:
     assert runtime.store is not None
     events = await runtime.store.read_run(run_id, after_seq=after_seq, limit=limit + 1)
@@ -181,7 +189,11 @@ async def run_events(
 @post(
     "/runs/{run_id:uuid}/cancel", status_code=202, summary="Request cancellation (409 when the run has ended)"
 )
-async def cancel_run(runtime: Runtime, run_id: UUID, data: CancelRun | None = None) -> CancelAccepted:
+async def cancel_run(
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    data: JSONBody[CancelRun | None] = None,
+) -> CancelAccepted:
     reason = (data.reason if data else "") or "cancelled by request"
     try:
         await request_cancel(runtime.queue, run_id, reason)
@@ -197,7 +209,11 @@ async def cancel_run(runtime: Runtime, run_id: UUID, data: CancelRun | None = No
     status_code=202,
     summary="Fork a finished run: reuse results, re-run from a node",
 )
-async def replay_run(runtime: Runtime, run_id: UUID, data: ReplayRun | None = None) -> ForkAccepted:
+async def replay_run(
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    data: JSONBody[ReplayRun | None] = None,
+) -> ForkAccepted:
     body = data or ReplayRun()
     try:
         enqueued, stored, origin = await start_fork(
