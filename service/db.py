@@ -50,3 +50,26 @@ async def create_pool(
         raise DatabaseUnavailable(f"cannot use PostgreSQL at {mask_url(dsn)}: {exc}") from exc
     assert pool is not None
     return pool
+
+
+def is_usable(conn: Conn) -> bool:
+    """Whether ``conn`` can still run queries.
+
+    A pooled connection whose server session died is detached from its proxy by
+    asyncpg, and every call on the proxy then raises ``InterfaceError`` (even
+    ``is_closed()``): a caller holding a connection across failures must check
+    with this, never with ``conn.is_closed()`` alone.
+    """
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def drop(conn: Conn) -> None:
+    """Close ``conn`` at once (ending its session's advisory locks and LISTENs), whatever state
+    it is in; a pooled connection is replaced by the pool."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        pass  # already detached: the session is gone

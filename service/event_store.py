@@ -33,7 +33,7 @@ from schemas.canonical import canonical_header, chain_hash
 from schemas.codec import encode_event, event_decoder
 from schemas.envelope import Envelope, EventEnvelope, RawEnvelope
 from schemas.events import SCHEMA_VERSION, Event, event_tag
-from service.db import Conn
+from service.db import Conn, is_usable
 
 log = structlog.get_logger(__name__)
 
@@ -233,6 +233,8 @@ class EventStore:
             raise StoreClosed("the event store is closed")
         if self._committer is None:
             raise StoreClosed("the event store was not started")
+        if self._committer.done():  # never expected: the loop survives every error of a batch
+            raise StoreClosed("the event store's committer has stopped")
         request = _AppendRequest(run_id, tenant, workflow_id, expected_seq, prepare_events(events))
         request.with_txn = with_txn
         request.future = asyncio.get_running_loop().create_future()
@@ -272,11 +274,16 @@ class EventStore:
                     batch.append(nxt)
                     size += len(nxt.events)
                 try:
-                    if conn is None or conn.is_closed():
+                    if conn is None or not is_usable(conn):
                         conn = await self.pool.acquire()
                     await self._commit_batch(conn, batch)
                 except Exception as exc:
-                    if conn is not None and conn.is_closed():
+                    # The batch fails (its callers see why and may retry); the committer goes on,
+                    # with a new connection when this one died (server restart, terminated session).
+                    log.warning(
+                        "append_batch_failed", requests=len(batch), error=f"{type(exc).__name__}: {exc}"
+                    )
+                    if conn is not None and not is_usable(conn):
                         await self._release(conn)
                         conn = None
                     for request in batch:
@@ -301,7 +308,7 @@ class EventStore:
             # store (a NUL character) in a with_txn hook's row, a writer that bypassed the append
             # lock (unique violation). Retry one request per transaction so that only the
             # request at fault fails and its batch mates are written.
-            if len(batch) == 1 or conn.is_closed():
+            if len(batch) == 1 or not is_usable(conn):
                 raise
             for request in batch:
                 request.recorded = []

@@ -17,6 +17,7 @@ from schemas.envelope import EventEnvelope
 from service.checkpoints import write_checkpoint
 from service.db import Conn
 from service.event_store import EventStore
+from service.listening import listen
 from service.waiting import wait_set
 
 log = structlog.get_logger(__name__)
@@ -74,23 +75,21 @@ class ProjectionService:
         return StoreLog(self.store)
 
     async def run(self) -> None:
-        listener = await self.store.pool.acquire()
-        tasks = []
+        listener = asyncio.create_task(
+            listen(self.store.pool, {self.store.notify_channel: self._on_notify}, on_restored=self._wake.set),
+            name="projections-listener",
+        )
+        tasks = [
+            asyncio.create_task(self._run_one(p), name=f"projection:{p.name}") for p in PROJECTIONS.values()
+        ]
         try:
-            await listener.add_listener(self.store.notify_channel, self._on_notify)  # type: ignore[arg-type]
-            tasks = [
-                asyncio.create_task(self._run_one(p), name=f"projection:{p.name}")
-                for p in PROJECTIONS.values()
-            ]
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
+            for t in [listener, *tasks]:
                 t.cancel()
-            for t in tasks:
+            for t in [listener, *tasks]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            listener.terminate()
-            await self.store.pool.release(listener)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

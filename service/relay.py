@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 from schemas.codec import json_encoder
 from schemas.envelope import RawEnvelope
 from service.checkpoints import read_checkpoint, write_checkpoint
-from service.db import Conn
+from service.db import Conn, drop
 from service.event_store import EventStore
 from service.nats_client import STREAM_NAME, SUBJECT_PREFIX
 from service.waiting import wait_set
@@ -187,7 +187,7 @@ class Relay:
                 # Dropping the session ends its advisory lock and LISTEN at once, with
                 # no await that a cancellation could interrupt; the pool reconnects.
                 self.status.backend_pid = None
-                conn.terminate()
+                drop(conn)
 
     async def _hold_lock_and_relay(self, conn: Conn) -> None:
         waiting_logged = False

@@ -16,10 +16,12 @@ import uuid
 from dataclasses import dataclass
 from uuid import UUID
 
+import asyncpg
 import structlog
 
 from service.event_store import EventStore
 from service.executor import ExecutionLimits, RunExecutor
+from service.listening import listen
 from service.nodes.registry import NodeRegistry
 from service.run_queue import Claim, LeaseLost, RunQueue
 from service.waiting import wait_set
@@ -27,6 +29,9 @@ from service.workflow_spec import WorkflowGraph, build_graph
 from service.workflow_store import WorkflowStore
 
 log = structlog.get_logger(__name__)
+
+MIN_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -71,35 +76,61 @@ class Worker:
         self.completed = 0
 
     async def run(self) -> None:
-        """Claim and execute until cancelled; on cancellation, give the runs back at once."""
-        listener = await self.store.pool.acquire()
+        """Claim and execute until cancelled; on cancellation, give the runs back at once.
+
+        Database errors (an outage, a dropped session) never end the worker: a failed
+        claim is retried with backoff, and the LISTEN for wake-ups and cancels is
+        re-established (``service.listening``).
+        """
+        listener = asyncio.create_task(
+            listen(
+                self.store.pool,
+                {self.queue.notify_channel: self._on_notify},
+                on_restored=self._missed_notifications,
+            ),
+            name="worker-listener",
+        )
         heartbeat = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+        backoff = MIN_BACKOFF_S
         try:
-            await listener.add_listener(self.queue.notify_channel, self._on_notify)  # type: ignore[arg-type]
             log.info("worker_started", worker_id=self.worker_id, max_runs=self.settings.max_runs)
             while True:
                 self._wake.clear()
                 free = self.settings.max_runs - len(self._tasks)
-                claims = (
-                    await self.queue.claim(self.worker_id, free, self.settings.lease_s) if free > 0 else []
-                )
+                try:
+                    claims = (
+                        await self.queue.claim(self.worker_id, free, self.settings.lease_s)
+                        if free > 0
+                        else []
+                    )
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    log.warning("worker_claim_failed", error=str(exc), retry_in_s=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                backoff = MIN_BACKOFF_S
                 for claim in claims:
                     self._start(claim)
                 if len(claims) < free or free <= 0:
                     await wait_set(self._wake, self.settings.poll_s)
         finally:
             heartbeat.cancel()
+            listener.cancel()
             running = list(self._tasks)
             for task in self._tasks.values():
                 task.cancel()
-            for task in list(self._tasks.values()):
+            for task in [heartbeat, listener, *self._tasks.values()]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             with contextlib.suppress(Exception):
                 await self.queue.release(self.worker_id, running)
-            listener.terminate()
-            await self.store.pool.release(listener)
             log.info("worker_stopped", worker_id=self.worker_id, released=len(running))
+
+    def _missed_notifications(self) -> None:
+        """The LISTEN was down: look for new runs, and let every run read cancels it missed."""
+        self._wake.set()
+        for executor in list(self.executors.values()):
+            asyncio.create_task(executor.refresh())  # noqa: RUF006 - refresh is short and self-contained
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, _, run = str(payload).partition(":")
