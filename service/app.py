@@ -54,13 +54,16 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", summary="Readiness: Postgres, migrations and NATS are up (503 until then)")
+@get(
+    "/ready",
+    summary="Readiness: Postgres, migrations and NATS are up and the background tasks alive (else 503)",
+)
 async def ready(request: Request[Any, Any, Any]) -> ReadyState:
     runtime: Runtime = request.app.state.runtime
-    r = runtime.readiness
+    r = await runtime.live_readiness()
     relay = runtime.relay
     state = ReadyState(
-        status="ready" if r.ready else "starting",
+        status="ready" if r.ready else ("unavailable" if runtime.readiness.ready else "starting"),
         postgres=r.postgres,
         migrations=r.migrations,
         nats=r.nats,

@@ -124,6 +124,29 @@ class Runtime:
             self.worker = Worker(self.store, self.queue, self.workflows, self.registry, settings.worker)
             self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
 
+    async def live_readiness(self) -> Readiness:
+        """Readiness as of now: start-up done, and PostgreSQL, NATS and every background task
+        (relay, projections, worker) still alive, not only when they started."""
+        r = self.readiness
+        if not r.ready:
+            return r
+        postgres, error = True, None
+        try:
+            assert self.pool is not None
+            async with asyncio.timeout(2):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+        except Exception as exc:  # down, refusing, or too slow: not ready
+            postgres, error = False, f"PostgreSQL does not answer: {type(exc).__name__}: {exc}"
+        nats = self.nats is not None and self.nats.is_connected
+        if not nats:
+            error = error or "NATS is disconnected (reconnecting)"
+        stopped = next((t for t in self._tasks if t.done()), None)
+        if stopped is not None:
+            cause = stopped.exception() if not stopped.cancelled() else None
+            error = error or f"the {stopped.get_name()} task stopped: {cause!r}"
+        return Readiness(postgres=postgres, migrations=r.migrations, nats=nats, error=error)
+
     def _nats_reconnected(self) -> None:
         if self.push is not None:
             self.push.reconnected()
