@@ -38,8 +38,10 @@ async def listen(
     while True:
         try:
             conn = await pool.acquire()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning("listen_connect_failed", channels=sorted(channels), error=str(exc))
+        except Exception as exc:  # asyncpg raises several unrelated types for a dead session
+            log.warning(
+                "listen_connect_failed", channels=sorted(channels), error=f"{type(exc).__name__}: {exc}"
+            )
             await asyncio.sleep(retry_s)
             continue
         closed = asyncio.Event()
@@ -54,8 +56,8 @@ async def listen(
             # The termination callback is the signal; the periodic check is a safety net.
             while is_usable(conn):
                 await wait_set(closed, check_s)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("listen_failed", channels=sorted(channels), error=str(exc))
+        except Exception as exc:
+            log.warning("listen_failed", channels=sorted(channels), error=f"{type(exc).__name__}: {exc}")
         finally:
             drop(conn)  # ends the LISTEN now (also on cancellation); the pool replaces it
             with contextlib.suppress(Exception):

@@ -29,6 +29,7 @@ from service.push import PushHub
 from service.read_models import ReadModels
 from service.relay import Relay
 from service.run_queue import RunQueue
+from service.supervision import supervised
 from service.urls import mask_url
 from service.worker import Worker
 from service.workflow_store import WorkflowStore
@@ -116,13 +117,15 @@ class Runtime:
                 stream=settings.nats_stream,
                 subject_prefix=settings.nats_subject_prefix,
             )
-            self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+            self._tasks.append(asyncio.create_task(supervised("relay", self.relay.run), name="relay"))
         if settings.projections_enabled if projections is None else projections:
             self.projections = ProjectionService(self.store)
-            self._tasks.append(asyncio.create_task(self.projections.run(), name="projections"))
+            self._tasks.append(
+                asyncio.create_task(supervised("projections", self.projections.run), name="projections")
+            )
         if settings.worker_enabled if worker is None else worker:
             self.worker = Worker(self.store, self.queue, self.workflows, self.registry, settings.worker)
-            self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
+            self._tasks.append(asyncio.create_task(supervised("worker", self.worker.run), name="worker"))
 
     async def live_readiness(self) -> Readiness:
         """Readiness as of now: start-up done, and PostgreSQL, NATS and every background task

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from uuid import UUID
 
-import asyncpg
 import structlog
 
 from service.event_store import EventStore
@@ -103,8 +102,10 @@ class Worker:
                         if free > 0
                         else []
                     )
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                    log.warning("worker_claim_failed", error=str(exc), retry_in_s=backoff)
+                except Exception as exc:  # asyncpg raises several unrelated types for a dead session
+                    log.warning(
+                        "worker_claim_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=backoff
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue
