@@ -73,3 +73,15 @@ def drop(conn: Conn) -> None:
         conn.terminate()
     except asyncpg.InterfaceError:
         pass  # already detached: the session is gone
+
+
+CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a session killed mid-operation ("cannot switch to state ...")
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down, cannot connect now
+)
+"""Errors that say the database connection failed, not that the work was wrong: retrying the
+same work on a new connection can succeed."""

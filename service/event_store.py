@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -287,7 +288,7 @@ class EventStore:
                         await self._release(conn)
                         conn = None
                     for request in batch:
-                        _settle(request, exc)
+                        _settle(request, _own_copy(exc))
                 finally:
                     for _ in batch:
                         self._queue.task_done()
@@ -540,6 +541,18 @@ def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("the event store's clock must return timezone-aware datetimes")
     return moment.astimezone(UTC)
+
+
+def _own_copy(error: Exception) -> Exception:
+    """``error`` for one caller of a failed batch: a copy of the same type (callers still match
+    on it) with its own traceback. Raising one shared object from every run that was in the
+    batch would pile all their frames onto its traceback."""
+    try:
+        own = copy.copy(error)
+    except Exception:
+        return error
+    own.__cause__ = error
+    return own
 
 
 def _settle(request: _AppendRequest, error: BaseException | None) -> None:

@@ -88,6 +88,10 @@ class RunQueue:
             f"UPDATE {s}.run_queue SET lease_expires_at = NULL WHERE lease_owner = $1 AND run_id = ANY($2::uuid[]) "
             "AND status <> 'ended'"
         )
+        self._sql_release_all_but = (
+            f"UPDATE {s}.run_queue SET lease_expires_at = NULL WHERE lease_owner = $1 "
+            "AND NOT (run_id = ANY($2::uuid[])) AND status <> 'ended' AND lease_expires_at IS NOT NULL"
+        )
         self._sql_depth = f"SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running') FROM {s}.run_queue"
 
     async def enqueue(
@@ -161,6 +165,17 @@ class RunQueue:
         if run_ids:
             async with self.pool.acquire() as conn:
                 await conn.execute(self._sql_release, worker_id, run_ids)
+
+    async def release_all_but(self, worker_id: str, keep: list[UUID]) -> int:
+        """Release every run this worker holds except ``keep``; returns how many.
+
+        After a claim whose answer was lost (the session died after the UPDATE
+        committed), runs are leased to this worker that it never started; this hands
+        them back instead of leaving them until their leases expire.
+        """
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(self._sql_release_all_but, worker_id, keep)
+        return int(status.split()[-1])
 
     async def end_with(
         self,

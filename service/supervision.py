@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+HEALTHY_RUN_S = 60.0
+"""A loop that ran this long before failing is restarted after the first backoff again."""
 
 
 async def supervised(
@@ -26,10 +30,13 @@ async def supervised(
     """
     backoff = first_backoff_s
     while True:
+        started = time.monotonic()
         try:
             await run()
             log.warning("background_task_ended", task=name, restart_in_s=backoff)
         except Exception:
             log.exception("background_task_failed", task=name, restart_in_s=backoff)
+        if time.monotonic() - started > HEALTHY_RUN_S:
+            backoff = first_backoff_s  # it ran well for a while: this is a new failure, not a loop
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff_s)

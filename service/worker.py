@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from uuid import UUID
 
 import structlog
 
+from service.db import CONNECTION_FAILURES
 from service.event_store import EventStore
 from service.executor import ExecutionLimits, RunExecutor
 from service.listening import listen
@@ -91,12 +93,19 @@ class Worker:
         )
         heartbeat = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
         backoff = MIN_BACKOFF_S
+        claim_unsure = False
         try:
             log.info("worker_started", worker_id=self.worker_id, max_runs=self.settings.max_runs)
             while True:
                 self._wake.clear()
                 free = self.settings.max_runs - len(self._tasks)
                 try:
+                    if claim_unsure:
+                        # A failed claim may have leased runs whose answer never arrived.
+                        orphans = await self.queue.release_all_but(self.worker_id, list(self._tasks))
+                        if orphans:
+                            log.info("worker_released_unstarted_runs", runs=orphans)
+                        claim_unsure = False
                     claims = (
                         await self.queue.claim(self.worker_id, free, self.settings.lease_s)
                         if free > 0
@@ -106,6 +115,7 @@ class Worker:
                     log.warning(
                         "worker_claim_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=backoff
                     )
+                    claim_unsure = True
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue
@@ -174,13 +184,34 @@ class Worker:
             bound.warning("run_lease_lost", error=str(exc))
         except asyncio.CancelledError:
             raise
+        except CONNECTION_FAILURES as exc:
+            # The database failed under the run, not the run itself: hand it back now, so it is
+            # recovered as soon as claims work again instead of after its lease (~15 s).
+            bound.warning("run_interrupted_by_database", error=f"{type(exc).__name__}: {exc}")
+            await self._hand_back(claim.run_id)
         except Exception:
-            # The lease is left to expire, so the run is retried by recovery later.
+            # The lease is left to expire, so the run is retried by recovery later (not at once:
+            # an error of the run itself would otherwise repeat in a tight loop).
             bound.exception("run_execution_error")
         finally:
             self.executors.pop(claim.run_id, None)
             self._tasks.pop(claim.run_id, None)
             self._wake.set()
+
+    async def _hand_back(self, run_id: UUID) -> None:
+        """Release ``run_id`` now, retrying while the database is still failing; if it stays
+        down for a whole lease, the lease expires anyway and the run is recovered then."""
+        deadline = time.monotonic() + self.settings.lease_s
+        delay = MIN_BACKOFF_S
+        while time.monotonic() < deadline:
+            try:
+                await self.queue.release(self.worker_id, [run_id])
+                log.info("run_handed_back", run_id=str(run_id))
+                return
+            except Exception as exc:
+                log.warning("run_hand_back_failed", run_id=str(run_id), error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def _heartbeat(self) -> None:
         interval = self.settings.lease_s / 3

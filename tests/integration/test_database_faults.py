@@ -83,3 +83,27 @@ async def test_a_cancel_still_reaches_a_running_node_after_the_listen_session_is
         await request_cancel(engine.queue, run, "stop it")
         events = await engine.wait_ended(run, timeout=10)  # not after the 60 s node
     assert events[-1].type == "run_cancelled"
+
+
+async def test_runs_interrupted_by_killed_sessions_resume_without_waiting_for_their_lease(
+    pool: asyncpg.Pool, schema: str
+) -> None:
+    # A 60 s lease: a run handed back only when its lease expires could not end in time below.
+    settings = WorkerSettings(lease_s=60, poll_s=0.1)
+    async with engine_on(pool, schema, settings=settings) as engine:
+        await engine.register(
+            wf(
+                "chain",
+                [{"id": f"n{i}", "type": "delay", "config": {"ms": 50}} for i in range(6)],
+                [(f"n{i}", f"n{i + 1}") for i in range(5)],
+            )
+        )
+        runs = [await engine.start("chain") for _ in range(20)]
+        for _ in range(15):  # kill every session, again and again, while the runs execute
+            await _terminate(pool)
+            await asyncio.sleep(0.1)
+        ended = await asyncio.gather(*[engine.wait_ended(run, timeout=30) for run in runs])
+    assert all(events[-1].data.status == "succeeded" for events in ended)
+    for events in ended:  # no node ran again once its result was recorded
+        finished = [e.data.node_id for e in events if e.type == "node_execute_after"]
+        assert len(finished) == len(set(finished)) == 6
