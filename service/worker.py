@@ -140,16 +140,20 @@ class Worker:
     def _missed_notifications(self) -> None:
         """The LISTEN was down: look for new runs, and let every run read cancels it missed."""
         self._wake.set()
-        for executor in list(self.executors.values()):
+        for run_id in list(self.executors):
+            self._refresh(run_id)
+
+    def _refresh(self, run_id: UUID) -> None:
+        """Let the run's executor read events others appended (a cancel request)."""
+        executor = self.executors.get(run_id)
+        if executor is not None:
             asyncio.create_task(executor.refresh())  # noqa: RUF006 - refresh is short and self-contained
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, _, run = str(payload).partition(":")
         if kind == "cancel":
             with contextlib.suppress(ValueError):
-                executor = self.executors.get(UUID(run))
-                if executor is not None:
-                    asyncio.create_task(executor.refresh())  # noqa: RUF006 - refresh is short and self-contained
+                self._refresh(UUID(run))
             return
         self._wake.set()
 
@@ -166,6 +170,7 @@ class Worker:
 
     async def _execute(self, claim: Claim) -> None:
         bound = log.bind(run_id=str(claim.run_id), workflow_id=claim.workflow_id)
+        hand_back = False
         try:
             executor = RunExecutor(
                 store=self.store,
@@ -185,10 +190,10 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except CONNECTION_FAILURES as exc:
-            # The database failed under the run, not the run itself: hand it back now, so it is
-            # recovered as soon as claims work again instead of after its lease (~15 s).
+            # The database failed under the run, not the run itself: hand it back (below), so it
+            # is recovered as soon as claims work again instead of after its lease (~15 s).
             bound.warning("run_interrupted_by_database", error=f"{type(exc).__name__}: {exc}")
-            await self._hand_back(claim.run_id)
+            hand_back = True
         except Exception:
             # The lease is left to expire, so the run is retried by recovery later (not at once:
             # an error of the run itself would otherwise repeat in a tight loop).
@@ -196,6 +201,9 @@ class Worker:
         finally:
             self.executors.pop(claim.run_id, None)
             self._tasks.pop(claim.run_id, None)
+            # Released only once out of _tasks: the heartbeat must not renew the lease after it.
+            if hand_back:
+                await self._hand_back(claim.run_id)
             self._wake.set()
 
     async def _hand_back(self, run_id: UUID) -> None:

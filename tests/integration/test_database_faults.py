@@ -7,7 +7,9 @@ cancels must work again without a restart, and nothing may be lost.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -27,6 +29,13 @@ async def _terminate(pool: asyncpg.Pool, where: str = "true") -> int:
             f"WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({where})"
         )
     return int(killed)
+
+
+def _delay_chain(workflow_id: str, *delays_ms: int) -> dict[str, Any]:
+    """A linear workflow n0 -> n1 -> ... of delay nodes waiting ``delays_ms`` each."""
+    ids = [f"n{i}" for i in range(len(delays_ms))]
+    nodes = [{"id": n, "type": "delay", "config": {"ms": ms}} for n, ms in zip(ids, delays_ms, strict=True)]
+    return wf(workflow_id, nodes, list(itertools.pairwise(ids)))
 
 
 async def test_appends_go_on_after_the_committers_session_is_killed(
@@ -68,13 +77,7 @@ async def test_a_cancel_still_reaches_a_running_node_after_the_listen_session_is
 ) -> None:
     settings = WorkerSettings(lease_s=5, poll_s=0.2)
     async with engine_on(pool, schema, settings=settings) as engine:
-        await engine.register(
-            wf(
-                "long",
-                [{"id": "a", "type": "delay", "config": {"ms": 60_000}}, {"id": "b", "type": "noop"}],
-                [("a", "b")],
-            )
-        )
+        await engine.register(_delay_chain("long", 60_000, 0))
         run = await engine.start("long")
         await engine.wait_for(run, lambda events: events[-1].type == "node_execute_before")
         channel = engine.queue.notify_channel
@@ -91,13 +94,7 @@ async def test_runs_interrupted_by_killed_sessions_resume_without_waiting_for_th
     # A 60 s lease: a run handed back only when its lease expires could not end in time below.
     settings = WorkerSettings(lease_s=60, poll_s=0.1)
     async with engine_on(pool, schema, settings=settings) as engine:
-        await engine.register(
-            wf(
-                "chain",
-                [{"id": f"n{i}", "type": "delay", "config": {"ms": 50}} for i in range(6)],
-                [(f"n{i}", f"n{i + 1}") for i in range(5)],
-            )
-        )
+        await engine.register(_delay_chain("chain", *[50] * 6))
         runs = [await engine.start("chain") for _ in range(20)]
         for _ in range(15):  # kill every session, again and again, while the runs execute
             await _terminate(pool)
