@@ -28,6 +28,7 @@ import msgspec
 from projections import node_executions, run_summaries
 from projections.shadow_tables import add_indexes, create_unindexed, swap_in
 from schemas.envelope import EventEnvelope
+from schemas.names import DB_SCHEMA
 
 
 class Conn(Protocol):
@@ -129,9 +130,7 @@ def fold_batch(
 class ProjectionRunner:
     """Advances one projection's view table (``table`` overrides it, e.g. for a shadow)."""
 
-    def __init__(
-        self, projection: Projection, *, schema: str = "flowledger", table: str | None = None
-    ) -> None:
+    def __init__(self, projection: Projection, *, schema: str = DB_SCHEMA, table: str | None = None) -> None:
         self.projection = projection
         self.schema = schema
         self.table = table or projection.table
@@ -282,7 +281,7 @@ async def rebuild(
     log: LogAccess,
     projection: Projection,
     *,
-    schema: str = "flowledger",
+    schema: str = DB_SCHEMA,
     batch: int = 5000,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
@@ -295,7 +294,7 @@ async def rebuild_all(
     log: LogAccess,
     projections: list[Projection],
     *,
-    schema: str = "flowledger",
+    schema: str = DB_SCHEMA,
     batch: int = 5000,
     on_progress: Callable[[int], None] | None = None,
     copy_rows: int = 20_000,

@@ -27,20 +27,21 @@ from schemas.events import EVENT_TYPE_BY_TAG, SCHEMA_VERSION
 
 # Same normalisation and rendering as the JSON Schema files, so both stay byte-stable alike.
 from schemas.export import _DATA_KEYS, _normalise, _render
+from schemas.names import (
+    HEADER_EXPECTED_LAST_SEQUENCE,
+    HEADER_MSG_ID,
+    HEADER_POSITION,
+    HEADER_REPLAY,
+    HEADER_SEQ,
+    HEADER_SOURCE,
+    HEADER_TRIMMED,
+    REPLAY_SUBJECT_PREFIX,
+    STREAM_NAME,
+    SUBJECT_PREFIX,
+)
 
 ASYNCAPI_VERSION = "3.0.0"
-EVENTS_SUBJECT_PREFIX = "flowledger.events"
-REPLAY_SUBJECT_PREFIX = "flowledger.replay"
-STREAM_NAME = "FLOWLEDGER"
-"""The JetStream stream that captures ``flowledger.events.>`` (service.nats_client.STREAM_NAME)."""
-
-HEADER_MSG_ID = "Nats-Msg-Id"
-HEADER_SEQ = "Flowledger-Seq"
-HEADER_POSITION = "Flowledger-Global-Position"
-HEADER_SOURCE = "Flowledger-Source"
-HEADER_TRIMMED = "Flowledger-Trimmed"
-HEADER_EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
-HEADER_REPLAY = "Flowledger-Replay"
+EVENTS_SUBJECT_PREFIX = SUBJECT_PREFIX
 
 _REF = "#/components/schemas/{name}"
 _DIGITS = r"^[0-9]+$"
@@ -55,8 +56,7 @@ class TrimmedEventData(msgspec.Struct, frozen=True):
     to the HTTP API and returns exactly this one event.
     """
 
-    # Must match service.relay.TrimmedData field for field (schemas imports nothing of
-    # service); tests/unit/test_asyncapi_current.py compares their msgspec schemas.
+    # The relay publishes exactly this Struct (service.infra.nats.trimmed_payload).
     trimmed: bool
     type: str
     size_bytes: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import msgspec
@@ -39,3 +40,14 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     edges: list[EdgeSpec] = []
     name: str | None = None
     on_failure: Literal["stop", "continue"] = "stop"
+
+
+def spec_version(spec: WorkflowSpec) -> str:
+    """Content hash of a spec: the first 16 hex chars of SHA-256 over its canonical JSON.
+
+    Canonical = every field (defaults included) with object keys sorted at every
+    level, so the same spec from YAML or JSON, in any key order, has the same
+    version, and any change to any field gives a new one. List order (nodes,
+    edges) is part of the content: node order decides the topological order.
+    """
+    return hashlib.sha256(msgspec.json.encode(spec, order="sorted")).hexdigest()[:16]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.worker import WorkerSettings
+from schemas.names import STREAM_NAME, SUBJECT_PREFIX
 
 ENV_DATABASE_URL = "FLOWLEDGER_DATABASE_URL"
 ENV_NATS_URL = "FLOWLEDGER_NATS_URL"
@@ -19,6 +19,8 @@ ENV_HTTP_PORT = "FLOWLEDGER_HTTP_PORT"
 ENV_LOG_FORMAT = "FLOWLEDGER_LOG_FORMAT"
 ENV_LOG_LEVEL = "FLOWLEDGER_LOG_LEVEL"
 ENV_API_URL = "FLOWLEDGER_API_URL"
+
+DEFAULT_HOME = ".flowledger"
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 
@@ -37,27 +39,55 @@ def default_api_url(env: Mapping[str, str]) -> str:
     return f"http://{host}:{port}"
 
 
+DEFAULT_TENANT = "default"
+"""The tenant of every request until authentication assigns one."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Limits of one process's worker (``flowledger serve --help`` names the flags)."""
+
+    max_runs: int = 200
+    """Runs executed at once by this worker (global run limit per process)."""
+    max_node_tasks: int = 512
+    """Node handlers running at once across all runs of this worker."""
+    max_parallel_nodes: int = 16
+    """Node handlers running at once within one run."""
+    lease_s: float = 15.0
+    """A claimed run's lease; renewed while it runs, recovered by another worker once it expires."""
+    poll_s: float = 1.0
+    """How often an idle worker looks for runs when no notification woke it."""
+    output_cap_bytes: int = 5 * 1024 * 1024
+    """Larger node outputs are recorded as a marker with their size and SHA-256."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service needs to start. ``None`` URLs mean: start the embedded server."""
 
     database_url: str | None = None
     nats_url: str | None = None
-    nats_stream: str = "FLOWLEDGER"
+    nats_stream: str = STREAM_NAME
     """JetStream stream of this log's events (one stream per log)."""
-    nats_subject_prefix: str = "flowledger.events"
-    home: Path = field(default_factory=lambda: Path(".flowledger"))
+    nats_subject_prefix: str = SUBJECT_PREFIX
+    """Events are published on ``<prefix>.<tenant>.<workflow_id>.<run_id>.<type>``."""
+    home: Path = field(default_factory=lambda: Path(DEFAULT_HOME))
+    """Data directory of the embedded servers."""
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_format: str = "auto"
+    """``auto`` (JSON when stderr is not a terminal), ``json`` or ``console``."""
     log_level: str = "info"
     relay_enabled: bool = True
+    """Run the relay (log -> NATS) in this process; only one relay is active per database."""
     worker_enabled: bool = True
+    """Execute runs in this process."""
     projections_enabled: bool = True
+    """Keep the read models current in this process; one runner per projection is active."""
     push_queue_size: int = 1000
+    """Messages a live client may fall behind before it is disconnected (a slow client never blocks others)."""
     push_send_timeout_s: float = 5.0
     """How long a WebSocket client may leave its full queue unread before it is disconnected."""
-    """Messages a live client may fall behind before it is disconnected (a slow client never blocks others)."""
     worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
@@ -66,9 +96,9 @@ class Settings:
         return cls(
             database_url=env.get(ENV_DATABASE_URL) or None,
             nats_url=env.get(ENV_NATS_URL) or None,
-            nats_stream=env.get(ENV_NATS_STREAM, "FLOWLEDGER"),
-            nats_subject_prefix=env.get(ENV_NATS_SUBJECT_PREFIX, "flowledger.events"),
-            home=Path(env.get(ENV_HOME, ".flowledger")),
+            nats_stream=env.get(ENV_NATS_STREAM, STREAM_NAME),
+            nats_subject_prefix=env.get(ENV_NATS_SUBJECT_PREFIX, SUBJECT_PREFIX),
+            home=Path(env.get(ENV_HOME, DEFAULT_HOME)),
             http_host=env.get(ENV_HTTP_HOST, "127.0.0.1"),
             http_port=int(env.get(ENV_HTTP_PORT, "8000")),
             log_format=env.get(ENV_LOG_FORMAT, "auto"),

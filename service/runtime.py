@@ -11,32 +11,30 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
 from service.config import Settings
-from service.db import DatabaseUnavailable, create_pool
-from service.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
-from service.event_store import EventStore
-from service.migrations import MigrationError, apply_migrations
-from service.nats_client import MessagingUnavailable, connect_nats, ensure_stream, stream_config
-from service.nodes.registry import NodeRegistry, default_registry
-from service.projection_service import ProjectionService
-from service.push import PushHub
-from service.read_models import ReadModels
-from service.relay import Relay
-from service.run_queue import RunQueue
-from service.supervision import supervised
+from service.engine.nodes import NodeRegistry, default_registry
+from service.engine.worker import Worker
+from service.followers.projection_service import ProjectionService
+from service.followers.push import PushHub
+from service.followers.relay import Relay
+from service.infra.db import DatabaseUnavailable, create_pool
+from service.infra.embedded import EmbeddedServerError, EmbeddedServers
+from service.infra.migrations import MigrationError, apply_migrations
+from service.infra.nats import MessagingUnavailable, connect_nats, ensure_stream, stream_config
+from service.retry import supervised
+from service.store.event_store import EventStore
+from service.store.read_models import ReadModels
+from service.store.run_queue import RunQueue
+from service.store.workflow_store import WorkflowStore
 from service.urls import mask_url
-from service.worker import Worker
-from service.workflow_store import WorkflowStore
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TENANT = "default"
 
 STARTUP_ERRORS = (DatabaseUnavailable, MessagingUnavailable, EmbeddedServerError, MigrationError)
 """Failures with a one-line, human-actionable message: shown as such, never as a traceback."""
@@ -76,7 +74,7 @@ class Runtime:
         self.push: PushHub | None = None
         self.database_url: str | None = None
         self.nats_url: str | None = None
-        self._embedded: list[EmbeddedPostgres | EmbeddedNats] = []
+        self._embedded = EmbeddedServers(settings.home)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(
@@ -84,8 +82,7 @@ class Runtime:
     ) -> None:
         """Bring every dependency up; raises one of ``STARTUP_ERRORS`` on failure."""
         settings = self.settings
-        home = await asyncio.to_thread(_prepared_home, settings)
-        self.database_url = settings.database_url or await self._start_embedded(EmbeddedPostgres(home))
+        self.database_url = await asyncio.to_thread(self._embedded.postgres_url, settings.database_url)
         self.pool = await create_pool(self.database_url)
         self.readiness.postgres = True
         log.info("postgres_connected", url=mask_url(self.database_url))
@@ -98,7 +95,7 @@ class Runtime:
         self.queue = RunQueue(self.store)
         self.read_models = ReadModels(self.store)
 
-        self.nats_url = settings.nats_url or await self._start_embedded(EmbeddedNats(home))
+        self.nats_url = await asyncio.to_thread(self._embedded.nats_url, settings.nats_url)
         self.nats = await connect_nats(self.nats_url, on_reconnect=self._nats_reconnected)
         self.push = PushHub(
             self.nats, subject_prefix=settings.nats_subject_prefix, queue_size=settings.push_queue_size
@@ -154,17 +151,6 @@ class Runtime:
         if self.push is not None:
             self.push.reconnected()
 
-    async def _start_embedded(self, server: EmbeddedPostgres | EmbeddedNats) -> str:
-        url = await asyncio.to_thread(server.start)
-        self._embedded.append(server)
-        log.info(
-            "embedded_server",
-            kind=type(server).__name__,
-            url=url,
-            started_here=server.started_here,
-        )
-        return url
-
     async def stop(self) -> None:
         """Stop everything started, newest first; safe to call after a partial start."""
         for task in self._tasks:
@@ -186,17 +172,8 @@ class Runtime:
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), 10)
-        for server in reversed(self._embedded):
-            await asyncio.to_thread(server.stop)
-        self._embedded.clear()
+        await asyncio.to_thread(self._embedded.stop)
         self.readiness = Readiness()
-
-
-def _prepared_home(settings: Settings) -> Path:
-    home = Path(settings.home).resolve()
-    if settings.database_url is None or settings.nats_url is None:
-        home.mkdir(parents=True, exist_ok=True)
-    return home
 
 
 @contextlib.asynccontextmanager

@@ -20,9 +20,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from service.bench.scratch import scratch_schema
-from service.db import create_pool
-from service.event_store import EventStore
-from service.nats_client import connect_nats, ensure_stream, stream_config
+from service.infra.db import create_pool
+from service.infra.nats import connect_nats, ensure_stream, stream_config
+from service.store.event_store import EventStore
 
 
 @dataclass
@@ -39,7 +39,7 @@ def servers() -> Iterator[Servers]:
     home = Path(tempfile.mkdtemp(prefix="flowledger-test-"))
     started = []
     if not db_url or not nats_url:
-        from service.embedded import EmbeddedNats, EmbeddedPostgres
+        from service.infra.embedded import EmbeddedNats, EmbeddedPostgres
 
         if not db_url:
             pg = EmbeddedPostgres(home)

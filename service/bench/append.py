@@ -20,9 +20,9 @@ from schemas.events import Event, NodeExecuteBefore, RunQueued
 from service.bench.report import Comparison, print_comparisons
 from service.bench.scratch import scratch_schema
 from service.config import Settings
-from service.db import create_pool
-from service.event_store import EventStore
+from service.infra.db import create_pool
 from service.runtime import running
+from service.store.event_store import EventStore
 
 BATCH = 100
 BATCH_WRITERS = 8

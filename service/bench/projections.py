@@ -58,10 +58,10 @@ from schemas.events import (
 from service.bench.report import Comparison, print_comparisons
 from service.bench.scratch import scratch_schema
 from service.config import Settings
-from service.event_store import EventStore
-from service.executor import output_event
-from service.projection_service import StoreLog
+from service.engine.executor import output_event
 from service.runtime import running
+from service.store.event_store import EventStore
+from service.store.projection_log import StoreLog
 
 BATCH = 5000
 """Events per read, for the rebuilds and the raw baseline alike."""
@@ -392,7 +392,7 @@ async def _http(settings: Settings, progress: Progress) -> HttpResult:
     """Serve the app in-process, create finished runs through the API, then load both routes."""
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     port = _free_port()
     # No relay: it has no part in serving reads, and its publishing would compete for the CPU.

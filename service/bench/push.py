@@ -374,8 +374,8 @@ async def _serve(settings: Settings, database_url: str, nats_url: str) -> AsyncI
     """The app under uvicorn on a free port, with its own JetStream stream; ready and relaying."""
     import uvicorn
 
-    from service.app import create_app
-    from service.nats_client import connect_nats
+    from service.api.app import create_app
+    from service.infra.nats import connect_nats
 
     port = _free_port()
     token = uuid.uuid4().hex[:8]

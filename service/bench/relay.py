@@ -20,9 +20,10 @@ from schemas.events import Event, NodeExecuteBefore, RunQueued
 from service.bench.report import Comparison, print_comparisons
 from service.bench.scratch import scratch_schema, scratch_stream
 from service.config import Settings
-from service.event_store import EventStore
-from service.relay import Relay, event_subject
+from service.followers.relay import Relay
+from service.infra.nats import event_subject
 from service.runtime import running
+from service.store.event_store import EventStore
 
 EVENTS_PER_RUN = 10
 

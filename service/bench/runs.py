@@ -41,14 +41,14 @@ from rich.progress import Progress
 from schemas.workflow import EdgeSpec, NodeSpec, WorkflowSpec
 from service.bench.report import Comparison, print_comparisons
 from service.bench.scratch import scratch_schema, scratch_stream
-from service.config import Settings
-from service.event_store import EventStore
-from service.nodes.registry import default_registry
-from service.relay import Relay
-from service.run_queue import RunQueue
+from service.config import Settings, WorkerSettings
+from service.engine.nodes import default_registry
+from service.engine.worker import Worker
+from service.followers.relay import Relay
 from service.runtime import running
-from service.worker import Worker, WorkerSettings
-from service.workflow_store import WorkflowStore
+from service.store.event_store import EventStore
+from service.store.run_queue import RunQueue
+from service.store.workflow_store import WorkflowStore
 
 NODES = 5
 STARTERS = 16

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from service.migrations import apply_migrations
-from service.nats_client import ensure_stream, stream_config
+from service.infra.migrations import apply_migrations
+from service.infra.nats import ensure_stream, stream_config
 
 
 @asynccontextmanager

@@ -32,11 +32,11 @@ import msgspec
 
 from schemas.envelope import EventEnvelope
 from schemas.workflow import WorkflowSpec
-from service.db import create_pool
-from service.executor import RunExecutor
-from service.migrations import apply_migrations
-from service.run_control import request_cancel
-from service.workflow_spec import build_graph
+from service.domain.workflow_spec import build_graph
+from service.engine.control import request_cancel
+from service.engine.executor import RunExecutor
+from service.infra.db import create_pool
+from service.infra.migrations import apply_migrations
 from tests.golden import GoldenHistory, load_history, names, write_expected, write_history
 from tests.integration.engine_harness import Engine, engine_on
 
@@ -197,7 +197,7 @@ async def _record_crash(pool: asyncpg.Pool, schema: str, workflow: dict[str, Any
 
 async def _record_fork(pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]) -> list[EventEnvelope]:
     """The fork's own history: a finished parent is forked from ``enrich``, so ``fetch`` is reused."""
-    from service.fork import start_fork  # forks are newer than the other scenarios
+    from service.engine.fork import start_fork  # forks are newer than the other scenarios
 
     async with engine_on(pool, schema) as engine:
         parent = await _run_to_end(engine, workflow, {"items": ["a", "b"]})
@@ -250,7 +250,7 @@ async def _database() -> AsyncIterator[str]:
     if url:
         yield url
         return
-    from service.embedded import EmbeddedPostgres
+    from service.infra.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="flowledger-golden-")))
     url = await asyncio.to_thread(server.start)

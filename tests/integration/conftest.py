@@ -15,9 +15,9 @@ import httpx
 import pytest
 import uvicorn
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.nats_client import connect_nats
+from service.infra.nats import connect_nats
 from tests.conftest import Servers
 
 

@@ -17,13 +17,15 @@ from projections.run_state import RunState
 from schemas.codec import to_typed
 from schemas.envelope import EventEnvelope
 from schemas.workflow import WorkflowSpec
-from service.event_store import EventStore
-from service.executor import RunExecutor, fold_raw
-from service.nodes.registry import NodeRegistry, default_registry
-from service.run_queue import RunQueue
-from service.worker import Worker, WorkerSettings
-from service.workflow_spec import build_graph, check_spec
-from service.workflow_store import WorkflowStore
+from service.config import WorkerSettings
+from service.domain.run_document import fold_raw
+from service.domain.workflow_spec import build_graph, check_spec
+from service.engine.executor import RunExecutor
+from service.engine.nodes import NodeRegistry, default_registry
+from service.engine.worker import Worker
+from service.store.event_store import EventStore
+from service.store.run_queue import RunQueue
+from service.store.workflow_store import WorkflowStore
 
 
 @dataclass

@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 import psutil
 
-from service.db import Conn
+from service.infra.db import Conn
 
 FLOWLEDGER = str(Path(sys.executable).parent / "flowledger")
 

@@ -11,8 +11,9 @@ from nats.js.errors import NotFoundError
 
 from schemas.envelope import RawEnvelope
 from schemas.events import NodeExecuteBefore, RunQueued
-from service.event_store import EventStore
-from service.relay import HEADER_POSITION, HEADER_SEQ, Relay
+from service.followers.relay import Relay
+from service.infra.nats import HEADER_POSITION, HEADER_SEQ
+from service.store.event_store import EventStore
 
 
 async def write_runs(store: EventStore, runs: int, events_per_run: int) -> list[RawEnvelope]:

@@ -30,10 +30,11 @@ from schemas.events import (
     RunQueued,
     RunStarted,
 )
-from schemas.workflow import NodeSpec, WorkflowSpec
-from service.audit import AuditProblem, audit_log, audit_runs
+from schemas.workflow import NodeSpec, WorkflowSpec, spec_version
 from service.bench.scratch import scratch_schema
-from service.bundle import (
+from service.cli.audit import COMMANDS
+from service.history.audit import AuditProblem, audit_log, audit_runs
+from service.history.bundle import (
     ExportRefused,
     ImportRefused,
     bundle_lines,
@@ -42,12 +43,10 @@ from service.bundle import (
     verify_bundle_file,
     write_bundle,
 )
-from service.cli_audit import COMMANDS
-from service.db import create_pool
-from service.event_store import EventStore
-from service.migrations import apply_migrations
-from service.workflow_spec import spec_version
-from service.workflow_store import WorkflowStore
+from service.infra.db import create_pool
+from service.infra.migrations import apply_migrations
+from service.store.event_store import EventStore
+from service.store.workflow_store import WorkflowStore
 from tests.conftest import Servers
 
 SPEC = WorkflowSpec(
@@ -304,7 +303,7 @@ async def test_export_refuses_runs_that_do_not_verify(
 
 def _cli() -> click.Group:
     """The root ``flowledger`` group with this module's commands (whether or not cli.py adds them)."""
-    from service.cli import cli as root
+    from service.cli.main import cli as root
 
     commands = {**root.commands, **{c.name: c for c in COMMANDS if c.name}}
     return click.Group("flowledger", params=root.params, callback=root.callback, commands=commands)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.nats_client import connect_nats
+from service.infra.nats import connect_nats
 from tests.conftest import Servers
 from tests.integration.test_api import _wait_ended
 

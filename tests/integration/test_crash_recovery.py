@@ -35,9 +35,9 @@ from schemas.events import (
     RunRecovered,
     RunStarted,
 )
-from service.db import init_connection
-from service.embedded import EmbeddedNats
-from service.event_store import EventStore
+from service.infra.db import init_connection
+from service.infra.embedded import EmbeddedNats
+from service.store.event_store import EventStore
 from tests.integration.engine_process import ServeProcess, scratch_database, wait_sessions_gone
 
 APP_NAME = "flowledger-crash-test"

@@ -14,9 +14,9 @@ from typing import Any
 import asyncpg
 
 from schemas.events import RunQueued, RunStarted
-from service.event_store import EventStore, StoreClosed
-from service.run_control import request_cancel
-from service.worker import WorkerSettings
+from service.config import WorkerSettings
+from service.engine.control import request_cancel
+from service.store.event_store import EventStore, StoreClosed
 from tests.integration.engine_harness import engine_on
 from tests.integration.test_engine import wf
 

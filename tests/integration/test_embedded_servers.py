@@ -11,7 +11,7 @@ import nats
 import psutil
 import pytest
 
-from service.embedded import EmbeddedNats, EmbeddedPostgres
+from service.infra.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 def _processes_mentioning(home: Path) -> list[psutil.Process]:

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from schemas.events import NodeExecuteAfter, NodeExecuteAfterData, RunFinished
-from service.run_control import RunAlreadyEnded, request_cancel
-from service.worker import WorkerSettings
+from service.config import WorkerSettings
+from service.engine.control import RunAlreadyEnded, request_cancel
 from tests.integration.engine_harness import Engine, engine_on, node_events
 
 

@@ -12,7 +12,7 @@ import pytest
 from schemas.canonical import verify_chain
 from schemas.codec import InvalidEvent, decode_event
 from schemas.events import NodeExecuteBefore, RunQueued, RunStarted
-from service.event_store import ConcurrencyError, EmptyAppend, EventStore, StreamMismatch
+from service.store.event_store import ConcurrencyError, EmptyAppend, EventStore, StreamMismatch
 
 
 def _new_run() -> uuid.UUID:

@@ -10,8 +10,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.fork import descendants, start_fork
-from service.workflow_spec import build_graph
+from service.domain.workflow_spec import build_graph
+from service.engine.fork import descendants, start_fork
 from tests.integration.engine_harness import engine_on
 from tests.integration.test_api import _assert_problem, _wait_ended
 from tests.integration.test_engine_properties import random_runs

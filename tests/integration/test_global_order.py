@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 
 from schemas.events import NodeExecuteBefore, RunQueued
-from service.event_store import EventStore
+from service.store.event_store import EventStore
 
 
 async def test_tailing_reader_sees_each_event_once_in_order_under_concurrent_writers(

@@ -15,7 +15,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.conftest import Servers
 

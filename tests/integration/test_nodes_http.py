@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.nodes import NodeContext, NodeFailure, NodeRegistry, default_registry
+from service.engine.nodes import NodeContext, NodeFailure, NodeRegistry, default_registry
 
 SLOW_SECONDS = 1.0
 

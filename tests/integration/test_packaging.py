@@ -26,8 +26,8 @@ def test_wheel_ships_migrations_and_packages(tmp_path: Path) -> None:
         "schemas/__init__.py",
         "service/__init__.py",
         "projections/__init__.py",
-        "service/cli.py",
+        "service/cli/main.py",
     ):
         assert package in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "flowledger = service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "flowledger = service.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

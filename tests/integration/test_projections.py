@@ -27,10 +27,10 @@ from schemas.events import (
     RunQueued,
     RunStarted,
 )
-from service.event_store import EventStore
-from service.migrations import apply_migrations
-from service.projection_service import StoreLog
-from service.worker import WorkerSettings
+from service.config import WorkerSettings
+from service.infra.migrations import apply_migrations
+from service.store.event_store import EventStore
+from service.store.projection_log import StoreLog
 from tests.integration.engine_harness import engine_on
 
 
@@ -88,7 +88,7 @@ async def corpus(pool: asyncpg.Pool) -> AsyncIterator[Corpus]:
             spec, inputs = random_workflow(rng, i)
             await engine.register(spec)
             runs.append(await engine.start(spec["id"], inputs))
-        from service.run_control import RunAlreadyEnded, request_cancel
+        from service.engine.control import RunAlreadyEnded, request_cancel
 
         for run in runs[::7]:
             with contextlib.suppress(RunAlreadyEnded):

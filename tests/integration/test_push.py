@@ -18,7 +18,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.worker import WorkerSettings
+from service.config import WorkerSettings
 from tests.conftest import Servers
 from tests.integration.conftest import serve_app
 from tests.integration.test_api import _wait_ended

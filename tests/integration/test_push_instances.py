@@ -26,9 +26,9 @@ import uvicorn
 import websockets
 from litestar import Litestar
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.nats_client import connect_nats
+from service.infra.nats import connect_nats
 from tests.conftest import Servers
 from tests.integration.test_api import _wait_ended
 from tests.integration.test_push import sse, steps

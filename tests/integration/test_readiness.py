@@ -7,7 +7,7 @@ import contextlib
 import uuid
 
 from service.config import Settings
-from service.nats_client import connect_nats
+from service.infra.nats import connect_nats
 from service.runtime import Runtime
 from tests.conftest import Servers
 

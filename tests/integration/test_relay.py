@@ -14,10 +14,10 @@ from nats.aio.client import Client as NATS
 
 from schemas.events import NodeExecuteAfterData, RunQueued, RunStarted
 from service.bench.scratch import scratch_schema
-from service.embedded import EmbeddedNats
-from service.event_store import EventStore
-from service.nats_client import connect_nats, ensure_stream, stream_config
-from service.relay import Relay
+from service.followers.relay import Relay
+from service.infra.embedded import EmbeddedNats
+from service.infra.nats import connect_nats, ensure_stream, stream_config
+from service.store.event_store import EventStore
 from tests.conftest import StreamTarget
 from tests.integration.relay_helpers import (
     assert_exactly_once_in_order,

@@ -17,13 +17,14 @@ from typing import Any
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from service.event_store import EventStore
-from service.nodes.registry import default_registry
-from service.projection_service import ProjectionService
-from service.relay import Relay
-from service.run_queue import RunQueue
-from service.worker import Worker, WorkerSettings
-from service.workflow_store import WorkflowStore
+from service.config import WorkerSettings
+from service.engine.nodes import default_registry
+from service.engine.worker import Worker
+from service.followers.projection_service import ProjectionService
+from service.followers.relay import Relay
+from service.store.event_store import EventStore
+from service.store.run_queue import RunQueue
+from service.store.workflow_store import WorkflowStore
 from tests.conftest import StreamTarget
 
 

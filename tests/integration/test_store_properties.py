@@ -24,7 +24,7 @@ from schemas.canonical import verify_chain
 from schemas.codec import decode_event, encode_event
 from schemas.envelope import RawEnvelope
 from schemas.events import Event, RunQueued, RunStarted, event_tag
-from service.event_store import EventStore
+from service.store.event_store import EventStore
 from tests.unit.test_event_properties import events, identifiers
 
 STORE_SETTINGS = settings(

@@ -21,9 +21,9 @@ from nats.aio.client import Client as NATS
 from schemas.codec import envelope_decoder
 from schemas.envelope import RawEnvelope
 from schemas.events import RunFinished, RunQueued, RunStarted
-from service.event_store import EventStore
-from service.relay import Relay
-from service.tail import TailOptionError, format_line, subject_filters, tail
+from service.cli.tail import TailOptionError, format_line, subject_filters, tail
+from service.followers.relay import Relay
+from service.store.event_store import EventStore
 from tests.conftest import StreamTarget
 from tests.integration.relay_helpers import wait_relayed, write_runs
 
@@ -267,7 +267,7 @@ async def test_example_subscriber_refuses_a_durable_with_another_filter(
 def test_tail_cli_rejects_bad_option_values() -> None:
     from click.testing import CliRunner
 
-    from service.cli import cli
+    from service.cli.main import cli
 
     runner = CliRunner()
     for args, needle in (

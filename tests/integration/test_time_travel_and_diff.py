@@ -35,20 +35,19 @@ from schemas.codec import json_encoder, raw_envelope_decoder
 from schemas.envelope import EventEnvelope, RawEnvelope
 from schemas.events import NodeError, OutputMarker
 from schemas.workflow import WorkflowSpec
-from service.api_history import history_router
-from service.app import create_app
-from service.cli_client import console
-from service.cli_history import diff as diff_command
-from service.cli_history import republish_command, show_state
+from service.api.app import create_app
+from service.api.history import history_router
+from service.cli.client import console
+from service.cli.history import diff as diff_command
+from service.cli.history import republish_command, show_state
 from service.config import Settings
-from service.executor import RunExecutor
-from service.nats_client import connect_nats
-from service.relay import HEADER_TRIMMED
-from service.republish import republish
-from service.run_control import UnknownRun, request_cancel
-from service.run_diff import diff_runs, json_diff
-from service.time_travel import fold_at, state_at, view_of
-from service.workflow_spec import WorkflowGraph, build_graph
+from service.domain.run_diff import diff_runs, json_diff
+from service.domain.workflow_spec import WorkflowGraph, build_graph
+from service.engine.control import UnknownRun, request_cancel
+from service.engine.executor import RunExecutor
+from service.followers.republish import republish
+from service.history.time_travel import fold_at, state_at, view_of
+from service.infra.nats import HEADER_TRIMMED, connect_nats
 from tests.conftest import Servers
 from tests.integration.conftest import serve_app
 from tests.integration.engine_harness import engine_on

@@ -24,7 +24,7 @@ from schemas.asyncapi import (
 from schemas.codec import encode_event
 from schemas.envelope import RawEnvelope
 from schemas.events import EVENT_TYPE_BY_TAG, NodeExecuteAfterData
-from service import nats_client, relay
+from service.infra import nats as nats_client
 
 ASYNCAPI_FILE = Path(__file__).resolve().parents[2] / "schemas" / "asyncapi.json"
 
@@ -155,20 +155,20 @@ def test_headers_are_the_relays() -> None:
     messages = document["components"]["messages"]
     plain = _resolve(document, messages["RunEvent"]["headers"]["$ref"])
     trimmed = _resolve(document, messages["TrimmedRunEvent"]["headers"]["$ref"])
-    sent = {"Nats-Msg-Id", relay.HEADER_SEQ, relay.HEADER_POSITION, relay.HEADER_SOURCE}
+    sent = {"Nats-Msg-Id", nats_client.HEADER_SEQ, nats_client.HEADER_POSITION, nats_client.HEADER_SOURCE}
     assert set(plain["required"]) == sent
-    assert set(trimmed["required"]) == sent | {relay.HEADER_TRIMMED}
-    assert trimmed["properties"][relay.HEADER_TRIMMED]["const"] == "true"
+    assert set(trimmed["required"]) == sent | {nats_client.HEADER_TRIMMED}
+    assert trimmed["properties"][nats_client.HEADER_TRIMMED]["const"] == "true"
     assert (
         asyncapi.HEADER_SEQ,
         asyncapi.HEADER_POSITION,
         asyncapi.HEADER_SOURCE,
         asyncapi.HEADER_TRIMMED,
     ) == (
-        relay.HEADER_SEQ,
-        relay.HEADER_POSITION,
-        relay.HEADER_SOURCE,
-        relay.HEADER_TRIMMED,
+        nats_client.HEADER_SEQ,
+        nats_client.HEADER_POSITION,
+        nats_client.HEADER_SOURCE,
+        nats_client.HEADER_TRIMMED,
     )
     assert asyncapi_document()["channels"]["runEvents"]["x-jetstream-stream"] == nats_client.STREAM_NAME
     assert asyncapi.EVENTS_SUBJECT_PREFIX == nats_client.SUBJECT_PREFIX
@@ -181,25 +181,14 @@ def test_replayed_headers_are_the_republishers() -> None:
         headers = _resolve(document, messages[name]["headers"]["$ref"])
         assert headers["properties"]["Nats-Msg-Id"]["not"] == {}  # copies are never deduplicated
         assert headers["properties"][asyncapi.HEADER_REPLAY]["const"] == "true"
-        expected = {relay.HEADER_SEQ, relay.HEADER_POSITION, asyncapi.HEADER_REPLAY}
-        assert set(headers["required"]) == expected | ({relay.HEADER_TRIMMED} if trimmed else set())
+        expected = {nats_client.HEADER_SEQ, nats_client.HEADER_POSITION, asyncapi.HEADER_REPLAY}
+        assert set(headers["required"]) == expected | ({nats_client.HEADER_TRIMMED} if trimmed else set())
         assert _resolve(document, messages[name]["payload"]["$ref"])["title"] == (
             "TrimmedEventEnvelope" if trimmed else "EventEnvelope"
         )
-    republish = pytest.importorskip("service.republish")
+    republish = pytest.importorskip("service.followers.republish")
     assert asyncapi.HEADER_REPLAY == republish.HEADER_REPLAY
     assert asyncapi.REPLAY_SUBJECT_PREFIX == republish.DEFAULT_REPLAY_PREFIX
-
-
-def _shape(schema: dict[str, Any]) -> dict[str, Any]:
-    """A one-Struct schema without its name and prose: what is on the wire."""
-    (component,) = schema["$defs"].values()
-    return {k: v for k, v in component.items() if k not in ("title", "description")}
-
-
-def test_trimmed_data_matches_the_relays_struct() -> None:
-    # schemas cannot import service, so TrimmedEventData restates service.relay.TrimmedData.
-    assert _shape(msgspec.json.schema(TrimmedEventData)) == _shape(msgspec.json.schema(relay.TrimmedData))
 
 
 def test_a_real_trimmed_payload_decodes_as_the_documented_envelope() -> None:
@@ -218,7 +207,7 @@ def test_a_real_trimmed_payload_decodes_as_the_documented_envelope() -> None:
         hash="11" * 32,
         data=msgspec.Raw(body),
     )
-    payload = relay.trimmed_payload(event, b"")
+    payload = nats_client.trimmed_payload(event)
     decoded = msgspec.json.decode(payload, type=TrimmedEventEnvelope, strict=True)
     assert decoded.data == TrimmedEventData(
         trimmed=True,

@@ -37,9 +37,9 @@ from schemas.events import (
     RunStarted,
     RunWaiting,
 )
-from schemas.workflow import NodeSpec, WorkflowSpec
-from service.audit import AuditProblem, verify_run
-from service.bundle import (
+from schemas.workflow import NodeSpec, WorkflowSpec, spec_version
+from service.history.audit import AuditProblem, verify_run
+from service.history.bundle import (
     BundleCheck,
     BundleRun,
     RunExport,
@@ -47,7 +47,6 @@ from service.bundle import (
     bundle_lines,
     verify_bundle,
 )
-from service.workflow_spec import spec_version
 from tests.golden import load_history
 from tests.golden import names as golden_names
 from tests.unit.test_event_properties import (

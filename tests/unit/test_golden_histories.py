@@ -9,9 +9,9 @@ import msgspec
 import pytest
 
 from projections.run_state import fold
-from service.run_diff import json_diff
-from service.time_travel import state_at
-from service.workflow_spec import build_graph
+from service.domain.run_diff import json_diff
+from service.domain.workflow_spec import build_graph
+from service.history.time_travel import state_at
 from tests.golden import expected_path, history_path, load_history, names
 
 REGENERATE = (

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.events import NodeError
-from service.nodes import (
+from service.engine.nodes import (
     InvalidNodeConfig,
     NodeContext,
     NodeFailure,
@@ -28,8 +28,8 @@ from service.nodes import (
     UnknownNodeType,
     default_registry,
 )
-from service.nodes.builtins import DelayConfig, NoopConfig, TransformConfig
-from service.nodes.expressions import is_truthy
+from service.engine.nodes.builtins import DelayConfig, NoopConfig, TransformConfig
+from service.engine.nodes.expressions import is_truthy
 
 BUILTINS = ["branch", "delay", "fail", "http", "noop", "python", "transform"]
 

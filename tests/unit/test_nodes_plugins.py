@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from service.nodes import ENTRY_POINT_GROUP, NodeContext, NodeRegistry, default_registry
-from service.nodes.builtins import register_builtins
+from service.engine.nodes import ENTRY_POINT_GROUP, NodeContext, NodeRegistry, default_registry
+from service.engine.nodes.builtins import register_builtins
 
 PLUGIN_SOURCE = """
 from __future__ import annotations
 
 import msgspec
 
-from service.nodes import NodeContext, NodeType
+from service.engine.nodes import NodeContext, NodeType
 
 
 class FieldConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from service.supervision import supervised
+from service.retry import supervised
 
 
 async def test_a_failing_loop_is_restarted_until_cancelled() -> None:

@@ -22,15 +22,14 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from schemas.workflow import EdgeSpec, NodeSpec, RetryPolicy, WorkflowSpec
-from service.workflow_spec import (
+from schemas.workflow import EdgeSpec, NodeSpec, RetryPolicy, WorkflowSpec, spec_version
+from service.domain.workflow_spec import (
     InvalidWorkflow,
     SpecProblem,
     build_graph,
     check_spec,
     load_spec_file,
     parse_spec,
-    spec_version,
     validate_spec,
 )
 

@@ -1,0 +1,132 @@
+"""The HTTP API (Litestar): wiring in a lifespan, RFC 9457 problem details for every error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Litestar, Request, get
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from litestar.status_codes import (
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from service.api.errors import EXCEPTION_HANDLERS
+from service.api.history import history_router
+from service.api.metrics import metrics_router
+from service.api.push import push_router
+from service.api.queries import queries_router
+from service.api.runs import runs_router
+from service.config import Settings
+from service.runtime import STARTUP_ERRORS, Runtime
+
+log = structlog.get_logger(__name__)
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class ReadyState(msgspec.Struct):
+    status: str
+    postgres: bool
+    migrations: bool
+    nats: bool
+    relay_active: bool
+    relay_position: int
+
+
+@get("/health", summary="Liveness: the process answers", sync_to_thread=False)
+def health() -> Health:
+    return Health(status="ok")
+
+
+@get(
+    "/ready",
+    summary="Readiness: Postgres, migrations and NATS are up and the background tasks alive (else 503)",
+)
+async def ready(request: Request[Any, Any, Any]) -> ReadyState:
+    runtime: Runtime = request.app.state.runtime
+    r = await runtime.live_readiness()
+    relay = runtime.relay
+    state = ReadyState(
+        status="ready" if r.ready else ("unavailable" if runtime.readiness.ready else "starting"),
+        postgres=r.postgres,
+        migrations=r.migrations,
+        nats=r.nats,
+        relay_active=bool(relay and relay.status.active),
+        relay_position=relay.status.published_position if relay else 0,
+    )
+    if not r.ready:
+        missing = [name for name in ("postgres", "migrations", "nats") if not getattr(r, name)]
+        detail = r.error or f"waiting for: {', '.join(missing)}"
+        raise ProblemDetailsException(
+            status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            title="Service not ready",
+            detail=detail,
+            extra=msgspec.to_builtins(state),
+        )
+    return state
+
+
+def begin_shutdown(app: Litestar) -> None:
+    """The HTTP server is stopping: end live streams now, since it waits for every open
+    connection before it runs the lifespan shutdown. Safe to call from a signal handler."""
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    if runtime is not None and runtime.push is not None:
+        asyncio.get_running_loop().call_soon_threadsafe(runtime.push.close_streams)
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
+    """The service app. Dependencies start in the background so ``/ready`` can say 503 meanwhile;
+    a start-up failure is logged as one line and reported through ``on_fatal``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+
+        async def bootstrap() -> None:
+            try:
+                await runtime.start()
+                log.info("service_ready", http=f"http://{settings.http_host}:{settings.http_port}")
+            except STARTUP_ERRORS as exc:
+                runtime.readiness.error = str(exc)
+                log.error("startup_failed", error=str(exc))
+                if on_fatal is not None:
+                    on_fatal(str(exc))
+
+        task = asyncio.create_task(bootstrap(), name="bootstrap")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await runtime.stop()
+
+    return Litestar(
+        route_handlers=[
+            health,
+            ready,
+            runs_router(),
+            queries_router(),
+            metrics_router(),
+            push_router(),
+            history_router(),
+        ],
+        lifespan=[lifespan],
+        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig())],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(title="Flowledger", version="0.1.0", path="/schema"),
+        logging_config=None,
+    )

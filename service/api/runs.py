@@ -1,0 +1,252 @@
+"""HTTP routes for workflows and runs (``/v1``). Errors become RFC 9457 problem details."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Request, Response, Router, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from projections.run_state import RunState
+from schemas.api import (
+    CancelAccepted,
+    CancelRun,
+    EventPage,
+    ForkAccepted,
+    ReplayRun,
+    RunAccepted,
+    StartRun,
+    WorkflowDetail,
+    WorkflowPage,
+    WorkflowRegistered,
+    WorkflowSummary,
+    WorkflowVersion,
+)
+from schemas.codec import to_typed
+from service.api.dependencies import provide_runtime
+from service.api.errors import problem
+from service.config import DEFAULT_TENANT
+from service.domain.run_document import fold_raw
+from service.domain.workflow_spec import InvalidWorkflow, check_spec, parse_spec
+from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
+from service.engine.fork import ForkError, start_fork
+from service.runtime import Runtime
+from service.store.workflow_store import UnknownWorkflow
+
+MAX_EVENTS_PAGE = 1000
+MAX_SPEC_BYTES = 1024 * 1024
+
+
+def _run_links(run_id: UUID) -> dict[str, str]:
+    return {
+        "status_url": f"/v1/runs/{run_id}",
+        "events_url": f"/v1/runs/{run_id}/events",
+        "stream_url": f"/v1/runs/{run_id}/stream",
+    }
+
+
+# -- workflows -------------------------------------------------------------------------------------
+
+
+@post(
+    "/workflows",
+    status_code=201,
+    summary="Register a workflow (JSON or YAML): 201 for a new version, 200 for one already stored "
+    "(which becomes the current version again)",
+)
+async def register_workflow(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[WorkflowRegistered]:
+    body = await request.body()
+    if len(body) > MAX_SPEC_BYTES:
+        raise problem(413, "Workflow too large", f"a workflow spec may be at most {MAX_SPEC_BYTES} bytes")
+    content_type = request.headers.get("content-type", "")
+    fmt = "yaml" if "yaml" in content_type else ("json" if "json" in content_type else "auto")
+    try:
+        spec = check_spec(parse_spec(body, format=fmt), runtime.registry)  # type: ignore[arg-type]
+    except InvalidWorkflow as exc:
+        raise problem(
+            400,
+            "Invalid workflow",
+            str(exc),
+            problems=[msgspec.to_builtins(p) for p in exc.problems],
+        ) from exc
+    stored, created = await runtime.workflows.register(spec)
+    registered = WorkflowRegistered(
+        id=stored.workflow_id, version=stored.version, created=created, created_at=stored.created_at
+    )
+    return Response(registered, status_code=201 if created else 200)
+
+
+@get("/workflows", summary="Registered workflows (latest version of each), by id")
+async def list_workflows(
+    runtime: NamedDependency[Runtime],
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    cursor: FromQuery[str | None] = None,
+) -> WorkflowPage:
+    items = await runtime.workflows.latest_each(after=cursor or "", limit=limit + 1)
+    page = items[:limit]
+    return WorkflowPage(
+        items=[
+            WorkflowSummary(w.workflow_id, w.version, w.spec.name, len(w.spec.nodes), w.created_at)
+            for w in page
+        ],
+        next_cursor=page[-1].workflow_id if len(items) > limit else None,
+    )
+
+
+@get("/workflows/{workflow_id:str}", summary="A workflow's latest (or ?version=) spec and its versions")
+async def get_workflow(
+    runtime: NamedDependency[Runtime],
+    workflow_id: FromPath[str],
+    version: FromQuery[str | None] = None,
+) -> WorkflowDetail:
+    try:
+        stored = await runtime.workflows.get(workflow_id, version)
+    except UnknownWorkflow as exc:
+        raise problem(404, "Unknown workflow", str(exc)) from exc
+    versions = [WorkflowVersion(v, at) for v, at in await runtime.workflows.versions(workflow_id)]
+    return WorkflowDetail(id=workflow_id, version=stored.version, spec=stored.spec, versions=versions)
+
+
+@post(
+    "/workflows/{workflow_id:str}/runs",
+    status_code=202,
+    summary="Start a run (idempotent with idempotency_key)",
+)
+async def start_run(
+    runtime: NamedDependency[Runtime],
+    workflow_id: FromPath[str],
+    data: JSONBody[StartRun | None] = None,
+) -> RunAccepted:
+    data = data or StartRun()  # no body: no inputs
+    try:
+        stored = await runtime.workflows.get(workflow_id, data.version)
+    except UnknownWorkflow as exc:
+        raise problem(404, "Unknown workflow", f"{exc}; register it with POST /v1/workflows") from exc
+    enqueued = await runtime.queue.enqueue(
+        tenant=DEFAULT_TENANT,
+        workflow_id=workflow_id,
+        workflow_version=stored.version,
+        inputs=data.inputs,
+        idempotency_key=data.idempotency_key,
+        node_count=len(stored.spec.nodes),
+    )
+    version = stored.version
+    if not enqueued.created:
+        version = (await _run_state(runtime, enqueued.run_id)).workflow_version
+    return RunAccepted(
+        run_id=enqueued.run_id,
+        status="queued",
+        workflow_id=workflow_id,
+        workflow_version=version,
+        created=enqueued.created,
+        **_run_links(enqueued.run_id),
+    )
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+async def _run_state(runtime: Runtime, run_id: UUID) -> RunState:
+    assert runtime.store is not None
+    events = await runtime.store.read_run(run_id)
+    if not events:
+        raise problem(404, "Unknown run", f"no run {run_id}")
+    return fold_raw(events)
+
+
+@get("/runs/{run_id:uuid}/events", summary="The run's raw events in seq order (after_seq, limit)")
+async def run_events(
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    after_seq: Annotated[int, QueryParameter(ge=-1, le=2**31 - 1)] = -1,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_EVENTS_PAGE)] = 100,
+) -> EventPage:
+    assert runtime.store is not None
+    events = await runtime.store.read_run(run_id, after_seq=after_seq, limit=limit + 1)
+    if not events and after_seq < 0:
+        raise problem(404, "Unknown run", f"no run {run_id}")
+    page = events[:limit]
+    return EventPage(
+        items=[to_typed(e) for e in page],
+        next_cursor=str(page[-1].seq) if len(events) > limit else None,
+    )
+
+
+@post(
+    "/runs/{run_id:uuid}/cancel", status_code=202, summary="Request cancellation (409 when the run has ended)"
+)
+async def cancel_run(
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    data: JSONBody[CancelRun | None] = None,
+) -> CancelAccepted:
+    reason = (data.reason if data else "") or "cancelled by request"
+    try:
+        await request_cancel(runtime.queue, run_id, reason)
+    except UnknownRun as exc:
+        raise problem(404, "Unknown run", str(exc)) from exc
+    except RunAlreadyEnded as exc:
+        raise problem(409, "Run already ended", str(exc), run_status=exc.status) from exc
+    return CancelAccepted(run_id=run_id, status="cancel_requested")
+
+
+@post(
+    "/runs/{run_id:uuid}/replay",
+    status_code=202,
+    summary="Fork a finished run: reuse results, re-run from a node",
+)
+async def replay_run(
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    data: JSONBody[ReplayRun | None] = None,
+) -> ForkAccepted:
+    body = data or ReplayRun()
+    try:
+        enqueued, stored, origin = await start_fork(
+            runtime.queue,
+            runtime.workflows,
+            run_id,
+            from_node=body.from_node,
+            from_failure=body.from_failure,
+            overrides=body.overrides,
+            workflow_version=body.workflow_version,
+        )
+    except UnknownWorkflow as exc:
+        raise problem(404, "Unknown workflow version", str(exc)) from exc
+    except ForkError as exc:
+        status = 409 if "fork it once it has ended" in str(exc) else 400
+        raise problem(status, "Cannot fork", str(exc)) from exc
+    except LookupError as exc:
+        raise problem(404, "Unknown run", str(exc)) from exc
+    return ForkAccepted(
+        run_id=enqueued.run_id,
+        status="queued",
+        parent_run_id=run_id,
+        workflow_id=stored.workflow_id,
+        workflow_version=stored.version,
+        from_node=origin.from_node,
+        reused_nodes=origin.reuse,
+        overridden_nodes=sorted(origin.overrides),
+        **_run_links(enqueued.run_id),
+    )
+
+
+def runs_router() -> Router:
+    return Router(
+        path="/v1",
+        route_handlers=[
+            register_workflow,
+            list_workflows,
+            get_workflow,
+            start_run,
+            run_events,
+            cancel_run,
+            replay_run,
+        ],
+        dependencies={"runtime": Provide(provide_runtime)},
+    )

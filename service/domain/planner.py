@@ -1,0 +1,124 @@
+"""Planning: a pure function of (workflow graph, run state, live node tasks) -> what to do next.
+
+Normal execution and crash recovery use the same function: after a crash the
+recovered state simply has nodes that are ``running`` or ``retry_wait`` with
+no live task, and those are started again. Nodes whose ``node_execute_after``
+is in the log are terminal and never planned again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass
+from typing import Literal
+
+from projections.run_state import TERMINAL_NODE, NodeState, RunState
+from schemas.workflow import EdgeSpec
+from service.domain.workflow_spec import WorkflowGraph
+
+Outcome = Literal["succeeded", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    start: tuple[str, ...] = ()
+    """Nodes to execute now (each as attempt ``attempts + 1``)."""
+    skip: tuple[tuple[str, str], ...] = ()
+    """Nodes that will never run, with the reason (in topological order)."""
+    cancel: tuple[str, ...] = ()
+    """Live node tasks to cancel."""
+    finish: Outcome | None = None
+    """Set when the run is over: append the terminal event."""
+    error: str | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not (self.start or self.skip or self.cancel or self.finish)
+
+
+def edge_taken(edge: EdgeSpec, upstream: NodeState) -> bool:
+    """An edge carries control when its source succeeded and, for a labelled edge, chose that label."""
+    if upstream.status != "succeeded":
+        return False
+    if edge.when is None:
+        return True
+    output = upstream.output
+    label = output.get("branch") if isinstance(output, dict) else None
+    return label == edge.when
+
+
+def plan(graph: WorkflowGraph, state: RunState, active: Set[str] = frozenset()) -> Plan:
+    """What to do next for ``state``; ``active`` are node ids with a live task in this process."""
+    if state.ended:
+        return Plan()
+    nodes = {node_id: state.node(node_id) for node_id in graph.topo_order}
+
+    halt_reason: str | None = None
+    outcome: Outcome = "failed"
+    if state.cancel_requested:
+        halt_reason, outcome = f"run cancelled: {state.cancel_reason}", "cancelled"
+    elif graph.spec.on_failure == "stop":
+        failed = next((n for n in graph.topo_order if nodes[n].status == "failed"), None)
+        if failed is not None:
+            halt_reason = f"run stopped: node {failed} failed"
+
+    if halt_reason is not None:
+        cancel = tuple(n for n in graph.topo_order if n in active)
+        skip = tuple(
+            (n, halt_reason)
+            for n in graph.topo_order
+            if nodes[n].status in ("pending", "retry_wait")
+            or (nodes[n].status == "running" and n not in active)
+        )
+        if cancel:
+            return Plan(cancel=cancel, skip=tuple(s for s in skip if s[0] not in active))
+        error = halt_reason if outcome == "cancelled" else _run_error(graph, nodes, halt_reason)
+        return Plan(skip=skip, finish=outcome, error=error)
+
+    start: list[str] = []
+    skip_list: list[tuple[str, str]] = []
+    resolved = {n: st.status for n, st in nodes.items()}
+    for node_id in graph.topo_order:
+        node = nodes[node_id]
+        if node.status in ("running", "retry_wait"):
+            if node_id not in active:
+                start.append(node_id)  # interrupted by a crash: run it again
+            continue
+        if node.status != "pending" or node_id in active:
+            continue
+        incoming = graph.upstream[node_id]
+        if not incoming:
+            start.append(node_id)
+            continue
+        if any(resolved[e.from_] not in TERMINAL_NODE for e in incoming):
+            continue
+        failed_up = sorted({e.from_ for e in incoming if resolved[e.from_] == "failed"})
+        if failed_up:
+            reason = f"upstream {', '.join(failed_up)} failed"
+        elif any(resolved[e.from_] == "succeeded" and edge_taken(e, nodes[e.from_]) for e in incoming):
+            start.append(node_id)
+            continue
+        else:
+            reason = "not reached: no incoming edge was taken"
+        skip_list.append((node_id, reason))
+        resolved[node_id] = "skipped"  # lets the skip cascade within this one plan
+
+    if start or skip_list:
+        return Plan(start=tuple(start), skip=tuple(skip_list))
+    if active or any(resolved[n] not in TERMINAL_NODE for n in graph.topo_order):
+        return Plan()
+    failed_nodes = [n for n in graph.topo_order if resolved[n] == "failed"]
+    if failed_nodes:
+        return Plan(finish="failed", error=_run_error(graph, nodes, None))
+    return Plan(finish="succeeded")
+
+
+def _run_error(graph: WorkflowGraph, nodes: dict[str, NodeState], reason: str | None) -> str:
+    failed = [n for n in graph.topo_order if nodes[n].status == "failed"]
+    if failed:
+        first = nodes[failed[0]]
+        detail = f"{first.error.kind}: {first.error.message}" if first.error else "failed"
+        return f"node {failed[0]} failed ({detail})" + (
+            f"; {len(failed) - 1} more failed" if len(failed) > 1 else ""
+        )
+    return reason or "run failed"

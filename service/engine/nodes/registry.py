@@ -1,0 +1,305 @@
+"""Node types by name: typed configs, async handlers, and plugins from entry points.
+
+Guarantees the engine relies on:
+- ``parse_config`` accepts exactly the config a node type declares (strict
+  types, constraints, no unknown fields) or raises :class:`InvalidNodeConfig`
+  naming the node type and the offending field;
+- ``execute`` returns a JSON value (plain dicts, lists, str, int, float, bool,
+  None: the output after a JSON round trip) or raises :class:`NodeFailure`; ``asyncio.CancelledError`` (and
+  other ``BaseException``s) pass through untouched so cancellation and
+  timeouts stay the caller's;
+- a broken plugin is logged and skipped; it never stops the service and never
+  leaves half of its node types registered.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+import structlog
+
+from schemas.events import NodeError
+
+ENTRY_POINT_GROUP = "flowledger.nodes"
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+def _log() -> Any:
+    # Looked up per call rather than at import: a module-level proxy caches its
+    # processors on first use (cache_logger_on_first_use), which would hide
+    # these warnings from structlog.testing.capture_logs.
+    return structlog.get_logger(__name__)
+
+
+class NodeFailure(Exception):
+    """Raised by handlers (or made from any exception) to fail a node attempt.
+
+    ``kind`` is a stable classifier (``http_status``, ``expression_error``, or
+    an exception class name); ``retryable=False`` tells the engine that another
+    attempt cannot succeed, whatever the node's retry policy says.
+    """
+
+    def __init__(self, kind: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retryable = retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments are lost by Exception's default pickling.
+        return (_rebuild_failure, (self.kind, self.message, self.retryable))
+
+    def __repr__(self) -> str:
+        return f"NodeFailure(kind={self.kind!r}, message={self.message!r}, retryable={self.retryable!r})"
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> NodeFailure:
+        """The failure for an arbitrary exception: its class name as ``kind``, ``str(exc)`` as message."""
+        if isinstance(exc, NodeFailure):
+            return exc
+        return cls(type(exc).__name__, str(exc) or type(exc).__name__)
+
+    def to_error(self) -> NodeError:
+        """The event-body form (``node_execute_after.error``)."""
+        return NodeError(kind=self.kind, message=self.message, retryable=self.retryable)
+
+
+def _rebuild_failure(kind: str, message: str, retryable: bool) -> NodeFailure:
+    return NodeFailure(kind, message, retryable=retryable)
+
+
+class NodeContext(msgspec.Struct, frozen=True):
+    """What a handler knows about the attempt it runs."""
+
+    run_id: str
+    node_id: str
+    node_type: str
+    attempt: int  # 1-based
+    # {"inputs": <run inputs>, "nodes": {<upstream node id>: <its output>, ...}}
+    document: dict[str, Any]
+
+
+# (typed config Struct, context) -> JSON-serializable output
+Handler = Callable[[Any, NodeContext], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True)
+class NodeType:
+    name: str
+    config_type: type[msgspec.Struct]
+    handler: Handler
+    description: str = ""
+
+
+class UnknownNodeType(LookupError):
+    """A node type name that no built-in or plugin registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown node type {name!r}; known types: {', '.join(known) or '(none)'}")
+        self.name = name
+        self.known = known
+
+
+class InvalidNodeConfig(ValueError):
+    """A node config that does not match its type's config Struct."""
+
+    def __init__(self, node_type: str, problem: str) -> None:
+        super().__init__(f"invalid config for node type {node_type!r}: {problem}")
+        self.node_type = node_type
+        self.problem = problem
+
+
+def _first_doc_line(obj: object) -> str:
+    doc = inspect.getdoc(obj)
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+class NodeRegistry:
+    """Node types by name, plus the resources their handlers share (one HTTP client)."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, NodeType] = {}
+        self._http_client: httpx.AsyncClient | None = None
+        self._loaded_entry_points: set[tuple[str, str, str]] = set()
+
+    # -- registration -------------------------------------------------------
+
+    def register(self, node_type: NodeType) -> None:
+        """Add a node type; a name already taken raises ``ValueError``."""
+        name = node_type.name
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise ValueError(
+                f"invalid node type name {name!r}: must be a non-empty string without surrounding spaces"
+            )
+        if name in self._types:
+            raise ValueError(f"node type {name!r} is already registered")
+        config_type = node_type.config_type
+        if not (isinstance(config_type, type) and issubclass(config_type, msgspec.Struct)):
+            raise TypeError(
+                f"config type of node type {name!r} must be a msgspec.Struct subclass, got {config_type!r}"
+            )
+        if not config_type.__struct_config__.forbid_unknown_fields:
+            # Otherwise a misspelt option would be dropped silently instead of refused.
+            raise TypeError(
+                f"config type {config_type.__name__} of node type {name!r} must be declared "
+                "with forbid_unknown_fields=True"
+            )
+        handler = node_type.handler
+        if not callable(handler):
+            raise TypeError(f"handler of node type {name!r} is not callable")
+        if inspect.isfunction(handler) and not inspect.iscoroutinefunction(handler):
+            raise TypeError(f"handler {handler.__qualname__} of node type {name!r} must be an async function")
+        self._types[name] = node_type
+
+    def node(self, name: str, config: type[msgspec.Struct], description: str = "") -> Callable[[H], H]:
+        """Decorator registering an async handler under ``name``; returns the handler unchanged."""
+
+        def decorate(handler: H) -> H:
+            self.register(NodeType(name, config, handler, description or _first_doc_line(handler)))
+            return handler
+
+        return decorate
+
+    # -- lookup -------------------------------------------------------------
+
+    def get(self, name: str) -> NodeType:
+        try:
+            return self._types[name]
+        except KeyError:
+            raise UnknownNodeType(name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def parse_config(self, name: str, config: dict[str, Any]) -> msgspec.Struct:
+        """The typed config, or :class:`InvalidNodeConfig` naming what is wrong (``UnknownNodeType`` for a bad name)."""
+        config_type = self.get(name).config_type
+        try:
+            return msgspec.convert(config, type=config_type, strict=True)
+        except msgspec.ValidationError as exc:
+            raise InvalidNodeConfig(name, str(exc)) from None
+
+    # -- execution ----------------------------------------------------------
+
+    def http_client(self) -> httpx.AsyncClient:
+        """The registry's shared HTTP client, created on first use; closed by :meth:`aclose`."""
+        if self._http_client is None or self._http_client.is_closed:
+            # Redirects are followed as a browser or n8n would; per-request timeouts are set by the caller.
+            self._http_client = httpx.AsyncClient(follow_redirects=True)
+        return self._http_client
+
+    async def aclose(self) -> None:
+        """Release shared resources; the registry stays usable (a new client is made on demand)."""
+        client, self._http_client = self._http_client, None
+        if client is not None:
+            await client.aclose()
+
+    async def execute(self, name: str, config: msgspec.Struct, ctx: NodeContext) -> Any:
+        """Run one attempt; returns its JSON-ready output or raises :class:`NodeFailure`.
+
+        Any ``Exception`` becomes a ``NodeFailure`` (kind = its class name,
+        chained as ``__cause__``); ``CancelledError`` propagates untouched.
+        """
+        try:
+            node_type = self.get(name)
+        except UnknownNodeType as exc:
+            raise NodeFailure("unknown_node_type", str(exc), retryable=False) from None
+        if not isinstance(config, node_type.config_type):
+            raise NodeFailure(
+                "invalid_config",
+                f"node type {name!r} expects a {node_type.config_type.__name__} config, "
+                f"got {type(config).__name__}",
+                retryable=False,
+            )
+        try:
+            result = await node_type.handler(config, ctx)
+        except NodeFailure:
+            raise
+        except Exception as exc:
+            _log().warning(
+                "node handler raised",
+                run_id=ctx.run_id,
+                node_id=ctx.node_id,
+                node_type=name,
+                attempt=ctx.attempt,
+                exc_info=exc,
+            )
+            raise NodeFailure.from_exception(exc) from exc
+        try:
+            # A JSON round trip: downstream nodes then see exactly what the event
+            # log stores (and what a recovered or replayed run reads back) -
+            # Structs, tuples and datetimes become JSON types, and the output is
+            # detached from any object the handler keeps mutating.
+            return _json_decode(_json_encode(result))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise NodeFailure(
+                "invalid_output",
+                f"node type {name!r} returned a value that is not JSON-serializable: {exc}",
+                retryable=False,
+            ) from exc
+
+    # -- plugins ------------------------------------------------------------
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
+        """Register the node types of every plugin in ``group``; returns the names added.
+
+        An entry point names either a :class:`NodeType` or a callable
+        ``register(registry)``. One that fails to import, raises, or registers a
+        taken name is logged as a warning and rolled back. Entry points already
+        loaded into this registry are skipped, so calling this twice is harmless.
+        """
+        added: list[str] = []
+        try:
+            entry_points = importlib.metadata.entry_points(group=group)
+        except Exception as exc:  # e.g. an unrelated distribution with unreadable metadata
+            _log().warning("node plugins not loaded", group=group, error=f"{type(exc).__name__}: {exc}")
+            return added
+        for ep in entry_points:
+            key = (group, ep.name, ep.value)
+            if key in self._loaded_entry_points:
+                continue
+            dist = ep.dist.name if ep.dist is not None else None
+            before = dict(self._types)
+            try:
+                target = ep.load()
+                if isinstance(target, NodeType):
+                    self.register(target)
+                elif callable(target):
+                    result = target(self)
+                    if inspect.isawaitable(result):
+                        if inspect.iscoroutine(result):
+                            result.close()  # never awaited: no "coroutine was never awaited" noise
+                        raise TypeError("register(registry) must be a plain function, not async")
+                else:
+                    raise TypeError(
+                        f"entry point must name a NodeType or a register(registry) callable, "
+                        f"got {type(target).__name__}"
+                    )
+            except Exception as exc:
+                self._types = before  # no half-registered plugin
+                _log().warning(
+                    "node plugin failed to load; skipped",
+                    entry_point=ep.name,
+                    value=ep.value,
+                    group=group,
+                    distribution=dist,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            self._loaded_entry_points.add(key)
+            new = [name for name in self._types if name not in before]
+            _log().debug("node plugin loaded", entry_point=ep.name, distribution=dist, node_types=new)
+            added.extend(new)
+        return added

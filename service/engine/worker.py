@@ -1,0 +1,224 @@
+"""The worker: claims queued runs, keeps their leases, and runs each in a ``RunExecutor``.
+
+Any number of workers (in any number of processes) share one database; a run
+is executed by one worker at a time (lease + ``FOR UPDATE SKIP LOCKED``). A
+worker that dies stops renewing; once the lease expires another worker claims
+the run and recovers it from its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from uuid import UUID
+
+import structlog
+
+from service.config import WorkerSettings
+from service.domain.workflow_spec import WorkflowGraph, build_graph
+from service.engine.executor import ExecutionLimits, RunExecutor
+from service.engine.nodes.registry import NodeRegistry
+from service.infra.db import CONNECTION_FAILURES
+from service.infra.listen import listen
+from service.store.event_store import EventStore
+from service.store.run_queue import Claim, LeaseLost, RunQueue
+from service.store.workflow_store import WorkflowStore
+from service.waiting import wait_set
+
+log = structlog.get_logger(__name__)
+
+MIN_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 5.0
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        store: EventStore,
+        queue: RunQueue,
+        workflows: WorkflowStore,
+        registry: NodeRegistry,
+        settings: WorkerSettings | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.workflows = workflows
+        self.registry = registry
+        self.settings = settings = settings or WorkerSettings()
+        self.worker_id = worker_id or new_worker_id()
+        self.node_slots = asyncio.Semaphore(settings.max_node_tasks)
+        self.limits = ExecutionLimits(settings.max_parallel_nodes, settings.output_cap_bytes)
+        self.executors: dict[UUID, RunExecutor] = {}
+        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._graphs: dict[tuple[str, str], WorkflowGraph] = {}
+        self.completed = 0
+
+    async def run(self) -> None:
+        """Claim and execute until cancelled; on cancellation, give the runs back at once.
+
+        Database errors (an outage, a dropped session) never end the worker: a failed
+        claim is retried with backoff, and the LISTEN for wake-ups and cancels is
+        re-established (``service.infra.listen``).
+        """
+        listener = asyncio.create_task(
+            listen(
+                self.store.pool,
+                {self.queue.notify_channel: self._on_notify},
+                on_restored=self._missed_notifications,
+            ),
+            name="worker-listener",
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+        backoff = MIN_BACKOFF_S
+        claim_unsure = False
+        try:
+            log.info("worker_started", worker_id=self.worker_id, max_runs=self.settings.max_runs)
+            while True:
+                self._wake.clear()
+                free = self.settings.max_runs - len(self._tasks)
+                try:
+                    if claim_unsure:
+                        # A failed claim may have leased runs whose answer never arrived.
+                        orphans = await self.queue.release_all_but(self.worker_id, list(self._tasks))
+                        if orphans:
+                            log.info("worker_released_unstarted_runs", runs=orphans)
+                        claim_unsure = False
+                    claims = (
+                        await self.queue.claim(self.worker_id, free, self.settings.lease_s)
+                        if free > 0
+                        else []
+                    )
+                except Exception as exc:  # asyncpg raises several unrelated types for a dead session
+                    log.warning(
+                        "worker_claim_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=backoff
+                    )
+                    claim_unsure = True
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                backoff = MIN_BACKOFF_S
+                for claim in claims:
+                    self._start(claim)
+                if len(claims) < free or free <= 0:
+                    await wait_set(self._wake, self.settings.poll_s)
+        finally:
+            heartbeat.cancel()
+            listener.cancel()
+            running = list(self._tasks)
+            for task in self._tasks.values():
+                task.cancel()
+            for task in [heartbeat, listener, *self._tasks.values()]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await self.queue.release(self.worker_id, running)
+            log.info("worker_stopped", worker_id=self.worker_id, released=len(running))
+
+    def _missed_notifications(self) -> None:
+        """The LISTEN was down: look for new runs, and let every run read cancels it missed."""
+        self._wake.set()
+        for run_id in list(self.executors):
+            self._refresh(run_id)
+
+    def _refresh(self, run_id: UUID) -> None:
+        """Let the run's executor read events others appended (a cancel request)."""
+        executor = self.executors.get(run_id)
+        if executor is not None:
+            asyncio.create_task(executor.refresh())  # noqa: RUF006 - refresh is short and self-contained
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        kind, _, run = str(payload).partition(":")
+        if kind == "cancel":
+            with contextlib.suppress(ValueError):
+                self._refresh(UUID(run))
+            return
+        self._wake.set()
+
+    def _start(self, claim: Claim) -> None:
+        self._tasks[claim.run_id] = asyncio.create_task(self._execute(claim), name=f"run:{claim.run_id}")
+
+    async def _graph(self, claim: Claim) -> WorkflowGraph:
+        key = (claim.workflow_id, claim.workflow_version)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = build_graph(await self.workflows.spec(*key))
+            self._graphs[key] = graph
+        return graph
+
+    async def _execute(self, claim: Claim) -> None:
+        bound = log.bind(run_id=str(claim.run_id), workflow_id=claim.workflow_id)
+        hand_back = False
+        try:
+            executor = RunExecutor(
+                store=self.store,
+                queue=self.queue,
+                registry=self.registry,
+                graph=await self._graph(claim),
+                claim=claim,
+                worker_id=self.worker_id,
+                node_slots=self.node_slots,
+                limits=self.limits,
+            )
+            self.executors[claim.run_id] = executor
+            await executor.execute()
+            self.completed += 1
+        except LeaseLost as exc:
+            bound.warning("run_lease_lost", error=str(exc))
+        except asyncio.CancelledError:
+            raise
+        except CONNECTION_FAILURES as exc:
+            # The database failed under the run, not the run itself: hand it back (below), so it
+            # is recovered as soon as claims work again instead of after its lease (~15 s).
+            bound.warning("run_interrupted_by_database", error=f"{type(exc).__name__}: {exc}")
+            hand_back = True
+        except Exception:
+            # The lease is left to expire, so the run is retried by recovery later (not at once:
+            # an error of the run itself would otherwise repeat in a tight loop).
+            bound.exception("run_execution_error")
+        finally:
+            self.executors.pop(claim.run_id, None)
+            self._tasks.pop(claim.run_id, None)
+            # Released only once out of _tasks: the heartbeat must not renew the lease after it.
+            if hand_back:
+                await self._hand_back(claim.run_id)
+            self._wake.set()
+
+    async def _hand_back(self, run_id: UUID) -> None:
+        """Release ``run_id`` now, retrying while the database is still failing; if it stays
+        down for a whole lease, the lease expires anyway and the run is recovered then."""
+        deadline = time.monotonic() + self.settings.lease_s
+        delay = MIN_BACKOFF_S
+        while time.monotonic() < deadline:
+            try:
+                await self.queue.release(self.worker_id, [run_id])
+                log.info("run_handed_back", run_id=str(run_id))
+                return
+            except Exception as exc:
+                log.warning("run_hand_back_failed", run_id=str(run_id), error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            owned = list(self._tasks)
+            try:
+                held = await self.queue.renew(self.worker_id, owned, self.settings.lease_s)
+            except Exception as exc:
+                log.warning("lease_renewal_failed", error=str(exc))
+                continue
+            for run_id in owned:
+                if run_id not in held and run_id in self._tasks and run_id in self.executors:
+                    log.warning("run_lease_lost", run_id=str(run_id))
+                    self._tasks[run_id].cancel()

@@ -1,0 +1,339 @@
+"""Live push: one NATS subscription per process feeds every local SSE / WebSocket client.
+
+A client's stream is always "stored, then live": it subscribes to the hub
+first, reads what is stored after its resume point from PostgreSQL, then
+forwards live events, skipping any seq it already sent and filling any gap from
+PostgreSQL. So the switch-over neither loses nor repeats an event, and a live
+message that never arrives (NATS restart, relay retry) is recovered from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas.codec import json_encoder
+from schemas.envelope import RawEnvelope
+from schemas.events import TERMINAL_TYPES
+from service.infra.nats import HEADER_POSITION, HEADER_SEQ, SUBJECT_PREFIX
+from service.store.event_store import EventStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PushEvent:
+    """One event as a push client receives it: routing fields and the envelope JSON."""
+
+    run_id: str
+    seq: int
+    global_position: int
+    type: str
+    workflow_id: str
+    payload: bytes
+    sse_frame: bytes = b""
+    """The SSE frame with ``id: <seq>``, built once per event and shared by every client of the run."""
+
+
+def sse_frame(event_id: int, type_: str, payload: bytes) -> bytes:
+    """One Server-Sent Events message (the envelope JSON is one line: compact JSON has no newline)."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, type_.encode(), payload)
+
+
+def push_event(
+    run_id: str, seq: int, position: int, type_: str, workflow_id: str, payload: bytes
+) -> PushEvent:
+    return PushEvent(run_id, seq, position, type_, workflow_id, payload, sse_frame(seq, type_, payload))
+
+
+def from_envelope(event: RawEnvelope) -> PushEvent:
+    return push_event(
+        str(event.run_id),
+        event.seq,
+        event.global_position,
+        event.type,
+        event.workflow_id,
+        json_encoder.encode(event),
+    )
+
+
+class Overflow(Exception):
+    """A client fell too far behind: its bounded queue is full."""
+
+
+class HubClosing(Exception):
+    """The service is shutting down: live streams end (clients resume elsewhere or later)."""
+
+
+_CLOSE = object()
+"""Put in a subscription's queue to wake a reader waiting on it when the hub closes."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """A client's bounded inbox. The hub never waits on it: when full, the client is cut off."""
+
+    run_id: str | None
+    matches: Callable[[PushEvent], bool]
+    queue: asyncio.Queue[PushEvent] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
+    overflowed: bool = False
+    generation: int = 0
+    closed: bool = False
+
+    def offer(self, event: PushEvent) -> None:
+        if self.overflowed or not self.matches(event):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    async def next(self, timeout: float) -> PushEvent | None:
+        """The next live event, or None after ``timeout`` seconds of silence."""
+        if self.overflowed:
+            raise Overflow(f"more than {self.queue.maxsize} events queued for a client that is not reading")
+        if self.closed:
+            raise HubClosing("the service is shutting down")
+        try:
+            item: Any = self.queue.get_nowait()  # the common case under load: no task, no timer
+        except asyncio.QueueEmpty:
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await self.queue.get()
+            except TimeoutError:
+                return None
+        if item is _CLOSE:
+            raise HubClosing("the service is shutting down")
+        event: PushEvent = item
+        return event
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: its reader is not waiting
+            self.queue.put_nowait(_CLOSE)  # type: ignore[arg-type]
+
+
+class PushHub:
+    """Routes live events from one NATS subscription to every local subscription."""
+
+    def __init__(self, nc: NATS, *, subject_prefix: str = SUBJECT_PREFIX, queue_size: int = 1000) -> None:
+        self.nc = nc
+        self.subject_prefix = subject_prefix
+        self.queue_size = queue_size
+        self._by_run: dict[str, set[Subscription]] = {}
+        self._all: set[Subscription] = set()
+        self._sub: object | None = None
+        self.generation = 0
+        """Bumped when the NATS connection was re-established: live messages may have been missed."""
+        self.delivered = 0
+        self.closing = asyncio.Event()
+        """Set by ``close_streams`` when the service starts shutting down."""
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self.subject_prefix}.>", cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+
+    def close_streams(self) -> None:
+        """End every live stream now (and any opened later): the HTTP server waits for open
+        streams before it stops, and a run-less ``/v1/stream`` never ends by itself."""
+        self.closing.set()
+        for sub in [*self._all, *(s for subs in self._by_run.values() for s in subs)]:
+            sub.close()
+
+    def reconnected(self) -> None:
+        self.generation += 1
+
+    @property
+    def clients(self) -> int:
+        return len(self._all) + sum(len(s) for s in self._by_run.values())
+
+    def subscribe(
+        self, run_id: str | None, matches: Callable[[PushEvent], bool] = lambda _e: True
+    ) -> Subscription:
+        sub = Subscription(
+            run_id, matches, asyncio.Queue(maxsize=self.queue_size), generation=self.generation
+        )
+        if self.closing.is_set():
+            sub.close()
+        if run_id is None:
+            self._all.add(sub)
+        else:
+            self._by_run.setdefault(run_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub.run_id is None:
+            self._all.discard(sub)
+            return
+        subs = self._by_run.get(sub.run_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_run[sub.run_id]
+
+    async def _on_msg(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        if len(tokens) < 4:
+            return
+        headers = msg.headers or {}
+        try:
+            event = push_event(
+                tokens[-2],
+                int(headers[HEADER_SEQ]),
+                int(headers[HEADER_POSITION]),
+                tokens[-1],
+                tokens[-3],
+                msg.data,
+            )
+        except (KeyError, ValueError):
+            return  # not one of ours
+        for sub in self._by_run.get(event.run_id, ()):
+            sub.offer(event)
+        for sub in self._all:
+            sub.offer(event)
+        self.delivered += 1
+
+
+async def run_events(
+    hub: PushHub,
+    store: EventStore,
+    run_id: UUID,
+    after_seq: int,
+    *,
+    heartbeat_s: float = 15.0,
+    poll_s: float = 5.0,
+    stop_at_end: bool = True,
+) -> AsyncIterator[PushEvent | None]:
+    """Every event of ``run_id`` after ``after_seq``, exactly once and in seq order.
+
+    Yields None as a heartbeat when nothing happened for ``heartbeat_s``. Ends after
+    the run's terminal event (when ``stop_at_end``). Raises ``Overflow`` when the
+    consumer does not keep up.
+    """
+    key = str(run_id)
+    sub = hub.subscribe(key)
+    last = after_seq
+    try:
+
+        async def catch_up(until: int | None = None) -> AsyncIterator[PushEvent]:
+            nonlocal last
+            while True:
+                stored = await store.read_run(run_id, after_seq=last, limit=500)
+                for event in stored:
+                    if until is not None and event.seq > until:
+                        return
+                    last = event.seq
+                    yield from_envelope(event)
+                if len(stored) < 500:
+                    return
+
+        resumed_from_end = after_seq >= 0
+        async for event in catch_up():
+            resumed_from_end = False
+            yield event
+            if stop_at_end and event.type in TERMINAL_TYPES:
+                return
+        if resumed_from_end and stop_at_end:
+            # Resuming at or past the run's last event: if that was its end, there is nothing more.
+            at = await store.read_run(run_id, after_seq=after_seq - 1, limit=1)
+            if at and at[0].type in TERMINAL_TYPES:
+                return
+        quiet = 0.0
+        while True:
+            live = await sub.next(min(poll_s, heartbeat_s))
+            if live is None or sub.generation != hub.generation:
+                sub.generation = hub.generation
+                # Silence or a NATS reconnect: anything stored but not (yet) pushed comes from the
+                # log, so a stalled relay delays a client by at most ``poll_s``.
+                caught = False
+                async for event in catch_up():
+                    caught = True
+                    yield event
+                    if stop_at_end and event.type in TERMINAL_TYPES:
+                        return
+                if live is None:
+                    quiet = 0.0 if caught else quiet + min(poll_s, heartbeat_s)
+                    if quiet >= heartbeat_s:
+                        quiet = 0.0
+                        yield None
+                    continue
+            quiet = 0.0
+            if live.seq <= last:
+                continue
+            if live.seq > last + 1:
+                async for event in catch_up(until=live.seq - 1):
+                    yield event
+            if live.seq != last + 1:
+                continue  # the gap could not be filled yet (not visible); the log catch-up will deliver it
+            last = live.seq
+            yield live
+            if stop_at_end and live.type in TERMINAL_TYPES:
+                return
+    finally:
+        hub.unsubscribe(sub)
+
+
+async def all_events(
+    hub: PushHub,
+    store: EventStore,
+    *,
+    tenant: str,
+    after_position: int,
+    workflow_id: str | None,
+    types: frozenset[str] | None,
+    heartbeat_s: float = 15.0,
+) -> AsyncIterator[PushEvent | None]:
+    """Every event of the tenant (optionally one workflow / some types) after a global position, in log order."""
+
+    def matches(event: PushEvent) -> bool:
+        return (workflow_id is None or event.workflow_id == workflow_id) and (
+            types is None or event.type in types
+        )
+
+    sub = hub.subscribe(None, matches)
+    last = after_position
+    try:
+
+        async def catch_up() -> AsyncIterator[PushEvent]:
+            nonlocal last
+            while True:
+                stored = await store.read_filtered(
+                    last, tenant=tenant, workflow_id=workflow_id, types=types, limit=500
+                )
+                for event in stored:
+                    last = event.global_position
+                    yield from_envelope(event)
+                if len(stored) < 500:
+                    return
+
+        async for event in catch_up():
+            yield event
+        while True:
+            live = await sub.next(heartbeat_s)
+            if live is None or sub.generation != hub.generation:
+                sub.generation = hub.generation
+                async for event in catch_up():
+                    yield event
+                if live is None:
+                    yield None
+                    continue
+            if live.global_position <= last:
+                continue
+            # The relay publishes in log order, so everything matching before this event
+            # was already offered to this subscription (a reconnect is caught up above).
+            last = live.global_position
+            yield live
+    finally:
+        hub.unsubscribe(sub)

@@ -1,0 +1,575 @@
+"""Self-verifying audit bundles: export runs, verify a bundle offline, import it elsewhere.
+
+A bundle is NDJSON, one JSON object per line, each line ending in ``\\n``:
+
+1. a header ``{"bundle":"header","format_version":1,"exported_at":...,"runs":[...]}``;
+2. for each run (in the header's order) a run line ``{"bundle":"run","run_id",
+   "tenant","workflow_id","workflow_version","spec"}`` (``spec`` is the workflow
+   version the run executed, ``null`` when it is not registered), then every event
+   of the run in seq order, each the stored envelope exactly as the API serves it
+   (``hash``, ``prev_hash`` and the body bytes verbatim);
+3. a digest line ``{"bundle":"digest","sha256":...,"runs":{run_id: {"events",
+   "head_hash"}}}``: SHA-256 over the bytes of every line before it (newlines
+   included), and each run's event count and head hash.
+
+Guarantees:
+- ``verify_bundle`` needs no database: it re-checks every run as the audit does
+  (chain, seq, schema, legality), the digest, and that the digest line is in the
+  canonical form this module writes. Any changed byte, removed, added or
+  reordered line, or event re-hashed in place is reported. A forger who rewrites
+  the whole bundle consistently is not: compare the digest with the one printed
+  at export time (``--expect-digest``) for that.
+- ``import_bundle`` refuses a bundle that does not verify and writes nothing
+  then; it keeps every event exactly (event_id, seq, recorded_at, prev_hash,
+  hash, body bytes), so the chain still verifies in the target log; importing
+  the same bundle again writes nothing. Its workflow versions are registered with
+  their original registration time, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from schemas.codec import encode, raw_envelope_decoder
+from schemas.envelope import RawEnvelope
+from schemas.names import DB_SCHEMA
+from schemas.workflow import WorkflowSpec, spec_version
+from service.history.audit import AuditProblem, ProblemKind, RunVerifier, plural, sort_key
+from service.infra.db import Conn
+from service.store.event_store import EventStore
+from service.store.workflow_store import UnknownWorkflow, WorkflowStore
+
+FORMAT_VERSION = 1
+"""Version of the bundle layout written by this module."""
+
+"""Events per INSERT statement of an import (all of them in one transaction)."""
+
+
+class _Line(msgspec.Struct, frozen=True, tag_field="bundle", forbid_unknown_fields=True):
+    """A bundle line other than an event (tag field ``bundle``)."""
+
+
+class BundleHeader(_Line, frozen=True, tag="header"):
+    format_version: int
+    exported_at: datetime
+    runs: list[UUID]
+
+
+class BundleRun(_Line, frozen=True, tag="run"):
+    run_id: UUID
+    tenant: str
+    workflow_id: str
+    workflow_version: str
+    spec: WorkflowSpec | None = None
+    spec_registered_at: datetime | None = None
+    """When the version was registered at the source: an import keeps it, so an old version
+    never becomes the target's latest one."""
+
+
+class RunHead(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    events: int
+    head_hash: str
+
+
+class BundleDigest(_Line, frozen=True, tag="digest"):
+    sha256: str
+    runs: dict[str, RunHead]
+
+
+_meta_decoder = msgspec.json.Decoder(BundleHeader | BundleRun | BundleDigest)
+_META_PREFIX = b'{"bundle":'
+_DIGEST_PREFIX = b'{"bundle":"digest"'
+
+
+@dataclass
+class RunExport:
+    """One run of a bundle: its run line and its events in seq order."""
+
+    run: BundleRun
+    events: list[RawEnvelope]
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def bundle_lines(runs: Sequence[RunExport], exported_at: datetime) -> Iterator[bytes]:
+    """The bundle's lines (each ending in a newline), the digest line last."""
+    digest = hashlib.sha256()
+    heads: dict[str, RunHead] = {}
+
+    def emit(line: bytes) -> bytes:
+        line += b"\n"
+        digest.update(line)
+        return line
+
+    yield emit(encode(BundleHeader(FORMAT_VERSION, exported_at, [r.run.run_id for r in runs])))
+    for run in runs:
+        yield emit(encode(run.run))
+        for event in run.events:
+            # The envelope as stored: a raw body is embedded byte for byte, never re-encoded.
+            yield emit(encode(event))
+        heads[str(run.run.run_id)] = RunHead(len(run.events), run.events[-1].hash if run.events else "")
+    yield encode(BundleDigest(digest.hexdigest(), heads)) + b"\n"
+
+
+def bundle_digest(lines: Iterable[bytes]) -> str:
+    """The SHA-256 a bundle's digest line records: over every line before the last."""
+    digest = hashlib.sha256()
+    previous: bytes | None = None
+    for line in lines:
+        if previous is not None:
+            digest.update(previous)
+        previous = line
+    return digest.hexdigest()
+
+
+def write_bundle(path: Path, lines: Iterable[bytes]) -> None:
+    """Write atomically: a failed export never leaves a partial bundle under ``path``."""
+    # Not mkstemp: its 0600 mode would outlive the rename; open() honours the umask.
+    tmp = path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "xb") as out:
+            for line in lines:
+                out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class ExportRefused(Exception):
+    """The runs to export are missing or do not verify; the problems say why."""
+
+    def __init__(self, problems: list[AuditProblem]) -> None:
+        super().__init__(f"{len(problems)} problem(s) in the runs to export")
+        self.problems = problems
+
+
+async def collect_runs(
+    store: EventStore, workflows: WorkflowStore, run_ids: Sequence[UUID]
+) -> list[RunExport]:
+    """Read the runs to export with their workflow versions; verifies each run first.
+
+    Raises ``ExportRefused`` when a run has no events or fails the audit: a
+    bundle is evidence, so it is only made from histories that verify.
+    """
+    problems: list[AuditProblem] = []
+    runs: list[RunExport] = []
+    for run_id in dict.fromkeys(run_ids):
+        events = await store.read_run(run_id)
+        if not events:
+            problems.append(AuditProblem(run_id, None, "chain", "no events are stored for this run"))
+            continue
+        verifier = RunVerifier(run_id, problems)
+        for event in events:
+            verifier.feed(event)
+        for event in events:
+            data = bytes(event.data)
+            if b"\n" in data or b"\r" in data:
+                # Whitespace of the stored JSON text: it cannot travel in a line-delimited file.
+                problems.append(
+                    AuditProblem(run_id, event.seq, "bundle", "stored body contains a line break")
+                )
+        version = verifier.workflow_version or ""
+        first = events[0]
+        spec: WorkflowSpec | None = None
+        registered_at: datetime | None = None
+        if version:
+            try:
+                stored = await workflows.get(first.workflow_id, version)
+                spec, registered_at = stored.spec, stored.created_at
+            except UnknownWorkflow:
+                pass
+        run = BundleRun(run_id, first.tenant, first.workflow_id, version, spec, registered_at)
+        runs.append(RunExport(run, events))
+    if problems:
+        problems.sort(key=sort_key)
+        raise ExportRefused(problems)
+    return runs
+
+
+# -- verifying -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Section:
+    run: BundleRun
+    line: int
+    verifier: RunVerifier
+    events: list[RawEnvelope]
+
+
+@dataclass
+class BundleCheck:
+    """The result of ``verify_bundle``: problems, what was checked, and (if kept) the runs."""
+
+    problems: list[AuditProblem] = field(default_factory=list)
+    digest: str = ""
+    """SHA-256 of the bundle's content lines as computed here (not as claimed by the file)."""
+    lines: int = 0
+    events: int = 0
+    runs: list[RunExport] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        checked = f"{plural(self.events, 'event')} in {plural(len(self.runs), 'run')}"
+        if self.clean:
+            return f"ok: {checked} verified, digest sha256:{self.digest}"
+        return (
+            f"FAILED: {plural(len(self.problems), 'problem')} ({checked}, {plural(self.lines, 'line')} read)"
+        )
+
+
+def verify_bundle(lines: Iterable[bytes], *, expect_digest: str | None = None) -> BundleCheck:
+    """Check a bundle given as its lines (as a binary file iterates them, newlines kept).
+
+    Pure: no I/O besides consuming ``lines``. The runs are kept in the result
+    (for ``import_bundle``); a caller that only verifies may drop them.
+    """
+    check = BundleCheck()
+    problems = check.problems
+
+    def report(
+        line: int | None,
+        problem: str,
+        kind: ProblemKind = "bundle",
+        run_id: UUID | None = None,
+        seq: int | None = None,
+    ) -> None:
+        problems.append(AuditProblem(run_id, seq, kind, problem, line))
+
+    hasher = hashlib.sha256()
+    header: BundleHeader | None = None
+    digest: BundleDigest | None = None
+    digest_line = 0
+    sections: dict[UUID, _Section] = {}
+    current: _Section | None = None
+    event_ids: dict[UUID, tuple[UUID, int]] = {}
+    number = 0
+    for number, line in enumerate(lines, 1):
+        body = line[:-1] if line.endswith(b"\n") else line
+        if body is line:
+            report(number, "the line does not end with a newline (the bundle was cut short or edited)")
+        if digest_line:
+            report(number, f"line after the digest line (line {digest_line})")
+            continue
+        if body.startswith(_DIGEST_PREFIX):
+            digest_line = number
+            try:
+                decoded = _meta_decoder.decode(body)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                report(number, f"the digest line is not valid: {exc}")
+                continue
+            if not isinstance(decoded, BundleDigest):
+                report(number, "the digest line is not valid")
+            elif encode(decoded) != body:
+                report(number, "the digest line is not in canonical form: it was edited")
+            else:
+                digest = decoded
+            continue
+        hasher.update(line)
+        if number == 1 or body.startswith(_META_PREFIX):
+            try:
+                meta = _meta_decoder.decode(body)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                what = "a bundle header" if number == 1 else "a valid bundle line"
+                report(number, f"not {what}: {exc}")
+                continue
+            if number == 1:
+                if not isinstance(meta, BundleHeader):
+                    report(number, "the first line is not the bundle header")
+                elif meta.format_version != FORMAT_VERSION:
+                    report(
+                        number,
+                        f"bundle format version {meta.format_version} is not supported "
+                        f"(this Flowledger reads version {FORMAT_VERSION})",
+                    )
+                else:
+                    header = meta
+                if isinstance(meta, BundleHeader):
+                    continue
+            if isinstance(meta, BundleHeader):
+                report(number, "a second bundle header")
+                continue
+            assert isinstance(meta, BundleRun)  # a digest line was handled above
+            current = None
+            if meta.run_id in sections:
+                report(
+                    number,
+                    f"second section of the run (first at line {sections[meta.run_id].line})",
+                    run_id=meta.run_id,
+                )
+                continue
+            current = sections[meta.run_id] = _Section(meta, number, RunVerifier(meta.run_id, problems), [])
+            if meta.spec is not None:
+                if meta.spec.id != meta.workflow_id:
+                    report(
+                        number,
+                        f"the spec is of workflow {meta.spec.id!r}, not {meta.workflow_id!r}",
+                        run_id=meta.run_id,
+                    )
+                elif spec_version(meta.spec) != meta.workflow_version:
+                    report(
+                        number,
+                        f"the spec's content hash is {spec_version(meta.spec)}, "
+                        f"not the version {meta.workflow_version} it is labelled with",
+                        run_id=meta.run_id,
+                    )
+            continue
+        # An event line.
+        run_id = current.run.run_id if current is not None else None
+        try:
+            event = raw_envelope_decoder.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            report(number, f"not a valid event envelope: {exc}", run_id=run_id)
+            continue
+        check.events += 1
+        if current is None:
+            report(number, "event outside any run section", run_id=event.run_id, seq=event.seq)
+            continue
+        run = current.run
+        if event.run_id != run.run_id:
+            report(
+                number,
+                f"event of run {event.run_id} in the section of run {run.run_id}",
+                "chain",
+                run.run_id,
+                event.seq,
+            )
+            continue
+        if (event.tenant, event.workflow_id) != (run.tenant, run.workflow_id):
+            report(
+                number,
+                f"tenant/workflow {event.tenant!r}/{event.workflow_id!r} differ from the run line's "
+                f"{run.tenant!r}/{run.workflow_id!r}",
+                "stream",
+                run.run_id,
+                event.seq,
+            )
+        seen = event_ids.setdefault(event.event_id, (run.run_id, event.seq))
+        if seen != (run.run_id, event.seq):
+            report(
+                number,
+                f"event_id {event.event_id} is also used by run {seen[0]} seq {seen[1]}",
+                "chain",
+                run.run_id,
+                event.seq,
+            )
+        current.verifier.feed(event, number)
+        current.events.append(event)
+    check.lines = number
+    check.digest = hasher.hexdigest()
+
+    if number == 0:
+        report(None, "the bundle is empty")
+        return check
+    if header is None and not any(p.line == 1 for p in problems):
+        report(1, "the first line is not the bundle header")
+    for section in sections.values():
+        run, verifier = section.run, section.verifier
+        if verifier.events == 0:
+            report(section.line, "run line without any events", run_id=run.run_id)
+        elif verifier.workflow_version is not None and verifier.workflow_version != run.workflow_version:
+            report(
+                section.line,
+                f"the run line names workflow version {run.workflow_version!r} but the run's "
+                f"run_queued names {verifier.workflow_version!r}",
+                run_id=run.run_id,
+                seq=0,
+            )
+        check.runs.append(RunExport(run, section.events))
+    if header is not None:
+        listed = header.runs
+        for run_id in listed:
+            if run_id not in sections:
+                report(1, "run listed in the header has no section in the bundle", run_id=run_id)
+        for run_id, section in sections.items():
+            if run_id not in listed:
+                report(section.line, "run is not listed in the header", run_id=run_id)
+        if [r for r in listed if r in sections] != [r for r in sections if r in listed]:
+            report(1, "run sections are not in the order the header lists them")
+    if digest is None:
+        if not digest_line:
+            report(None, "no digest line: the bundle is truncated or its last line was removed")
+    else:
+        if digest.sha256 != check.digest:
+            report(
+                digest_line,
+                "digest does not match the bundle's contents: a line was changed, removed, added or moved",
+            )
+        for run_id, section in sections.items():
+            recorded = digest.runs.get(str(run_id))
+            verifier = section.verifier
+            if recorded is None:
+                report(digest_line, "run has no entry in the digest line", run_id=run_id)
+                continue
+            if recorded.events != verifier.events:
+                report(
+                    digest_line,
+                    f"the digest line records {recorded.events} events, the bundle holds {verifier.events}",
+                    "chain",
+                    run_id,
+                )
+            if recorded.head_hash != (verifier.last_hash or ""):
+                report(
+                    digest_line,
+                    "head hash differs from the digest line's: the run's last event was changed or removed",
+                    "chain",
+                    run_id,
+                    verifier.last_seq,
+                )
+        for key in digest.runs:
+            if not any(str(r) == key for r in sections):
+                report(digest_line, f"the digest line names run {key}, which has no section")
+    if expect_digest is not None and expect_digest.removeprefix("sha256:").lower() != check.digest:
+        report(None, f"the bundle's digest is {check.digest}, not the expected {expect_digest}")
+    problems.sort(key=sort_key)
+    return check
+
+
+def verify_bundle_file(path: Path, *, expect_digest: str | None = None) -> BundleCheck:
+    """``verify_bundle`` over a file, streamed line by line."""
+    with open(path, "rb") as lines:
+        return verify_bundle(lines, expect_digest=expect_digest)
+
+
+# -- importing -------------------------------------------------------------------------------------
+
+
+class ImportRefused(Exception):
+    """The bundle does not verify, or the target log holds other events for its runs."""
+
+    def __init__(self, problems: list[AuditProblem]) -> None:
+        super().__init__(f"{len(problems)} problem(s); nothing was imported")
+        self.problems = problems
+
+
+@dataclass
+class ImportResult:
+    new_runs: list[UUID] = field(default_factory=list)
+    extended_runs: list[UUID] = field(default_factory=list)
+    """Runs the target held a prefix of: their missing later events were appended."""
+    present_runs: list[UUID] = field(default_factory=list)
+    events_written: int = 0
+    workflows_registered: int = 0
+    workflows_new: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"imported {plural(self.events_written, 'event')}: {plural(len(self.new_runs), 'new run')}, "
+            f"{len(self.extended_runs):,} extended, {len(self.present_runs):,} already present; "
+            f"{plural(self.workflows_registered, 'workflow version')} ({self.workflows_new} new)"
+        )
+
+
+async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str = DB_SCHEMA) -> ImportResult:
+    """Load a verified bundle (``verify_bundle``'s result) into the log of ``schema``.
+
+    All events are written in one transaction under the append lock of
+    ``EventStore`` (``lock_txn``), so readers tailing ``global_position`` never
+    skip them. Per run: absent -> inserted; holding exactly the bundle's events
+    (event_id and hash per seq) -> nothing written; holding a prefix -> the rest
+    appended; anything else -> ``ImportRefused`` and the transaction rolls back.
+    The bundle's workflow versions are registered in the same transaction.
+    """
+    if check.problems:
+        raise ImportRefused(check.problems)
+    result = ImportResult()
+    runs = check.runs
+    s = f'"{schema}"'
+    async with pool.acquire() as conn, conn.transaction():
+        store = EventStore(pool, schema=schema)
+        await store.lock_txn(conn)
+        rows = await conn.fetch(
+            f"SELECT run_id, seq, event_id, encode(hash, 'hex') FROM {s}.events "
+            "WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, seq",
+            [r.run.run_id for r in runs],
+        )
+        existing: dict[UUID, list[tuple[int, UUID, str]]] = {}
+        for run_id, seq, event_id, digest in rows:
+            existing.setdefault(run_id, []).append((seq, event_id, digest))
+        conflicts: list[AuditProblem] = []
+        to_write: list[RawEnvelope] = []
+        for run in runs:
+            run_id = run.run.run_id
+            have = existing.get(run_id, [])
+            want = [(e.seq, e.event_id, e.hash) for e in run.events]
+            differ = next((i for i, (a, b) in enumerate(zip(have, want, strict=False)) if a != b), None)
+            if differ is not None:
+                conflicts.append(
+                    AuditProblem(
+                        run_id,
+                        want[differ][0],
+                        "chain",
+                        "the target log holds a different event for this run at this seq",
+                    )
+                )
+            elif len(want) > len(have):
+                (result.extended_runs if have else result.new_runs).append(run_id)
+                to_write += run.events[len(have) :]
+            else:
+                result.present_runs.append(run_id)
+        if to_write and not conflicts:
+            clashes = await conn.fetch(
+                f"SELECT event_id, run_id, seq FROM {s}.events WHERE event_id = ANY($1::uuid[])",
+                [e.event_id for e in to_write],
+            )
+            by_id = {e.event_id: e for e in to_write}
+            for event_id, run_id, seq in clashes:
+                event = by_id[event_id]
+                conflicts.append(
+                    AuditProblem(
+                        event.run_id,
+                        event.seq,
+                        "chain",
+                        f"event_id {event_id} is already used by run {run_id} seq {seq} in the target log",
+                    )
+                )
+        if conflicts:
+            conflicts.sort(key=sort_key)
+            raise ImportRefused(conflicts)
+        await store.insert_recorded_txn(conn, to_write)  # also wakes the relay and projection runners
+        result.events_written = len(to_write)
+        await _register_versions_txn(conn, schema, runs, result)
+    return result
+
+
+async def _register_versions_txn(
+    conn: Conn, schema: str, runs: list[RunExport], result: ImportResult
+) -> None:
+    """Register the bundle's workflow versions in the import's transaction, idempotently.
+
+    Not ``WorkflowStore.register``: that stamps a version with the time of the
+    call, and the latest version of a workflow is the one registered last, so an
+    imported old version would become what new runs of the workflow execute. The
+    source's registration time is kept instead (the time of import only when the
+    bundle does not carry one).
+    """
+    versions = {(r.run.workflow_id, r.run.workflow_version): r.run for r in runs if r.run.spec is not None}
+    for (workflow_id, version), run in versions.items():
+        created = await conn.fetchval(
+            f'INSERT INTO "{schema}".workflows (workflow_id, version, spec, created_at) '
+            "VALUES ($1, $2, $3, coalesce($4, clock_timestamp())) "
+            "ON CONFLICT (workflow_id, version) DO NOTHING RETURNING true",
+            workflow_id,
+            version,
+            msgspec.json.encode(run.spec),
+            run.spec_registered_at,
+        )
+        result.workflows_registered += 1
+        result.workflows_new += int(bool(created))

@@ -1,0 +1,216 @@
+"""The run queue in ``flowledger.run_queue``: every SQL statement of enqueueing, claiming and leases.
+
+Guarantees:
+- a run's queue row and its ``run_queued`` event commit in one transaction;
+- a run is held by at most one worker at a time: claims take unleased or
+  expired rows with ``FOR UPDATE SKIP LOCKED`` and set a lease the holder renews;
+- a run's terminal event is appended (group-committed with other runs' events)
+  before its row is marked ended; a worker that crashes in between leaves a row
+  that the next claimer closes as soon as it sees the terminal event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import uuid_utils.compat as uuid_compat
+
+from schemas.envelope import RawEnvelope
+from schemas.events import Event, ForkOrigin, RunQueued
+from schemas.names import DB_SCHEMA
+from service.infra.db import Conn
+from service.store.event_store import EventStore
+
+
+class LeaseLost(RuntimeError):
+    """This worker no longer holds the run (its lease expired and another worker may have it)."""
+
+
+class _AlreadyQueued(Exception):
+    def __init__(self, run_id: UUID) -> None:
+        super().__init__(f"run {run_id} has this idempotency key")
+        self.run_id = run_id
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: UUID
+    tenant: str
+    workflow_id: str
+    workflow_version: str
+    claims: int
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    run_id: UUID
+    created: bool
+    """False when an earlier run had the same idempotency key (that run is returned)."""
+
+
+class RunQueue:
+    """Enqueue, claim, renew, end. ``notify_channel`` wakes idle workers on new runs and cancels."""
+
+    def __init__(self, store: EventStore, *, schema: str = DB_SCHEMA) -> None:
+        self.store = store
+        self.pool = store.pool
+        self.notify_channel = f"{schema}_runs"
+        s = f'"{schema}"'
+        self._sql_enqueue = (
+            f"INSERT INTO {s}.run_queue (run_id, tenant, workflow_id, workflow_version, idempotency_key) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING run_id"
+        )
+        self._sql_by_key = f"SELECT run_id FROM {s}.run_queue WHERE tenant = $1 AND workflow_id = $2 AND idempotency_key = $3"
+        self._sql_claim = f"""
+            UPDATE {s}.run_queue q
+               SET lease_owner = $1, lease_expires_at = clock_timestamp() + make_interval(secs => $2),
+                   status = 'running', claims = q.claims + 1
+             WHERE q.run_id IN (
+                   SELECT run_id FROM {s}.run_queue
+                    WHERE status <> 'ended'
+                      AND (lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())
+                    ORDER BY queued_at
+                    LIMIT $3
+                    FOR UPDATE SKIP LOCKED)
+            RETURNING q.run_id, q.tenant, q.workflow_id, q.workflow_version, q.claims"""
+        # Ended rows count as held (their runs are just finishing) but keep no lease.
+        self._sql_renew = (
+            f"UPDATE {s}.run_queue SET lease_expires_at = CASE WHEN status = 'ended' THEN NULL "
+            "ELSE clock_timestamp() + make_interval(secs => $2) END "
+            "WHERE lease_owner = $1 AND run_id = ANY($3::uuid[]) RETURNING run_id"
+        )
+        self._sql_end = (
+            f"UPDATE {s}.run_queue SET status = 'ended', ended_at = clock_timestamp(), lease_expires_at = NULL "
+            "WHERE run_id = $1 AND lease_owner = $2 AND status <> 'ended'"
+        )
+        self._sql_release = (
+            f"UPDATE {s}.run_queue SET lease_expires_at = NULL WHERE lease_owner = $1 AND run_id = ANY($2::uuid[]) "
+            "AND status <> 'ended'"
+        )
+        self._sql_release_all_but = (
+            f"UPDATE {s}.run_queue SET lease_expires_at = NULL WHERE lease_owner = $1 "
+            "AND NOT (run_id = ANY($2::uuid[])) AND status <> 'ended' AND lease_expires_at IS NOT NULL"
+        )
+        self._sql_depth = f"SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running') FROM {s}.run_queue"
+
+    async def enqueue(
+        self,
+        *,
+        tenant: str,
+        workflow_id: str,
+        workflow_version: str,
+        inputs: dict[str, Any],
+        idempotency_key: str | None = None,
+        parent_run_id: str | None = None,
+        run_id: UUID | None = None,
+        node_count: int = 0,
+        fork: ForkOrigin | None = None,
+    ) -> Enqueued:
+        """Queue a run: its row and its ``run_queued`` event commit together.
+
+        A repeated ``idempotency_key`` (per tenant and workflow) returns the first run.
+        """
+        run_id = run_id or uuid_compat.uuid7()
+        event = RunQueued(
+            workflow_version=workflow_version,
+            inputs=inputs,
+            idempotency_key=idempotency_key,
+            parent_run_id=parent_run_id,
+            node_count=node_count,
+            fork=fork,
+        )
+
+        async def queue_row_txn(conn: Conn) -> None:
+            inserted = await conn.fetchval(
+                self._sql_enqueue, run_id, tenant, workflow_id, workflow_version, idempotency_key
+            )
+            if inserted is None:
+                existing = await conn.fetchval(self._sql_by_key, tenant, workflow_id, idempotency_key)
+                if existing is None:  # a run_id collision, not a key: never expected with uuid7
+                    raise RuntimeError(f"run {run_id} already exists")
+                raise _AlreadyQueued(existing)
+            await conn.execute("SELECT pg_notify($1, $2)", self.notify_channel, f"queued:{run_id}")
+
+        # The row and run_queued commit together, in the group commit with other appends.
+        try:
+            await self.store.append(
+                run_id, [event], 0, tenant=tenant, workflow_id=workflow_id, with_txn=queue_row_txn
+            )
+        except _AlreadyQueued as hit:
+            return Enqueued(hit.run_id, created=False)
+        return Enqueued(run_id, created=True)
+
+    async def claim(self, worker_id: str, limit: int, lease_s: float) -> list[Claim]:
+        """Take up to ``limit`` runs that nobody holds (new, or whose lease expired)."""
+        if limit <= 0:
+            return []
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self._sql_claim, worker_id, lease_s, limit)
+        return [
+            Claim(r["run_id"], r["tenant"], r["workflow_id"], r["workflow_version"], r["claims"])
+            for r in rows
+        ]
+
+    async def renew(self, worker_id: str, run_ids: list[UUID], lease_s: float) -> set[UUID]:
+        """Extend the leases this worker still holds; returns those it holds."""
+        if not run_ids:
+            return set()
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self._sql_renew, worker_id, lease_s, run_ids)
+        return {r["run_id"] for r in rows}
+
+    async def release(self, worker_id: str, run_ids: list[UUID]) -> None:
+        """Give runs back at once (graceful shutdown) so another worker need not wait for the lease."""
+        if run_ids:
+            async with self.pool.acquire() as conn:
+                await conn.execute(self._sql_release, worker_id, run_ids)
+
+    async def release_all_but(self, worker_id: str, keep: list[UUID]) -> int:
+        """Release every run this worker holds except ``keep``; returns how many.
+
+        After a claim whose answer was lost (the session died after the UPDATE
+        committed), runs are leased to this worker that it never started; this hands
+        them back instead of leaving them until their leases expire.
+        """
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(self._sql_release_all_but, worker_id, keep)
+        return int(status.split()[-1])
+
+    async def end_with(
+        self,
+        worker_id: str,
+        run_id: UUID,
+        events: list[Event],
+        expected_seq: int,
+        *,
+        tenant: str,
+        workflow_id: str,
+    ) -> list[RawEnvelope]:
+        """Append the terminal event(s), then mark the run's row ended.
+
+        The append goes through group commit (it does not hold the log's append
+        lock for a transaction of its own); ``expected_seq`` already protects the
+        log from a worker that lost the run, and a row left open by a crash
+        between the two steps is closed by ``mark_ended`` on the next claim.
+        """
+        stored = await self.store.append(run_id, events, expected_seq, tenant=tenant, workflow_id=workflow_id)
+        await self.mark_ended(worker_id, run_id)
+        return stored
+
+    async def mark_ended(self, worker_id: str, run_id: UUID) -> bool:
+        """Close the row of a run whose log has ended; False when another worker holds it."""
+        async with self.pool.acquire() as conn:
+            return await conn.execute(self._sql_end, run_id, worker_id) == "UPDATE 1"
+
+    async def notify_cancel(self, conn: Conn, run_id: UUID) -> None:
+        """Tell every worker that ``run_id`` has a cancel request (inside the caller's transaction)."""
+        await conn.execute("SELECT pg_notify($1, $2)", self.notify_channel, f"cancel:{run_id}")
+
+    async def depth(self) -> tuple[int, int]:
+        """(queued, running) run counts."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(self._sql_depth)
+        assert row is not None  # an aggregate always yields one row
+        return int(row[0]), int(row[1])
