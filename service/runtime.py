@@ -1,8 +1,14 @@
-"""The service's live dependencies, started and stopped in order.
+"""The service's live dependencies, started and stopped in order (the layer that wires the rest).
 
-Start: embedded servers (only for URLs that are not configured), the Postgres
-pool, migrations, the event store's committer, NATS and its stream, the relay.
-Stop: the reverse, and only the embedded servers this process started.
+Start: the embedded PostgreSQL (only when no URL is configured), the pool,
+migrations, the event store's committer, the workflow store, run queue and read
+models; the embedded NATS (likewise), the NATS connection, the push hub, the
+JetStream stream; then the background loops this process runs, each under
+supervision: relay, projections, worker.
+Stop: the loops, the node registry's clients, the committer, push, NATS, the
+pool, and last only the embedded servers this process started.
+
+Imports: engine, followers, history and everything below them; nothing above.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from schemas.envelope import Envelope, EventEnvelope, RawEnvelope
 from schemas.events import EVENT_TYPE_BY_TAG, SCHEMA_VERSION, Event, RunQueued, event_tag
 from service.infra.db import Conn
 from service.store.event_store import EventStore
+from service.store.run_queue import queue_statuses_conn
 
 ProblemKind = Literal["chain", "stream", "schema", "legality", "queue", "bundle"]
 
@@ -296,18 +297,6 @@ def _queue_check(
             )
 
 
-async def _queue_rows(
-    conn: Conn, schema: str, *, workflow_id: str | None = None, run_ids: list[UUID] | None = None
-) -> list[tuple[UUID, str]]:
-    rows = await conn.fetch(
-        f'SELECT run_id, status FROM "{schema}".run_queue '
-        "WHERE ($1::text IS NULL OR workflow_id = $1) AND ($2::uuid[] IS NULL OR run_id = ANY($2))",
-        workflow_id,
-        run_ids,
-    )
-    return [(r[0], r[1]) for r in rows]
-
-
 async def audit_log(
     store: EventStore,
     conn: Conn,
@@ -326,7 +315,7 @@ async def audit_log(
     verifiers: dict[UUID, RunVerifier] = {}
     # Queue rows before the log head: a row seen ended had its terminal event committed
     # already (it is appended first), so the scan up to the head includes it.
-    queue = await _queue_rows(conn, store.schema, workflow_id=workflow_id)
+    queue = await queue_statuses_conn(conn, store.schema, workflow_id=workflow_id)
     head = await store.head_position()
     position = 0
     events = 0
@@ -383,7 +372,7 @@ async def audit_runs(store: EventStore, conn: Conn, run_ids: Sequence[UUID]) -> 
     report = AuditReport()
     verifiers: dict[UUID, RunVerifier] = {}
     run_ids = list(dict.fromkeys(run_ids))
-    queue = await _queue_rows(conn, store.schema, run_ids=run_ids)  # before the events: see audit_log
+    queue = await queue_statuses_conn(conn, store.schema, run_ids=run_ids)  # before the events: see audit_log
     for run_id in run_ids:
         events = await store.read_run(run_id)
         if not events:

@@ -214,3 +214,17 @@ class RunQueue:
             row = await conn.fetchrow(self._sql_depth)
         assert row is not None  # an aggregate always yields one row
         return int(row[0]), int(row[1])
+
+
+async def queue_statuses_conn(
+    conn: Conn, schema: str, *, workflow_id: str | None = None, run_ids: list[UUID] | None = None
+) -> list[tuple[UUID, str]]:
+    """``(run_id, status)`` of the queue rows of a workflow or of some runs (all when neither),
+    read on the caller's connection (inside its snapshot)."""
+    rows = await conn.fetch(
+        f'SELECT run_id, status FROM "{schema}".run_queue '
+        "WHERE ($1::text IS NULL OR workflow_id = $1) AND ($2::uuid[] IS NULL OR run_id = ANY($2))",
+        workflow_id,
+        run_ids,
+    )
+    return [(r[0], r[1]) for r in rows]
