@@ -7,7 +7,7 @@
 
 Recording needs PostgreSQL: ``FLOWLEDGER_DATABASE_URL``, or (unset) the embedded
 server started in a temporary home. Each scenario runs on a fresh schema of its
-own (dropped afterwards) through ``tests.integration.engine_harness.engine_on``
+own (dropped afterwards) through ``tests.helpers.engine_harness.engine_on``
 (the store, queue, worker and executor the service uses). ``--refold`` needs no
 database: use it when a change to ``projections.run_state`` is intended.
 """
@@ -38,7 +38,7 @@ from service.engine.executor import RunExecutor
 from service.infra.db import create_pool
 from service.infra.migrations import apply_migrations
 from tests.golden import GoldenHistory, load_history, names, write_expected, write_history
-from tests.integration.engine_harness import Engine, engine_on
+from tests.helpers.engine_harness import Engine, engine_on
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,18 @@ import sys
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO_ROOT
 
 
 def test_wheel_ships_migrations_and_packages(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(REPO_ROOT)],
         check=True,
         timeout=300,
     )
     (wheel,) = tmp_path.glob("flowledger-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    migrations = sorted(p.name for p in (REPO / "infra" / "postgres").glob("*.sql"))
+    migrations = sorted(p.name for p in (REPO_ROOT / "infra" / "postgres").glob("*.sql"))
     assert migrations
     for name in migrations:
         assert f"service/_infra/postgres/{name}" in names

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO_ROOT
+
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -30,8 +31,8 @@ def _copy(tmp_path: Path) -> Path:
     tree = tmp_path / "tree"
     tree.mkdir()
     for package in ("service", "schemas", "projections"):
-        shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+        shutil.copytree(REPO_ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", tree / "pyproject.toml")
     return tree
 
 
