@@ -63,7 +63,9 @@ class Readiness:
 class Runtime:
     """Owns every connection and background task of one service process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, create_embedded: bool = True) -> None:
+        """``create_embedded=False``: for commands that read an existing log; with no URL
+        configured and no embedded data under the home, ``start`` fails instead of creating it."""
         # A plain class, not a dataclass: Litestar inspects dataclass dependencies field by field.
         self.settings = settings
         self.readiness = Readiness()
@@ -80,7 +82,7 @@ class Runtime:
         self.push: PushHub | None = None
         self.database_url: str | None = None
         self.nats_url: str | None = None
-        self._embedded = EmbeddedServers(settings.home)
+        self._embedded = EmbeddedServers(settings.home, create=create_embedded)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(
@@ -184,12 +186,51 @@ class Runtime:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, *, relay: bool = False, worker: bool = False, projections: bool = False
+    settings: Settings,
+    *,
+    relay: bool = False,
+    worker: bool = False,
+    projections: bool = False,
+    create: bool = True,
 ) -> AsyncIterator[Runtime]:
-    """A started runtime for CLI commands; stopped on exit."""
-    runtime = Runtime(settings)
+    """A started runtime for CLI commands; stopped on exit. ``create=False``: never start an empty
+    embedded database (for commands that read an existing log)."""
+    runtime = Runtime(settings, create_embedded=create)
     try:
         await runtime.start(relay=relay, worker=worker, projections=projections)
         yield runtime
     finally:
         await runtime.stop()
+
+
+@dataclass
+class LogDatabase:
+    """The log's database without NATS or background loops: what auditors and operators need."""
+
+    pool: asyncpg.Pool
+    store: EventStore
+    workflows: WorkflowStore
+
+
+@contextlib.asynccontextmanager
+async def log_database(settings: Settings, *, create: bool) -> AsyncIterator[LogDatabase]:
+    """Pool, migrations, event store and workflow store; stopped on exit. An audit must work
+    while NATS is down, so nothing else starts. ``create=False``: never start an empty
+    embedded database (the command reads an existing log)."""
+    embedded = EmbeddedServers(settings.home, create=create)
+    url = await asyncio.to_thread(embedded.postgres_url, settings.database_url)
+    pool: asyncpg.Pool | None = None
+    store: EventStore | None = None
+    try:
+        pool = await create_pool(url)
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+        store = EventStore(pool)
+        await store.start()
+        yield LogDatabase(pool, store, WorkflowStore(pool))
+    finally:
+        if store is not None:
+            await store.close()
+        if pool is not None:
+            await pool.close()
+        await asyncio.to_thread(embedded.stop)

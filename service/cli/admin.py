@@ -10,7 +10,7 @@ from rich.table import Table
 from projections.runner import PROJECTIONS
 from service.cli._common import run_async, settings_of
 from service.followers.projection_service import rebuild_projections
-from service.runtime import running
+from service.runtime import log_database
 from service.store.projection_log import projection_status
 
 console = Console()
@@ -18,7 +18,12 @@ console = Console()
 
 @click.group("projections")
 def projections() -> None:
-    """Read models built from the event log: their positions, lag and rebuilds."""
+    """Read models built from the event log: their positions, lag and rebuilds.
+
+    Database: --database-url (FLOWLEDGER_DATABASE_URL), else the embedded one under --home
+    (FLOWLEDGER_HOME, default ./.flowledger). It reads an existing log and never creates
+    one: with no database there it says so and exits 2.
+    """
 
 
 @projections.command("status")
@@ -28,10 +33,8 @@ def projections_status(ctx: click.Context) -> None:
     settings = settings_of(ctx)
 
     async def main() -> None:
-        async with running(settings) as runtime:
-            assert runtime.pool is not None and runtime.store is not None
-            async with runtime.pool.acquire() as conn:
-                rows = await projection_status(conn, runtime.store)
+        async with log_database(settings, create=False) as db, db.pool.acquire() as conn:
+            rows = await projection_status(conn, db.store)
         table = Table(title="projections")
         for column in ("projection", "position", "log head", "lag (events)", "lag (s)", "last error"):
             table.add_column(column, justify="left" if column in ("projection", "last error") else "right")
@@ -61,9 +64,8 @@ def projections_rebuild(ctx: click.Context, name: str | None) -> None:
     names = [name] if name else sorted(PROJECTIONS)
 
     async def main() -> None:
-        async with running(settings) as runtime:
-            assert runtime.pool is not None and runtime.store is not None
-            head = await runtime.store.head_position()
+        async with log_database(settings, create=False) as db:
+            head = await db.store.head_position()
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -73,7 +75,7 @@ def projections_rebuild(ctx: click.Context, name: str | None) -> None:
             ) as progress:
                 task = progress.add_task(f"rebuilding {', '.join(names)}", total=head)
                 position = await rebuild_projections(
-                    runtime.pool, runtime.store, names, on_progress=lambda k: progress.advance(task, k)
+                    db.pool, db.store, names, on_progress=lambda k: progress.advance(task, k)
                 )
                 progress.update(task, completed=position, total=max(head, position))
         console.print(f"rebuilt {', '.join(names)}")

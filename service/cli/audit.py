@@ -12,23 +12,19 @@ without the rest of the runtime.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 from uuid import UUID
 
-import asyncpg
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from service.cli._common import RUN_ID, reader_may_leave, run_async, settings_of
-from service.config import Settings
 from service.history.audit import AuditProblem, AuditReport, audit_log, audit_runs
 from service.history.bundle import (
     ExportRefused,
@@ -42,44 +38,11 @@ from service.history.bundle import (
     verify_bundle_file,
     write_bundle,
 )
-from service.infra.db import create_pool
-from service.infra.embedded import EmbeddedServers
-from service.infra.migrations import apply_migrations
-from service.store.event_store import EventStore
-from service.store.workflow_store import WorkflowStore
+from service.runtime import log_database
 
 T = TypeVar("T")
 
 progress_console = Console(stderr=True)
-
-
-@dataclass
-class _Database:
-    pool: asyncpg.Pool
-    store: EventStore
-    workflows: WorkflowStore
-
-
-@contextlib.asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[_Database]:
-    """Pool, migrations, event store and workflow store: the runtime minus NATS and workers."""
-    embedded = EmbeddedServers(settings.home)
-    url = await asyncio.to_thread(embedded.postgres_url, settings.database_url)
-    pool: asyncpg.Pool | None = None
-    store: EventStore | None = None
-    try:
-        pool = await create_pool(url)
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-        store = EventStore(pool)
-        await store.start()
-        yield _Database(pool, store, WorkflowStore(pool))
-    finally:
-        if store is not None:
-            await store.close()
-        if pool is not None:
-            await pool.close()
-        await asyncio.to_thread(embedded.stop)
 
 
 def _print_problems(problems: list[AuditProblem]) -> None:
@@ -107,7 +70,12 @@ def _progress() -> Iterator[Progress]:
 
 @click.group("audit")
 def audit() -> None:
-    """Check stored run histories: hash chains, seq, schemas and legality."""
+    """Check stored run histories: hash chains, seq, schemas and legality.
+
+    Database: --database-url (FLOWLEDGER_DATABASE_URL), else the embedded one under --home
+    (FLOWLEDGER_HOME, default ./.flowledger). It reads an existing log and never creates
+    one: with no database there it says so and exits 2.
+    """
 
 
 @audit.command("verify")
@@ -132,7 +100,8 @@ def audit_verify(
     nodes start before they finish, nothing follows the terminal event). Runs
     the run queue marks ended must end with a terminal event. Exit 0 when all is
     intact, 1 with one line per problem otherwise (or when --workflow W has no
-    runs: nothing was verified), 2 when the database is unusable.
+    runs: nothing was verified), 2 when the database is missing or unusable.
+    An empty log is said to be empty (exit 0).
     """
     chosen = sum([bool(run_ids), all_runs, workflow is not None])
     if chosen != 1:
@@ -140,7 +109,7 @@ def audit_verify(
     settings = settings_of(ctx)
 
     async def main() -> AuditReport:
-        async with _database(settings) as db, db.pool.acquire() as conn:
+        async with log_database(settings, create=False) as db, db.pool.acquire() as conn:
             if run_ids:
                 return await audit_runs(db.store, conn, list(run_ids))
             head = await db.store.head_position()
@@ -157,6 +126,9 @@ def audit_verify(
             return report
 
     report = run_async(main())
+    if all_runs and report.runs == 0:
+        click.echo("the log is empty: it holds no runs, so there is nothing to verify")
+        sys.exit(0)
     if workflow is not None and report.runs == 0:
         # "ok: 0 runs verified" would pass a typo off as a clean audit.
         click.echo(f"no runs of workflow {workflow!r} exist; nothing was verified")
@@ -187,6 +159,10 @@ def export_bundle(ctx: click.Context, run_ids: tuple[UUID, ...], output: Path) -
     lines before it and each run's head hash. Only runs that pass the audit are
     exported. The printed digest is worth recording elsewhere: `verify-bundle
     --expect-digest` then proves the bundle is the one exported.
+
+    Database: --database-url (FLOWLEDGER_DATABASE_URL), else the embedded one under --home
+    (FLOWLEDGER_HOME, default ./.flowledger). It reads an existing log and never creates
+    one: with no database there it says so and exits 2.
     """
     settings = settings_of(ctx)
     to_stdout = str(output) == "-"
@@ -194,7 +170,7 @@ def export_bundle(ctx: click.Context, run_ids: tuple[UUID, ...], output: Path) -
         _check_writable_dir(output)
 
     async def main() -> list[RunExport]:
-        async with _database(settings) as db:
+        async with log_database(settings, create=False) as db:
             return await collect_runs(db.store, db.workflows, list(run_ids))
 
     try:
@@ -260,6 +236,10 @@ def import_bundle_command(ctx: click.Context, file: Path, expect_digest: str | N
     twice writes nothing the second time); a run present with other events
     refuses the whole import. The bundle's workflow versions are registered.
     Imported runs are history only: they are not queued for execution.
+
+    Database: --database-url (FLOWLEDGER_DATABASE_URL), else the embedded one under --home
+    (FLOWLEDGER_HOME, default ./.flowledger). With no database there, the embedded one is
+    created (an empty Flowledger can start from a bundle).
     """
     settings = settings_of(ctx)
     check = verify_bundle_file(file, expect_digest=expect_digest)
@@ -271,7 +251,7 @@ def import_bundle_command(ctx: click.Context, file: Path, expect_digest: str | N
         sys.exit(1)
 
     async def main() -> ImportResult:
-        async with _database(settings) as db:
+        async with log_database(settings, create=True) as db:  # a new Flowledger may start from a bundle
             return await import_bundle(db.pool, check, schema=db.store.schema)
 
     try:

@@ -243,7 +243,7 @@ async def republish_run(settings: Settings, run_id: UUID, prefix: str = DEFAULT_
     from service.followers.republish import republish
     from service.runtime import running
 
-    async with running(settings) as runtime:
+    async with running(settings, create=False) as runtime:
         assert runtime.store is not None and runtime.nats is not None
         return await republish(
             runtime.store, runtime.nats, run_id, prefix, live_prefix=settings.nats_subject_prefix

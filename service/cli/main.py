@@ -316,6 +316,9 @@ def tail_command(
     Subscribes like any consumer would (an ephemeral ordered consumer on the
     --nats-stream stream; nothing durable is left behind). Options narrow the
     subject <prefix>.<tenant>.<workflow>.<run>.<type>; a left-out one matches all.
+
+    NATS: --nats-url (FLOWLEDGER_NATS_URL), else the embedded nats-server under --home
+    (FLOWLEDGER_HOME, default ./.flowledger), which must exist: tail never creates one.
     """
     from service.cli.tail import TailError, TailOptionError, run_tail, subject_filters
 

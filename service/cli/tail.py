@@ -291,7 +291,7 @@ async def run_tail(settings: Settings, **options: Any) -> int:
             handled.append(sig)
     # Reuses the server `flowledger serve` started under --home; one started here is
     # empty (no stream) and stopped again on exit.
-    embedded = EmbeddedServers(settings.home)
+    embedded = EmbeddedServers(settings.home, create=False)
     try:
         url = await asyncio.to_thread(embedded.nats_url, settings.nats_url)
         nc = await connect_nats(url, name="flowledger-tail")

@@ -323,6 +323,11 @@ class EmbeddedPostgres:
         return self._pgdata
 
     @property
+    def has_data(self) -> bool:
+        """A cluster was initialised under this home (by an earlier start)."""
+        return (self._pgdata / "PG_VERSION").is_file()
+
+    @property
     def log_file(self) -> Path:
         """Where the server's output goes."""
         return self._log
@@ -617,6 +622,8 @@ class EmbeddedNats:
 
     def __init__(self, home: Path) -> None:
         self._root = Path(home).expanduser().resolve() / "nats"
+        self.has_data = (self._root / "jetstream").is_dir() or self._root.joinpath("port").is_file()
+        """An earlier start left its JetStream store (or port) under this home."""
         # nats-server appends "jetstream" itself, so data lands in home/nats/jetstream.
         self._store = self._root
         self._pid_file = self._root / "nats-server.pid"
@@ -769,15 +776,34 @@ class EmbeddedServers:
     URL. ``stop()`` stops, newest first, only the servers this object started.
     """
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, create: bool = True) -> None:
         self.home = Path(home).expanduser().resolve()
+        self.create = create
+        """False for commands that read an existing log: they must never start an empty one."""
         self._servers: list[EmbeddedPostgres | EmbeddedNats] = []
 
     def postgres_url(self, configured: str | None) -> str:
-        return configured or self._start(EmbeddedPostgres(self.home))
+        if configured:
+            return configured
+        server = EmbeddedPostgres(self.home)
+        if not self.create and not server.has_data:
+            raise self._nothing_here("database", "FLOWLEDGER_DATABASE_URL")
+        return self._start(server)
 
     def nats_url(self, configured: str | None) -> str:
-        return configured or self._start(EmbeddedNats(self.home))
+        if configured:
+            return configured
+        server = EmbeddedNats(self.home)
+        if not self.create and not server.has_data:
+            raise self._nothing_here("NATS server data", "FLOWLEDGER_NATS_URL")
+        return self._start(server)
+
+    def _nothing_here(self, what: str, url_setting: str) -> EmbeddedServerError:
+        return EmbeddedServerError(
+            f"no Flowledger {what} under {self.home}: this command reads an existing log and never "
+            f"creates one. Run it where `flowledger serve` keeps its data (FLOWLEDGER_HOME, default "
+            f"./.flowledger), or set {url_setting}"
+        )
 
     def stop(self) -> None:
         while self._servers:
