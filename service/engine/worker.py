@@ -22,17 +22,15 @@ from service.config import WorkerSettings
 from service.domain.workflow_spec import WorkflowGraph, build_graph
 from service.engine.executor import ExecutionLimits, RunExecutor
 from service.engine.nodes.registry import NodeRegistry
-from service.infra.db import CONNECTION_FAILURES
+from service.infra.db import is_retryable
 from service.infra.listen import listen
+from service.retry import Backoff
 from service.store.event_store import EventStore
 from service.store.run_queue import Claim, LeaseLost, RunQueue
 from service.store.workflow_store import WorkflowStore
 from service.waiting import wait_set
 
 log = structlog.get_logger(__name__)
-
-MIN_BACKOFF_S = 0.1
-MAX_BACKOFF_S = 5.0
 
 
 def new_worker_id() -> str:
@@ -67,8 +65,9 @@ class Worker:
         """Claim and execute until cancelled; on cancellation, give the runs back at once.
 
         Database errors (an outage, a dropped session) never end the worker: a failed
-        claim is retried with backoff, and the LISTEN for wake-ups and cancels is
-        re-established (``service.infra.listen``).
+        claim is retried with backoff (0.1 s doubling to 5 s, reset by a claim that
+        works), and the LISTEN for wake-ups and cancels is re-established
+        (``service.infra.listen``).
         """
         listener = asyncio.create_task(
             listen(
@@ -79,7 +78,7 @@ class Worker:
             name="worker-listener",
         )
         heartbeat = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
-        backoff = MIN_BACKOFF_S
+        backoff = Backoff(first_s=0.1, max_s=5.0)
         claim_unsure = False
         try:
             log.info("worker_started", worker_id=self.worker_id, max_runs=self.settings.max_runs)
@@ -98,15 +97,17 @@ class Worker:
                         if free > 0
                         else []
                     )
-                except Exception as exc:  # asyncpg raises several unrelated types for a dead session
+                except Exception as exc:  # whatever it is: the worker must go on claiming
+                    delay = backoff.next_delay()
                     log.warning(
-                        "worker_claim_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=backoff
+                        "worker_claim_failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in_s=round(delay, 3),
                     )
                     claim_unsure = True
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    await asyncio.sleep(delay)
                     continue
-                backoff = MIN_BACKOFF_S
+                backoff.reset()
                 for claim in claims:
                     self._start(claim)
                 if len(claims) < free or free <= 0:
@@ -176,15 +177,16 @@ class Worker:
             bound.warning("run_lease_lost", error=str(exc))
         except asyncio.CancelledError:
             raise
-        except CONNECTION_FAILURES as exc:
-            # The database failed under the run, not the run itself: hand it back (below), so it
-            # is recovered as soon as claims work again instead of after its lease (~15 s).
-            bound.warning("run_interrupted_by_database", error=f"{type(exc).__name__}: {exc}")
-            hand_back = True
-        except Exception:
-            # The lease is left to expire, so the run is retried by recovery later (not at once:
-            # an error of the run itself would otherwise repeat in a tight loop).
-            bound.exception("run_execution_error")
+        except Exception as exc:
+            if is_retryable(exc):
+                # The database failed under the run, not the run itself: hand it back (below), so
+                # it is recovered as soon as claims work again instead of after its lease (~15 s).
+                bound.warning("run_interrupted_by_database", error=f"{type(exc).__name__}: {exc}")
+                hand_back = True
+            else:
+                # The lease is left to expire, so the run is retried by recovery later (not at
+                # once: an error of the run itself would otherwise repeat in a tight loop).
+                bound.exception("run_execution_error")
         finally:
             self.executors.pop(claim.run_id, None)
             self._tasks.pop(claim.run_id, None)
@@ -194,19 +196,25 @@ class Worker:
             self._wake.set()
 
     async def _hand_back(self, run_id: UUID) -> None:
-        """Release ``run_id`` now, retrying while the database is still failing; if it stays
-        down for a whole lease, the lease expires anyway and the run is recovered then."""
+        """Release ``run_id`` now, retrying (0.1 s doubling to 5 s) while the database is still
+        failing; if it stays down for a whole lease, the lease expires anyway and the run is
+        recovered then."""
         deadline = time.monotonic() + self.settings.lease_s
-        delay = MIN_BACKOFF_S
+        backoff = Backoff(first_s=0.1, max_s=5.0)
         while time.monotonic() < deadline:
             try:
                 await self.queue.release(self.worker_id, [run_id])
                 log.info("run_handed_back", run_id=str(run_id))
                 return
             except Exception as exc:
-                log.warning("run_hand_back_failed", run_id=str(run_id), error=f"{type(exc).__name__}: {exc}")
+                delay = backoff.next_delay()
+                log.warning(
+                    "run_hand_back_failed",
+                    run_id=str(run_id),
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(delay, 3),
+                )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def _heartbeat(self) -> None:
         interval = self.settings.lease_s / 3

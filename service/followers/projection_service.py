@@ -12,6 +12,7 @@ import structlog
 
 from projections.runner import PROJECTIONS, Projection, ProjectionRunner, rebuild_all
 from service.infra.listen import listen
+from service.retry import Backoff
 from service.store.event_store import EventStore
 from service.store.projection_log import ProjectorStatus, StoreLog
 from service.waiting import wait_set
@@ -21,7 +22,11 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class ProjectionService:
-    """Keeps each read model caught up with the log (woken by the append notifications)."""
+    """Keeps each read model caught up with the log (woken by the append notifications).
+
+    A projection whose step fails records the error in its status and tries again
+    with backoff (0.1 s doubling to 5 s, reset by a step that works).
+    """
 
     store: EventStore
     batch: int = 2000
@@ -57,20 +62,25 @@ class ProjectionService:
         runner = ProjectionRunner(projection, schema=self.store.schema)
         status = self.status.setdefault(projection.name, ProjectorStatus(projection.name))
         access = self.log
-        backoff = 0.1
+        backoff = Backoff(first_s=0.1, max_s=5.0)
         while True:
             try:
                 async with self.store.pool.acquire() as conn:
                     applied = await runner.step(conn, access, self.batch)
                 status.last_error = None
-                backoff = 0.1
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 status.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("projection_error", projection=projection.name, error=status.last_error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = backoff.next_delay()
+                log.warning(
+                    "projection_error",
+                    projection=projection.name,
+                    error=status.last_error,
+                    retry_in_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
                 continue
             if applied == 0:
                 self._wake.clear()

@@ -45,6 +45,7 @@ from service.infra.nats import (
     event_subject,
     trimmed_payload,
 )
+from service.retry import Backoff
 from service.store.checkpoints import read_checkpoint, write_checkpoint
 from service.store.event_store import EventStore
 from service.waiting import wait_set
@@ -81,7 +82,8 @@ class Relay:
 
     ``run()`` loops until cancelled: waits for the relay lock, then relays.
     Errors (NATS down, Postgres connection lost) are logged and retried with
-    backoff; nothing is skipped.
+    backoff (0.1 s doubling to 5 s; straight to 5 s for a ``RelayConflict``;
+    from 0.1 s again after a minute without failing); nothing is skipped.
     """
 
     def __init__(
@@ -125,23 +127,24 @@ class Relay:
         self._source = ""
 
     async def run(self) -> None:
-        backoff = 0.1
+        # _run_once returns only by failing: the sequence restarts after a healthy minute instead.
+        backoff = Backoff(first_s=0.1, max_s=5.0, healthy_after_s=60.0)
         while True:
             try:
                 await self._run_once()
-                backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.status.failures += 1
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, RelayConflict):
-                    log.error("relay_conflict", error=str(exc))
-                    backoff = 5.0
+                    backoff.to_cap()  # needs an operator: no point in retrying fast
+                    delay = backoff.next_delay()
+                    log.error("relay_conflict", error=str(exc), retry_in_s=round(delay, 3))
                 else:
-                    log.warning("relay_error", error=self.status.last_error, retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                    delay = backoff.next_delay()
+                    log.warning("relay_error", error=self.status.last_error, retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
             finally:
                 self.status.active = False
 

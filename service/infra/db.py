@@ -1,4 +1,5 @@
-"""PostgreSQL connections: pool creation with our codecs and one clear error line."""
+"""PostgreSQL connections: pool creation with our codecs and one clear error line, and which
+errors are a failed connection (``is_retryable``)."""
 
 from __future__ import annotations
 
@@ -84,4 +85,16 @@ CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down, cannot connect now
 )
 """Errors that say the database connection failed, not that the work was wrong: retrying the
-same work on a new connection can succeed."""
+same work on a new connection can succeed. asyncpg raises several unrelated types for one dead
+session; this is the one list of them (test with ``is_retryable``)."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failed database connection (``CONNECTION_FAILURES``), so the same work
+    may succeed on a new connection, rather than a failure of the work itself.
+
+    The background loops retry every error with backoff regardless (a loop must not die); this
+    decides what a failure means beyond that, e.g. whether the worker hands an interrupted run
+    back at once instead of leaving its lease to expire.
+    """
+    return isinstance(exc, CONNECTION_FAILURES)

@@ -3,8 +3,9 @@
 A dropped session (server restart, ``pg_terminate_backend``, network) silently
 ends a LISTEN: without this, a worker would miss cancel requests and new-run
 wake-ups for good and fall back to polling. ``listen`` holds a dedicated pooled
-connection, notices its loss, and listens again on a new one; ``on_restored``
-then runs, since notifications sent meanwhile were lost.
+connection, notices its loss, and listens again on a new one (after a fixed
+``retry_s``, jittered); ``on_restored`` then runs, since notifications sent
+meanwhile were lost.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncpg
 import structlog
 
 from service.infra.db import drop, is_usable
+from service.retry import Backoff
 from service.waiting import wait_set
 
 log = structlog.get_logger(__name__)
@@ -33,16 +35,25 @@ async def listen(
     retry_s: float = 1.0,
     check_s: float = 5.0,
 ) -> None:
-    """LISTEN on each channel (calling its callback per notification) until cancelled."""
+    """LISTEN on each channel (calling its callback per notification) until cancelled.
+
+    Any error (asyncpg raises several unrelated types for a dead session) means: wait about
+    ``retry_s`` (never longer) and listen again on a new connection.
+    """
+    backoff = Backoff(first_s=retry_s, max_s=retry_s)
     lost_before = False
     while True:
         try:
             conn = await pool.acquire()
-        except Exception as exc:  # asyncpg raises several unrelated types for a dead session
+        except Exception as exc:
+            delay = backoff.next_delay()
             log.warning(
-                "listen_connect_failed", channels=sorted(channels), error=f"{type(exc).__name__}: {exc}"
+                "listen_connect_failed",
+                channels=sorted(channels),
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=round(delay, 3),
             )
-            await asyncio.sleep(retry_s)
+            await asyncio.sleep(delay)
             continue
         closed = asyncio.Event()
         try:
@@ -63,5 +74,6 @@ async def listen(
             with contextlib.suppress(Exception):
                 await pool.release(conn)
         lost_before = True
-        log.warning("listen_lost", channels=sorted(channels), retry_in_s=retry_s)
-        await asyncio.sleep(retry_s)
+        delay = backoff.next_delay()
+        log.warning("listen_lost", channels=sorted(channels), retry_in_s=round(delay, 3))
+        await asyncio.sleep(delay)

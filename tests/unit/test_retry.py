@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from typing import Any
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_to_cap_makes_the_next_delay_the_longest_even_after_a_healthy_period() -
         {"first_s": 0.1, "max_s": 1.0, "healthy_after_s": 0},
     ],
 )
-def test_nonsensical_arguments_are_refused(kwargs: dict[str, float]) -> None:
+def test_nonsensical_arguments_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Backoff(**kwargs)
 
