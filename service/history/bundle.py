@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -46,13 +47,12 @@ from schemas.names import DB_SCHEMA
 from schemas.workflow import WorkflowSpec, spec_version
 from service.history.audit import AuditProblem, ProblemKind, RunVerifier, plural, sort_key
 from service.infra.db import Conn
+from service.store.bundle_sql import event_id_users, register_version_txn, stored_chains
 from service.store.event_store import EventStore
 from service.store.workflow_store import UnknownWorkflow, WorkflowStore
 
 FORMAT_VERSION = 1
 """Version of the bundle layout written by this module."""
-
-"""Events per INSERT statement of an import (all of them in one transaction)."""
 
 
 class _Line(msgspec.Struct, frozen=True, tag_field="bundle", forbid_unknown_fields=True):
@@ -241,119 +241,178 @@ def verify_bundle(lines: Iterable[bytes], *, expect_digest: str | None = None) -
     Pure: no I/O besides consuming ``lines``. The runs are kept in the result
     (for ``import_bundle``); a caller that only verifies may drop them.
     """
-    check = BundleCheck()
-    problems = check.problems
+    reading = _Reading(BundleCheck())
+    number = 0
+    for number, line in enumerate(lines, 1):
+        reading.read_line(number, line)
+    check = reading.check
+    check.lines = number
+    check.digest = reading.hasher.hexdigest()
+
+    if number == 0:
+        reading.report(None, "the bundle is empty")
+        return check
+    if reading.header is None and not any(p.line == 1 for p in check.problems):
+        reading.report(1, "the first line is not the bundle header")
+    reading.check_sections()
+    if reading.header is not None:
+        reading.check_header_lists_sections(reading.header)
+    reading.check_digest_line()
+    if expect_digest is not None and expect_digest.removeprefix("sha256:").lower() != check.digest:
+        reading.report(None, f"the bundle's digest is {check.digest}, not the expected {expect_digest}")
+    check.problems.sort(key=sort_key)
+    return check
+
+
+def _spec_mismatch(run: BundleRun) -> str | None:
+    """Why the workflow spec a run line carries is not the version it names (None: it is)."""
+    if run.spec is None:
+        return None
+    if run.spec.id != run.workflow_id:
+        return f"the spec is of workflow {run.spec.id!r}, not {run.workflow_id!r}"
+    if spec_version(run.spec) != run.workflow_version:
+        return (
+            f"the spec's content hash is {spec_version(run.spec)}, "
+            f"not the version {run.workflow_version} it is labelled with"
+        )
+    return None
+
+
+@dataclass
+class _Reading:
+    """One pass of ``verify_bundle``: what the lines read so far established, and their problems.
+
+    ``read_line`` checks each line as it comes (header, run lines, events, the digest line);
+    the ``check_*`` methods then check what needs the whole bundle.
+    """
+
+    check: BundleCheck
+    hasher: Any = field(default_factory=hashlib.sha256)
+    header: BundleHeader | None = None
+    digest: BundleDigest | None = None
+    digest_line: int = 0
+    sections: dict[UUID, _Section] = field(default_factory=dict)
+    current: _Section | None = None
+    event_ids: dict[UUID, tuple[UUID, int]] = field(default_factory=dict)
 
     def report(
+        self,
         line: int | None,
         problem: str,
         kind: ProblemKind = "bundle",
         run_id: UUID | None = None,
         seq: int | None = None,
     ) -> None:
-        problems.append(AuditProblem(run_id, seq, kind, problem, line))
+        self.check.problems.append(AuditProblem(run_id, seq, kind, problem, line))
 
-    hasher = hashlib.sha256()
-    header: BundleHeader | None = None
-    digest: BundleDigest | None = None
-    digest_line = 0
-    sections: dict[UUID, _Section] = {}
-    current: _Section | None = None
-    event_ids: dict[UUID, tuple[UUID, int]] = {}
-    number = 0
-    for number, line in enumerate(lines, 1):
+    # -- line by line ------------------------------------------------------------------------------
+
+    def read_line(self, number: int, line: bytes) -> None:
+        """Check line ``number`` (1-based, its newline kept) and hash it unless it is the digest line."""
         body = line[:-1] if line.endswith(b"\n") else line
         if body is line:
-            report(number, "the line does not end with a newline (the bundle was cut short or edited)")
-        if digest_line:
-            report(number, f"line after the digest line (line {digest_line})")
-            continue
+            self.report(number, "the line does not end with a newline (the bundle was cut short or edited)")
+        if self.digest_line:
+            self.report(number, f"line after the digest line (line {self.digest_line})")
+            return
         if body.startswith(_DIGEST_PREFIX):
-            digest_line = number
-            try:
-                decoded = _meta_decoder.decode(body)
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                report(number, f"the digest line is not valid: {exc}")
-                continue
-            if not isinstance(decoded, BundleDigest):
-                report(number, "the digest line is not valid")
-            elif encode(decoded) != body:
-                report(number, "the digest line is not in canonical form: it was edited")
-            else:
-                digest = decoded
-            continue
-        hasher.update(line)
+            self.digest_line = number
+            self._read_digest_line(number, body)
+            return
+        self.hasher.update(line)
         if number == 1 or body.startswith(_META_PREFIX):
-            try:
-                meta = _meta_decoder.decode(body)
-            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                what = "a bundle header" if number == 1 else "a valid bundle line"
-                report(number, f"not {what}: {exc}")
-                continue
-            if number == 1:
-                if not isinstance(meta, BundleHeader):
-                    report(number, "the first line is not the bundle header")
-                elif meta.format_version != FORMAT_VERSION:
-                    report(
-                        number,
-                        f"bundle format version {meta.format_version} is not supported "
-                        f"(this Flowledger reads version {FORMAT_VERSION})",
-                    )
-                else:
-                    header = meta
-                if isinstance(meta, BundleHeader):
-                    continue
+            self._read_meta_line(number, body)
+        else:
+            self._read_event_line(number, body)
+
+    def _read_digest_line(self, number: int, body: bytes) -> None:
+        """Keep the digest line if it decodes and is in the canonical form this module writes."""
+        try:
+            decoded = _meta_decoder.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            self.report(number, f"the digest line is not valid: {exc}")
+            return
+        if not isinstance(decoded, BundleDigest):
+            self.report(number, "the digest line is not valid")
+        elif encode(decoded) != body:
+            self.report(number, "the digest line is not in canonical form: it was edited")
+        else:
+            self.digest = decoded
+
+    def _read_meta_line(self, number: int, body: bytes) -> None:
+        """The header (line 1, and only there) or a run line, which opens the run's section."""
+        try:
+            meta = _meta_decoder.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            what = "a bundle header" if number == 1 else "a valid bundle line"
+            self.report(number, f"not {what}: {exc}")
+            return
+        if number == 1:
+            self._read_header(number, meta)
             if isinstance(meta, BundleHeader):
-                report(number, "a second bundle header")
-                continue
-            assert isinstance(meta, BundleRun)  # a digest line was handled above
-            current = None
-            if meta.run_id in sections:
-                report(
-                    number,
-                    f"second section of the run (first at line {sections[meta.run_id].line})",
-                    run_id=meta.run_id,
-                )
-                continue
-            current = sections[meta.run_id] = _Section(meta, number, RunVerifier(meta.run_id, problems), [])
-            if meta.spec is not None:
-                if meta.spec.id != meta.workflow_id:
-                    report(
-                        number,
-                        f"the spec is of workflow {meta.spec.id!r}, not {meta.workflow_id!r}",
-                        run_id=meta.run_id,
-                    )
-                elif spec_version(meta.spec) != meta.workflow_version:
-                    report(
-                        number,
-                        f"the spec's content hash is {spec_version(meta.spec)}, "
-                        f"not the version {meta.workflow_version} it is labelled with",
-                        run_id=meta.run_id,
-                    )
-            continue
-        # An event line.
+                return
+        if isinstance(meta, BundleHeader):
+            self.report(number, "a second bundle header")
+            return
+        assert isinstance(meta, BundleRun)  # a digest line was handled above
+        self._open_section(number, meta)
+
+    def _read_header(self, number: int, meta: BundleHeader | BundleRun | BundleDigest) -> None:
+        """Keep line 1 as the header if it is one, of the format version this module reads."""
+        if not isinstance(meta, BundleHeader):
+            self.report(number, "the first line is not the bundle header")
+        elif meta.format_version != FORMAT_VERSION:
+            self.report(
+                number,
+                f"bundle format version {meta.format_version} is not supported "
+                f"(this Flowledger reads version {FORMAT_VERSION})",
+            )
+        else:
+            self.header = meta
+
+    def _open_section(self, number: int, run: BundleRun) -> None:
+        """A run line: the events up to the next run line are this run's (unless it had a section)."""
+        self.current = None
+        if run.run_id in self.sections:
+            self.report(
+                number,
+                f"second section of the run (first at line {self.sections[run.run_id].line})",
+                run_id=run.run_id,
+            )
+            return
+        self.current = self.sections[run.run_id] = _Section(
+            run, number, RunVerifier(run.run_id, self.check.problems), []
+        )
+        mismatch = _spec_mismatch(run)
+        if mismatch is not None:
+            self.report(number, mismatch, run_id=run.run_id)
+
+    def _read_event_line(self, number: int, body: bytes) -> None:
+        """An event: of the current section's run and stream, its id unused elsewhere; fed to the
+        run's verifier (chain, seq, schema, legality)."""
+        current = self.current
         run_id = current.run.run_id if current is not None else None
         try:
             event = raw_envelope_decoder.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            report(number, f"not a valid event envelope: {exc}", run_id=run_id)
-            continue
-        check.events += 1
+            self.report(number, f"not a valid event envelope: {exc}", run_id=run_id)
+            return
+        self.check.events += 1
         if current is None:
-            report(number, "event outside any run section", run_id=event.run_id, seq=event.seq)
-            continue
+            self.report(number, "event outside any run section", run_id=event.run_id, seq=event.seq)
+            return
         run = current.run
         if event.run_id != run.run_id:
-            report(
+            self.report(
                 number,
                 f"event of run {event.run_id} in the section of run {run.run_id}",
                 "chain",
                 run.run_id,
                 event.seq,
             )
-            continue
+            return
         if (event.tenant, event.workflow_id) != (run.tenant, run.workflow_id):
-            report(
+            self.report(
                 number,
                 f"tenant/workflow {event.tenant!r}/{event.workflow_id!r} differ from the run line's "
                 f"{run.tenant!r}/{run.workflow_id!r}",
@@ -361,9 +420,9 @@ def verify_bundle(lines: Iterable[bytes], *, expect_digest: str | None = None) -
                 run.run_id,
                 event.seq,
             )
-        seen = event_ids.setdefault(event.event_id, (run.run_id, event.seq))
+        seen = self.event_ids.setdefault(event.event_id, (run.run_id, event.seq))
         if seen != (run.run_id, event.seq):
-            report(
+            self.report(
                 number,
                 f"event_id {event.event_id} is also used by run {seen[0]} seq {seen[1]}",
                 "chain",
@@ -372,61 +431,70 @@ def verify_bundle(lines: Iterable[bytes], *, expect_digest: str | None = None) -
             )
         current.verifier.feed(event, number)
         current.events.append(event)
-    check.lines = number
-    check.digest = hasher.hexdigest()
 
-    if number == 0:
-        report(None, "the bundle is empty")
-        return check
-    if header is None and not any(p.line == 1 for p in problems):
-        report(1, "the first line is not the bundle header")
-    for section in sections.values():
-        run, verifier = section.run, section.verifier
-        if verifier.events == 0:
-            report(section.line, "run line without any events", run_id=run.run_id)
-        elif verifier.workflow_version is not None and verifier.workflow_version != run.workflow_version:
-            report(
-                section.line,
-                f"the run line names workflow version {run.workflow_version!r} but the run's "
-                f"run_queued names {verifier.workflow_version!r}",
-                run_id=run.run_id,
-                seq=0,
-            )
-        check.runs.append(RunExport(run, section.events))
-    if header is not None:
+    # -- the whole bundle --------------------------------------------------------------------------
+
+    def check_sections(self) -> None:
+        """Each run section has events and names the version its ``run_queued`` does; keeps the runs."""
+        for section in self.sections.values():
+            run, verifier = section.run, section.verifier
+            if verifier.events == 0:
+                self.report(section.line, "run line without any events", run_id=run.run_id)
+            elif verifier.workflow_version is not None and verifier.workflow_version != run.workflow_version:
+                self.report(
+                    section.line,
+                    f"the run line names workflow version {run.workflow_version!r} but the run's "
+                    f"run_queued names {verifier.workflow_version!r}",
+                    run_id=run.run_id,
+                    seq=0,
+                )
+            self.check.runs.append(RunExport(run, section.events))
+
+    def check_header_lists_sections(self, header: BundleHeader) -> None:
+        """The header lists exactly the runs that have a section, in the order of the sections."""
         listed = header.runs
+        sections = self.sections
         for run_id in listed:
             if run_id not in sections:
-                report(1, "run listed in the header has no section in the bundle", run_id=run_id)
+                self.report(1, "run listed in the header has no section in the bundle", run_id=run_id)
         for run_id, section in sections.items():
             if run_id not in listed:
-                report(section.line, "run is not listed in the header", run_id=run_id)
+                self.report(section.line, "run is not listed in the header", run_id=run_id)
         if [r for r in listed if r in sections] != [r for r in sections if r in listed]:
-            report(1, "run sections are not in the order the header lists them")
-    if digest is None:
-        if not digest_line:
-            report(None, "no digest line: the bundle is truncated or its last line was removed")
-    else:
-        if digest.sha256 != check.digest:
-            report(
-                digest_line,
+            self.report(1, "run sections are not in the order the header lists them")
+
+    def check_digest_line(self) -> None:
+        """There is a digest line, its SHA-256 is the bundle's, and it records each run's head."""
+        digest = self.digest
+        if digest is None:
+            if not self.digest_line:
+                self.report(None, "no digest line: the bundle is truncated or its last line was removed")
+            return
+        if digest.sha256 != self.check.digest:
+            self.report(
+                self.digest_line,
                 "digest does not match the bundle's contents: a line was changed, removed, added or moved",
             )
-        for run_id, section in sections.items():
+        self._check_run_heads(digest)
+
+    def _check_run_heads(self, digest: BundleDigest) -> None:
+        """The digest line names exactly the runs with a section, each with its event count and head hash."""
+        digest_line = self.digest_line
+        for run_id, section in self.sections.items():
             recorded = digest.runs.get(str(run_id))
             verifier = section.verifier
             if recorded is None:
-                report(digest_line, "run has no entry in the digest line", run_id=run_id)
+                self.report(digest_line, "run has no entry in the digest line", run_id=run_id)
                 continue
             if recorded.events != verifier.events:
-                report(
+                self.report(
                     digest_line,
                     f"the digest line records {recorded.events} events, the bundle holds {verifier.events}",
                     "chain",
                     run_id,
                 )
             if recorded.head_hash != (verifier.last_hash or ""):
-                report(
+                self.report(
                     digest_line,
                     "head hash differs from the digest line's: the run's last event was changed or removed",
                     "chain",
@@ -434,12 +502,8 @@ def verify_bundle(lines: Iterable[bytes], *, expect_digest: str | None = None) -
                     verifier.last_seq,
                 )
         for key in digest.runs:
-            if not any(str(r) == key for r in sections):
-                report(digest_line, f"the digest line names run {key}, which has no section")
-    if expect_digest is not None and expect_digest.removeprefix("sha256:").lower() != check.digest:
-        report(None, f"the bundle's digest is {check.digest}, not the expected {expect_digest}")
-    problems.sort(key=sort_key)
-    return check
+            if not any(str(r) == key for r in self.sections):
+                self.report(digest_line, f"the digest line names run {key}, which has no section")
 
 
 def verify_bundle_file(path: Path, *, expect_digest: str | None = None) -> BundleCheck:
@@ -491,18 +555,10 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
         raise ImportRefused(check.problems)
     result = ImportResult()
     runs = check.runs
-    s = f'"{schema}"'
     async with pool.acquire() as conn, conn.transaction():
         store = EventStore(pool, schema=schema)
         await store.lock_txn(conn)
-        rows = await conn.fetch(
-            f"SELECT run_id, seq, event_id, encode(hash, 'hex') FROM {s}.events "
-            "WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, seq",
-            [r.run.run_id for r in runs],
-        )
-        existing: dict[UUID, list[tuple[int, UUID, str]]] = {}
-        for run_id, seq, event_id, digest in rows:
-            existing.setdefault(run_id, []).append((seq, event_id, digest))
+        existing = await stored_chains(conn, [r.run.run_id for r in runs], schema=schema)
         conflicts: list[AuditProblem] = []
         to_write: list[RawEnvelope] = []
         for run in runs:
@@ -525,10 +581,7 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
             else:
                 result.present_runs.append(run_id)
         if to_write and not conflicts:
-            clashes = await conn.fetch(
-                f"SELECT event_id, run_id, seq FROM {s}.events WHERE event_id = ANY($1::uuid[])",
-                [e.event_id for e in to_write],
-            )
+            clashes = await event_id_users(conn, [e.event_id for e in to_write], schema=schema)
             by_id = {e.event_id: e for e in to_write}
             for event_id, run_id, seq in clashes:
                 event = by_id[event_id]
@@ -562,14 +615,8 @@ async def _register_versions_txn(
     """
     versions = {(r.run.workflow_id, r.run.workflow_version): r.run for r in runs if r.run.spec is not None}
     for (workflow_id, version), run in versions.items():
-        created = await conn.fetchval(
-            f'INSERT INTO "{schema}".workflows (workflow_id, version, spec, created_at) '
-            "VALUES ($1, $2, $3, coalesce($4, clock_timestamp())) "
-            "ON CONFLICT (workflow_id, version) DO NOTHING RETURNING true",
-            workflow_id,
-            version,
-            msgspec.json.encode(run.spec),
-            run.spec_registered_at,
+        created = await register_version_txn(
+            conn, workflow_id, version, run.spec, run.spec_registered_at, schema=schema
         )
         result.workflows_registered += 1
-        result.workflows_new += int(bool(created))
+        result.workflows_new += int(created)
