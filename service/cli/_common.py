@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 TERMINAL_TYPES = frozenset({"run_finished", "run_cancelled"})
 
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)  # a line never breaks into fragments
 
 
 def settings_of(ctx: click.Context) -> Settings:

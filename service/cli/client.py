@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
@@ -12,7 +13,6 @@ from uuid import UUID
 import click
 import httpx
 from rich.markup import escape
-from rich.table import Table
 
 from service.cli._common import (
     RUN_ID,
@@ -23,6 +23,7 @@ from service.cli._common import (
     describe_event,
     status_markup,
 )
+from service.cli._output import Column, format_option, ms, one_line, print_items, print_table
 
 
 def parse_input(pair: str) -> tuple[str, Any]:
@@ -76,13 +77,37 @@ def spec_format(file: Path, content: bytes) -> Literal["json", "yaml"]:
 
 
 @workflows.command("list")
+@format_option()
 @click.pass_context
-def workflows_list(ctx: click.Context) -> None:
-    """Registered workflows with their latest version."""
+def workflows_list(ctx: click.Context, fmt: str) -> None:
+    """Registered workflows with their current version."""
     with api_client(ctx) as client:
-        body = call_api(client, "GET", "/v1/workflows", params={"limit": 500})
-    for item in body["items"]:
-        console.print(f"{item['id']}\t{item['version']}\t{item['node_count']} nodes\t{item['name'] or ''}")
+        items = list(_pages(client, "/v1/workflows", {"limit": 500}))
+    print_items(fmt, items, WORKFLOW_COLUMNS)
+
+
+WORKFLOW_COLUMNS = (
+    Column("workflow", lambda w: w["id"]),
+    Column("version", lambda w: w["version"]),
+    Column("nodes", lambda w: str(w["node_count"]), right=True),
+    Column("name", lambda w: w["name"] or ""),
+    Column("registered", lambda w: _when(w["created_at"])),
+)
+
+
+def _pages(client: httpx.Client, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every item of a cursor-paged listing."""
+    while True:
+        page = call_api(client, "GET", path, params=params)
+        yield from page["items"]
+        if not page["next_cursor"]:
+            return
+        params = {**params, "cursor": page["next_cursor"]}
+
+
+def _when(timestamp: str | None) -> str:
+    """``2026-12-04 05:12:03.123`` (UTC) from an RFC 3339 timestamp; empty for none."""
+    return "" if not timestamp else timestamp.replace("T", " ").rstrip("Z")[:23]
 
 
 _NODE_MARKS = {"node_execute_before": "▶", "node_retry_scheduled": "↻"}
@@ -113,7 +138,13 @@ def follow_line(event: dict[str, Any]) -> str | None:
 
 
 def follow_events(
-    client: httpx.Client, run_id: str, *, ndjson: bool, follow: bool, poll_s: float = 0.2
+    client: httpx.Client,
+    run_id: str,
+    *,
+    ndjson: bool,
+    follow: bool,
+    timestamps: bool = False,
+    poll_s: float = 0.2,
 ) -> int:
     """Print a run's events (and, with ``follow``, new ones until it ends). Returns the exit code."""
     after = -1
@@ -126,7 +157,7 @@ def follow_events(
             if ndjson:
                 sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
             elif (line := follow_line(event)) is not None:
-                console.print(line)
+                console.print(f"[dim]{_when(event['recorded_at'])[11:]}[/dim] {line}" if timestamps else line)
             if event["type"] in TERMINAL_TYPES:
                 ok = event["type"] == "run_finished" and event["data"]["status"] == "succeeded"
                 return 0 if ok else 1
@@ -180,7 +211,31 @@ def run(
         note = "" if accepted["created"] else " (existing run for this idempotency key)"
         console.print(f"run {run_id} queued ({workflow_id} {accepted['workflow_version']}){note}")
         if follow:
-            sys.exit(follow_events(client, run_id, ndjson=False, follow=True))
+            code = follow_events(client, run_id, ndjson=False, follow=True)
+            print_run_result(client, run_id)
+            sys.exit(code)
+
+
+def run_outputs(state: dict[str, Any], edges: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's outputs: the output of each succeeded node that no edge leaves (its end nodes)."""
+    sources = {e["from"] for e in edges}
+    return {
+        node_id: node["output"]
+        for node_id, node in state["nodes"].items()
+        if node_id not in sources and node["status"] == "succeeded"
+    }
+
+
+def print_run_result(client: httpx.Client, run_id: str) -> None:
+    """After following a run: its outputs when it succeeded, else its error."""
+    state = call_api(client, "GET", f"/v1/runs/{run_id}/state")
+    if state["status"] == "succeeded":
+        lineage = call_api(client, "GET", f"/v1/runs/{run_id}/lineage")
+        outputs = run_outputs(state, lineage["edges"])
+        console.print("outputs:", markup=False)
+        console.print(json.dumps(outputs, indent=2, ensure_ascii=False, default=str), markup=False)
+    else:
+        console.print(f"[red]{state['status']}[/red]: {escape(state['error'] or 'no error recorded')}")
 
 
 @click.command("events")
@@ -189,9 +244,9 @@ def run(
 @click.option("--format", "fmt", type=click.Choice(["table", "ndjson"]), default="table")
 @click.pass_context
 def events(ctx: click.Context, run_id: UUID, follow: bool, fmt: str) -> None:
-    """Print a run's events in order."""
+    """Print a run's events in order, each with the time it was recorded (UTC)."""
     with api_client(ctx) as client:
-        code = follow_events(client, str(run_id), ndjson=fmt == "ndjson", follow=follow)
+        code = follow_events(client, str(run_id), ndjson=fmt == "ndjson", follow=follow, timestamps=True)
     if follow:
         sys.exit(code)
 
@@ -221,47 +276,58 @@ def runs() -> None:
 )
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
 @click.option("--cursor", default=None, help="next_cursor of a previous page.")
+@format_option()
 @click.pass_context
 def runs_list(
-    ctx: click.Context, workflow_id: str | None, status: str | None, limit: int, cursor: str | None
+    ctx: click.Context, workflow_id: str | None, status: str | None, limit: int, cursor: str | None, fmt: str
 ) -> None:
-    """Runs, newest first."""
+    """Runs, newest first (one page; the next page's --cursor is printed below a table)."""
     params: dict[str, Any] = {"limit": limit}
     for name, value in (("workflow_id", workflow_id), ("status", status), ("cursor", cursor)):
         if value:
             params[name] = value
     with api_client(ctx) as client:
         page = call_api(client, "GET", "/v1/runs", params=params)
-    table = Table()
-    # The run id is what one copies into `runs show`: never cut. On a narrow terminal
-    # (80 columns when piped) the other columns wrap instead of being cut with an ellipsis.
-    table.add_column("run", no_wrap=True, min_width=len(str(UUID(int=0))))
-    for column in ("workflow", "status", "progress", "started", "duration", "error"):
-        table.add_column(column, overflow="fold")
-    for r in page["items"]:
-        duration = f"{r['duration_ms']:.0f} ms" if r["duration_ms"] is not None else ""
-        table.add_row(
-            r["run_id"],
-            r["workflow_id"],
-            status_markup(r["status"]),
-            f"{r['progress']}%",
-            (r["started_at"] or "")[:19].replace("T", " "),
-            duration,
-            (r["error"] or "")[:60],
-        )
-    console.print(table)
-    if page["next_cursor"]:
-        console.print(f"more: --cursor {page['next_cursor']}")
+    print_items(fmt, page["items"], RUN_COLUMNS)
+    if page["next_cursor"] and fmt == "table":
+        click.echo(f"more: --cursor {page['next_cursor']}", err=True)
+
+
+RUN_COLUMNS = (
+    Column("run", lambda r: r["run_id"]),
+    Column("workflow", lambda r: r["workflow_id"]),
+    Column("status", lambda r: r["status"], status=True),
+    Column("progress", lambda r: f"{r['progress']}%", right=True),
+    Column("current", lambda r: ",".join(r["current_nodes"])),
+    Column("started", lambda r: _when(r["started_at"])),
+    Column("duration", lambda r: ms(r["duration_ms"]), right=True),
+    Column("error", lambda r: one_line(r["error"], 60)),
+)
+
+NODE_COLUMNS = (
+    Column("node", lambda n: n["id"]),
+    Column("type", lambda n: n["type"]),
+    Column("status", lambda n: n["status"], status=True),
+    Column("attempts", lambda n: str(n["attempts"]), right=True),
+    Column("duration", lambda n: ms(n["duration_ms"]), right=True),
+    Column("items", lambda n: str(n["item_count"]), right=True),
+    Column("bytes", lambda n: str(n["output_bytes"]), right=True),
+    Column("error / reason", lambda n: one_line(n["error"] or n["skip_reason"], 60)),
+)
 
 
 @runs.command("show")
 @click.argument("run_id", type=RUN_ID)
+@format_option()
 @click.pass_context
-def runs_show(ctx: click.Context, run_id: UUID) -> None:
-    """A run's summary and a table of its nodes."""
+def runs_show(ctx: click.Context, run_id: UUID, fmt: str) -> None:
+    """A run's summary and a table of its nodes (json/ndjson: the summary with its lineage)."""
     with api_client(ctx) as client:
         summary = call_api(client, "GET", f"/v1/runs/{run_id}")
         lineage = call_api(client, "GET", f"/v1/runs/{run_id}/lineage")
+    if fmt != "table":
+        print_items(fmt, [{**summary, "lineage": lineage}], ())
+        return
     console.print(
         f"run {summary['run_id']}  {summary['workflow_id']} {summary['workflow_version']}  "
         f"{status_markup(summary['status'])}  {summary['progress']}%"
@@ -269,22 +335,124 @@ def runs_show(ctx: click.Context, run_id: UUID) -> None:
     if summary["duration_ms"] is not None:
         console.print(f"duration {summary['duration_ms']:.0f} ms, retries {summary['retries']}")
     if summary["error"]:
-        console.print(f"[red]error[/red]: {summary['error']}")
+        console.print(f"[red]error[/red]: {escape(summary['error'])}")
     if summary["parent_run_id"]:
         console.print(f"forked from {summary['parent_run_id']}")
-    table = Table()
-    for column in ("node", "type", "status", "attempts", "duration", "items", "bytes", "error / reason"):
-        table.add_column(column)
-    for n in lineage["nodes"]:
-        duration = f"{n['duration_ms']:.0f} ms" if n["duration_ms"] is not None else ""
-        table.add_row(
-            n["id"],
-            n["type"],
-            status_markup(n["status"]),
-            str(n["attempts"]),
-            duration,
-            str(n["item_count"]),
-            str(n["output_bytes"]),
-            (n["error"] or n["skip_reason"] or "")[:60],
-        )
-    console.print(table)
+    print_table([[c.text(n) for c in NODE_COLUMNS] for n in lineage["nodes"]], NODE_COLUMNS)
+
+
+@click.command("lineage")
+@click.argument("run_id", type=RUN_ID)
+@format_option()
+@click.pass_context
+def lineage(ctx: click.Context, run_id: UUID, fmt: str) -> None:
+    """A run's DAG: each node with its figures, then each edge, whether it was taken and its items."""
+    with api_client(ctx) as client:
+        body = call_api(client, "GET", f"/v1/runs/{run_id}/lineage")
+    if fmt != "table":
+        print_items(fmt, [body], ())
+        return
+    print_table([[c.text(n) for c in NODE_COLUMNS] for n in body["nodes"]], NODE_COLUMNS, title="nodes")
+    print_table([[c.text(e) for c in EDGE_COLUMNS] for e in body["edges"]], EDGE_COLUMNS, title="edges")
+    for key in ("parent_run_id", "fork"):
+        if body.get(key):
+            console.print(f"{key}: {body[key]}", markup=False)
+
+
+EDGE_COLUMNS = (
+    Column("from", lambda e: e["from"]),
+    Column("to", lambda e: e["to"]),
+    Column("when", lambda e: e["when"] or ""),
+    Column("taken", lambda e: {True: "taken", False: "not taken", None: "pending"}[e["taken"]]),
+    Column("items", lambda e: "" if e["items"] is None else str(e["items"]), right=True),
+)
+
+
+@click.command("metrics")
+@click.option("--workflow", "-w", "workflow_id", default=None, help="Only this workflow.")
+@format_option()
+@click.pass_context
+def metrics(ctx: click.Context, workflow_id: str | None, fmt: str) -> None:
+    """Per workflow and node type: run counts by status, success rate, duration p50/p95/p99."""
+    params = {"workflow_id": workflow_id} if workflow_id else {}
+    with api_client(ctx) as client:
+        body = call_api(client, "GET", "/v1/metrics/summary", params=params)
+    if fmt != "table":
+        print_items(fmt, body["workflows"], ())
+        return
+    rows = [[c.text(w) for c in WORKFLOW_METRIC_COLUMNS] for w in body["workflows"]]
+    print_table(rows, WORKFLOW_METRIC_COLUMNS, title="workflows")
+    node_rows = [
+        [w["workflow_id"], *(c.text(n) for c in NODE_METRIC_COLUMNS[1:])]
+        for w in body["workflows"]
+        for n in w["node_types"]
+    ]
+    print_table(node_rows, NODE_METRIC_COLUMNS, title="node types")
+    lag = max((p["lag_events"] for p in body["projections"]), default=0)
+    if lag:
+        console.print(f"[yellow]the read models are {lag} event(s) behind the log[/yellow]")
+
+
+def _count_column(status: str) -> Column:
+    return Column(status, lambda w: str(w[status]), right=True)
+
+
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.1f}%"
+
+
+def _quantiles(item: dict[str, Any]) -> str:
+    values = [item[f"duration_{q}_ms"] for q in ("p50", "p95", "p99")]
+    return "" if values[0] is None else " / ".join(f"{v:.0f}" for v in values) + " ms"
+
+
+WORKFLOW_METRIC_COLUMNS = (
+    Column("workflow", lambda w: w["workflow_id"]),
+    Column("runs", lambda w: str(w["runs"]), right=True),
+    *(_count_column(s) for s in ("running", "waiting", "succeeded", "failed", "cancelled")),
+    Column("success", lambda w: _rate(w["success_rate"]), right=True),
+    Column("p50 / p95 / p99", _quantiles, right=True),
+)
+
+NODE_METRIC_COLUMNS = (
+    Column("workflow", lambda n: ""),
+    Column("node type", lambda n: n["node_type"]),
+    Column("executions", lambda n: str(n["executions"]), right=True),
+    Column("failed", lambda n: str(n["failed"]), right=True),
+    Column("skipped", lambda n: str(n["skipped"]), right=True),
+    Column("retries", lambda n: str(n["retries"]), right=True),
+    Column("success", lambda n: _rate(n["success_rate"]), right=True),
+    Column("p50 / p95 / p99", _quantiles, right=True),
+)
+
+
+@click.command("history")
+@click.argument("workflow_id")
+@click.argument("node_id")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--cursor", default=None, help="next_cursor of a previous page.")
+@format_option()
+@click.pass_context
+def history(
+    ctx: click.Context, workflow_id: str, node_id: str, limit: int, cursor: str | None, fmt: str
+) -> None:
+    """NODE_ID of WORKFLOW_ID across runs, newest first: status, attempts, duration, error."""
+    params: dict[str, Any] = {"limit": limit}
+    if cursor:
+        params["cursor"] = cursor
+    with api_client(ctx) as client:
+        page = call_api(client, "GET", f"/v1/workflows/{workflow_id}/nodes/{node_id}/history", params=params)
+    print_items(fmt, page["items"], NODE_HISTORY_COLUMNS)
+    if page["next_cursor"] and fmt == "table":
+        click.echo(f"more: --cursor {page['next_cursor']}", err=True)
+
+
+NODE_HISTORY_COLUMNS = (
+    Column("run", lambda n: n["run_id"]),
+    Column("status", lambda n: n["status"], status=True),
+    Column("attempts", lambda n: str(n["attempts"]), right=True),
+    Column("started", lambda n: _when(n["started_at"])),
+    Column("duration", lambda n: ms(n["duration_ms"]), right=True),
+    Column("items", lambda n: str(n["item_count"]), right=True),
+    Column("error / reason", lambda n: one_line(n["error_message"] or n["skip_reason"], 60)),
+)

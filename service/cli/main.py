@@ -13,7 +13,7 @@ from schemas.names import STREAM_NAME, SUBJECT_PREFIX
 from service.cli._common import api_url, reader_may_leave, run_async, settings_of
 from service.cli.admin import projections
 from service.cli.audit import audit, export_bundle, import_bundle_command, verify_bundle_command
-from service.cli.client import cancel, events, run, runs, workflows
+from service.cli.client import cancel, events, history, lineage, metrics, run, runs, workflows
 from service.cli.history import diff
 from service.cli.replay import replay
 from service.config import (
@@ -449,6 +449,9 @@ cli.add_command(events)
 cli.add_command(cancel)
 cli.add_command(projections)
 cli.add_command(runs)
+cli.add_command(lineage)
+cli.add_command(metrics)
+cli.add_command(history)
 cli.add_command(replay)
 cli.add_command(diff)
 cli.add_command(audit)
