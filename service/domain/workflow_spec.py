@@ -403,6 +403,21 @@ def validate_spec(spec: WorkflowSpec, checker: ConfigChecker) -> list[SpecProble
     for node in spec.nodes:
         first.setdefault(node.id, node)
     node_ids = list(first)  # unique, spec order
+    problems.extend(_duplicate_node_problems(positions))
+
+    known_types = set(checker.names())
+    for i, node in enumerate(spec.nodes):
+        ref = f"node '{node.id}'" if len(positions[node.id]) == 1 else f"node '{node.id}' (nodes[{i}])"
+        problems.extend(_node_problems(node, ref, checker, known_types))
+
+    problems.extend(_edge_problems(spec.edges, first, known_types))
+    problems.extend(_graph_problems(node_ids, _adjacency(spec.edges, first)))
+    return problems
+
+
+def _duplicate_node_problems(positions: Mapping[str, Sequence[int]]) -> list[SpecProblem]:
+    """One problem per node id used by more than one node (``positions``: its indexes in the spec)."""
+    problems: list[SpecProblem] = []
     for node_id, where in positions.items():
         if len(where) > 1:
             refs = ", ".join(f"nodes[{i}]" for i in where)
@@ -413,72 +428,104 @@ def validate_spec(spec: WorkflowSpec, checker: ConfigChecker) -> list[SpecProble
                     node_id=node_id,
                 )
             )
+    return problems
 
-    known_types = set(checker.names())
-    for i, node in enumerate(spec.nodes):
-        ref = f"node '{node.id}'" if len(positions[node.id]) == 1 else f"node '{node.id}' (nodes[{i}])"
-        problems.extend(_node_problems(node, ref, checker, known_types))
 
-    adj: dict[str, list[str]] = {n: [] for n in node_ids}
-    has_incoming: set[str] = set()
+def _edge_problems(
+    edges: Sequence[EdgeSpec], nodes: Mapping[str, NodeSpec], known_types: set[str]
+) -> list[SpecProblem]:
+    """Per edge in spec order: endpoints that are not nodes, repeats, ``when`` labels.
+
+    A repeated edge is reported once, at its first listing, and gets no second copy of
+    the first one's problems. ``nodes``: the first node of each id, in spec order.
+    """
+    problems: list[SpecProblem] = []
     edge_counts: dict[tuple[str, str, str | None], int] = defaultdict(int)
-    for edge in spec.edges:
+    for edge in edges:
         edge_counts[(edge.from_, edge.to, edge.when)] += 1
     seen_edges: set[tuple[str, str, str | None]] = set()
-    for edge in spec.edges:
-        pair = (edge.from_, edge.to)
+    for edge in edges:
         key = (edge.from_, edge.to, edge.when)
-        repeat = key in seen_edges  # a repeated edge gets no second copy of the first one's problems
+        if key in seen_edges:
+            continue
         seen_edges.add(key)
-        missing = [] if repeat else [n for n in dict.fromkeys(pair) if n not in first]
-        for name in missing:
-            known = f"known nodes: {_listing(node_ids)}" if node_ids else "the workflow has no nodes"
-            problems.append(
-                SpecProblem(
-                    "unknown_edge_node",
-                    f"edge {edge.from_} -> {edge.to}: node '{name}' does not exist ({known})",
-                    node_id=name,
-                    edge=pair,
-                )
-            )
-        if edge_counts[key] > 1 and not repeat:
+        problems.extend(_unknown_endpoint_problems(edge, nodes))
+        if edge_counts[key] > 1:
             problems.append(
                 SpecProblem(
                     "duplicate_edge",
                     f"edge {edge.from_} -> {edge.to}{_when_part(edge)} is listed {edge_counts[key]} times; "
                     "keep one",
-                    edge=pair,
+                    edge=(edge.from_, edge.to),
                 )
             )
-        source = first.get(edge.from_)
-        if edge.when is not None and not repeat and source is not None and source.type in known_types:
-            # A source of unknown type already has its own problem; whether it labels is unknowable.
-            if source.type != BRANCH_NODE_TYPE:
-                problems.append(
-                    SpecProblem(
-                        "bad_branch_label",
-                        f'edge {edge.from_} -> {edge.to}: when "{edge.when}" needs a branch node as its '
-                        f"source, but '{edge.from_}' is a '{source.type}' node; remove `when` or route "
-                        "the edge through a branch node",
-                        node_id=edge.from_,
-                        edge=pair,
-                    )
-                )
-            elif edge.when not in BRANCH_LABELS:
-                problems.append(
-                    SpecProblem(
-                        "bad_branch_label",
-                        f'edge {edge.from_} -> {edge.to}: when must be "true" or "false" (the labels a '
-                        f'branch node produces), got "{edge.when}"',
-                        node_id=edge.from_,
-                        edge=pair,
-                    )
-                )
-        if edge.from_ in first and edge.to in first:
-            if edge.to not in adj[edge.from_]:
-                adj[edge.from_].append(edge.to)
-            has_incoming.add(edge.to)
+        label = _branch_label_problem(edge, nodes.get(edge.from_), known_types)
+        if label is not None:
+            problems.append(label)
+    return problems
 
+
+def _unknown_endpoint_problems(edge: EdgeSpec, nodes: Mapping[str, NodeSpec]) -> list[SpecProblem]:
+    """One problem per end of ``edge`` (once if both are the same) that names no node."""
+    pair = (edge.from_, edge.to)
+    missing = [n for n in dict.fromkeys(pair) if n not in nodes]
+    if not missing:
+        return []
+    node_ids = list(nodes)
+    known = f"known nodes: {_listing(node_ids)}" if node_ids else "the workflow has no nodes"
+    return [
+        SpecProblem(
+            "unknown_edge_node",
+            f"edge {edge.from_} -> {edge.to}: node '{name}' does not exist ({known})",
+            node_id=name,
+            edge=pair,
+        )
+        for name in missing
+    ]
+
+
+def _branch_label_problem(
+    edge: EdgeSpec, source: NodeSpec | None, known_types: set[str]
+) -> SpecProblem | None:
+    """What is wrong with ``edge``'s ``when``: only a branch node's edges have one, "true" or "false"."""
+    if edge.when is None or source is None or source.type not in known_types:
+        # A source of unknown type already has its own problem; whether it labels is unknowable.
+        return None
+    if source.type != BRANCH_NODE_TYPE:
+        return SpecProblem(
+            "bad_branch_label",
+            f'edge {edge.from_} -> {edge.to}: when "{edge.when}" needs a branch node as its '
+            f"source, but '{edge.from_}' is a '{source.type}' node; remove `when` or route "
+            "the edge through a branch node",
+            node_id=edge.from_,
+            edge=(edge.from_, edge.to),
+        )
+    if edge.when not in BRANCH_LABELS:
+        return SpecProblem(
+            "bad_branch_label",
+            f'edge {edge.from_} -> {edge.to}: when must be "true" or "false" (the labels a '
+            f'branch node produces), got "{edge.when}"',
+            node_id=edge.from_,
+            edge=(edge.from_, edge.to),
+        )
+    return None
+
+
+def _adjacency(edges: Sequence[EdgeSpec], nodes: Mapping[str, NodeSpec]) -> dict[str, list[str]]:
+    """Each node's successors, sorted, over the edges between existing nodes (every node a key)."""
+    adj: dict[str, list[str]] = {n: [] for n in nodes}
+    for edge in edges:
+        if edge.from_ in nodes and edge.to in nodes and edge.to not in adj[edge.from_]:
+            adj[edge.from_].append(edge.to)
+    for succs in adj.values():
+        succs.sort()
+    return adj
+
+
+def _graph_problems(node_ids: list[str], adj: Mapping[str, Sequence[str]]) -> list[SpecProblem]:
+    """Graph-wide: no entry node, cycles, then unreachable nodes (only when acyclic with an entry)."""
+    problems: list[SpecProblem] = []
+    has_incoming = {succ for succs in adj.values() for succ in succs}
     entries = [n for n in node_ids if n not in has_incoming]
     if node_ids and not entries:
         problems.append(
@@ -487,30 +534,35 @@ def validate_spec(spec: WorkflowSpec, checker: ConfigChecker) -> list[SpecProble
                 "no entry node: every node has an incoming edge, so a run has nowhere to start",
             )
         )
-    for succs in adj.values():
-        succs.sort()
     cycles = _cycle_problems(sorted(node_ids), adj)
     problems.extend(cycles)
     if entries and not cycles:
-        # In an acyclic graph every node is reachable from some entry: kept as a guard
-        # so that a future rule (e.g. disabled edges) cannot silently strand a node.
-        reached = set(entries)
-        frontier = list(entries)
-        while frontier:
-            for nxt in adj[frontier.pop()]:
-                if nxt not in reached:
-                    reached.add(nxt)
-                    frontier.append(nxt)
-        for node_id in node_ids:
-            if node_id not in reached:
-                problems.append(
-                    SpecProblem(
-                        "unreachable_node",
-                        f"node '{node_id}' cannot be reached from any entry node ({', '.join(entries)})",
-                        node_id=node_id,
-                    )
-                )
+        problems.extend(_unreachable_problems(node_ids, entries, adj))
     return problems
+
+
+def _unreachable_problems(
+    node_ids: list[str], entries: list[str], adj: Mapping[str, Sequence[str]]
+) -> list[SpecProblem]:
+    """The nodes no path from an entry node reaches, in spec order."""
+    # In an acyclic graph every node is reachable from some entry: kept as a guard
+    # so that a future rule (e.g. disabled edges) cannot silently strand a node.
+    reached = set(entries)
+    frontier = list(entries)
+    while frontier:
+        for nxt in adj[frontier.pop()]:
+            if nxt not in reached:
+                reached.add(nxt)
+                frontier.append(nxt)
+    return [
+        SpecProblem(
+            "unreachable_node",
+            f"node '{node_id}' cannot be reached from any entry node ({', '.join(entries)})",
+            node_id=node_id,
+        )
+        for node_id in node_ids
+        if node_id not in reached
+    ]
 
 
 def check_spec(spec: WorkflowSpec, checker: ConfigChecker) -> WorkflowSpec:
