@@ -28,7 +28,7 @@ from service.engine.worker import Worker
 from service.followers.projection_service import ProjectionService
 from service.followers.push import PushHub
 from service.followers.relay import Relay
-from service.infra.db import DatabaseUnavailable, create_pool
+from service.infra.db import DatabaseUnavailable, create_pool, ping
 from service.infra.embedded import EmbeddedServerError, EmbeddedServers
 from service.infra.migrations import MigrationError, apply_migrations
 from service.infra.nats import MessagingUnavailable, connect_nats, ensure_stream, stream_config
@@ -142,8 +142,7 @@ class Runtime:
         try:
             assert self.pool is not None
             async with asyncio.timeout(2):
-                async with self.pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
+                await ping(self.pool)
         except Exception as exc:  # down, refusing, or too slow: not ready
             postgres, error = False, f"PostgreSQL does not answer: {type(exc).__name__}: {exc}"
         nats = self.nats is not None and self.nats.is_connected

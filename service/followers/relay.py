@@ -48,6 +48,7 @@ from service.infra.nats import (
 from service.retry import Backoff
 from service.store.checkpoints import read_checkpoint, write_checkpoint
 from service.store.event_store import EventStore
+from service.store.installation import event_source, try_session_lock
 from service.waiting import wait_set
 
 log = structlog.get_logger(__name__)
@@ -160,15 +161,14 @@ class Relay:
 
     async def _hold_lock_and_relay(self, conn: Conn) -> None:
         waiting_logged = False
-        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+        while not await try_session_lock(conn, self._lock_key):
             if not waiting_logged:
                 log.info("relay_standby", reason="another relay is active")
                 waiting_logged = True
             await asyncio.sleep(self.standby_poll_s)
         self.status.active = True
         self.status.backend_pid = conn.get_server_pid()
-        installation = await conn.fetchval(f'SELECT id FROM "{self.store.schema}".installation')
-        self._source = f"{installation}/{self.store.schema}"
+        self._source = await event_source(conn, self.store.schema) or ""  # migration 0003 writes the row
         log.info("relay_active", stream=self.stream)
         await conn.add_listener(self.store.notify_channel, self._on_notify)
         read_position, stream_seq = await self._reconcile(conn)

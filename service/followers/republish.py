@@ -35,6 +35,7 @@ from service.infra.nats import (
     trimmed_payload,
 )
 from service.store.event_store import EventStore, UnknownRun
+from service.store.installation import event_source
 
 __all__ = ["DEFAULT_REPLAY_PREFIX", "HEADER_REPLAY", "InvalidPrefix", "check_prefix", "republish"]
 
@@ -80,10 +81,9 @@ async def _source(store: EventStore) -> str | None:
     """The relay's ``Flowledger-Source`` of this log (installation id / schema), if it has one."""
     try:
         async with store.pool.acquire() as conn:
-            installation = await conn.fetchval(f'SELECT id FROM "{store.schema}".installation')
+            return await event_source(conn, store.schema)
     except asyncpg.PostgresError:
         return None
-    return f"{installation}/{store.schema}" if installation is not None else None
 
 
 async def republish(

@@ -53,6 +53,12 @@ async def create_pool(
     return pool
 
 
+async def ping(pool: asyncpg.Pool) -> None:
+    """One round trip on a pooled connection; raises if PostgreSQL does not answer."""
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")
+
+
 def is_usable(conn: Conn) -> bool:
     """Whether ``conn`` can still run queries.
 
