@@ -115,30 +115,59 @@ def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> Run
     """
     if event.seq <= state.seq:
         return state
-    body = event.data
-    seq = event.seq
     if strict:
         _check_legal(state, event)
-    base: dict[str, Any] = {"seq": seq}
+    base: dict[str, Any] = {"seq": event.seq}
     if state.run_id is None:
         base.update(run_id=str(event.run_id), tenant=event.tenant, workflow_id=event.workflow_id)
+    nodes = _apply_to_node(state, event.data, event.seq)
+    if nodes is not None:
+        base["nodes"] = nodes
+    else:
+        base.update(_run_changes(state, event))
+    return msgspec.structs.replace(state, **base)
+
+
+def _run_changes(state: RunState, event: EventEnvelope) -> dict[str, Any]:
+    """The run fields a run-level event changes (none for a node event)."""
+    body = event.data
     match body:
         case RunQueued():
-            base.update(
-                workflow_version=body.workflow_version,
-                inputs=body.inputs,
-                parent_run_id=body.parent_run_id,
-                idempotency_key=body.idempotency_key,
-                fork=body.fork,
-                queued_at=event.recorded_at,
-            )
+            return {
+                "workflow_version": body.workflow_version,
+                "inputs": body.inputs,
+                "parent_run_id": body.parent_run_id,
+                "idempotency_key": body.idempotency_key,
+                "fork": body.fork,
+                "queued_at": event.recorded_at,
+            }
         case RunStarted():
-            base.update(status="running", started=True, started_at=event.recorded_at)
+            return {"status": "running", "started": True, "started_at": event.recorded_at}
         case RunRecovered():
-            base.update(status="running", started=True, recoveries=state.recoveries + 1)
+            return {"status": "running", "started": True, "recoveries": state.recoveries + 1}
+        case RunWaiting():
+            return {"status": "waiting"}
+        case RunResumed():
+            return {"status": "running"}
+        case RunCancelRequested():
+            return {"cancel_requested": True, "cancel_reason": body.reason or "cancel requested"}
+        case RunCancelled():
+            return {
+                "status": "cancelled",
+                "finished_at": event.recorded_at,
+                "error": body.reason or state.cancel_reason,
+            }
+        case RunFinished():
+            return {"status": body.status, "finished_at": event.recorded_at, "error": body.error}
+    return {}
+
+
+def _apply_to_node(state: RunState, body: Any, seq: int) -> dict[str, NodeState] | None:
+    """The run's nodes after a node event ``body`` at ``seq``; None when it is not a node event."""
+    match body:
         case NodeExecuteBefore():
             node = state.node(body.node_id)
-            base["nodes"] = _with_node(
+            return _with_node(
                 state,
                 node,
                 node_type=body.node_type,
@@ -151,7 +180,7 @@ def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> Run
         case NodeExecuteAfter():
             node = state.node(body.node_id)
             failed = body.status == "failed"
-            base["nodes"] = _with_node(
+            return _with_node(
                 state,
                 node,
                 node_type=body.node_type or node.node_type,
@@ -164,7 +193,7 @@ def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> Run
             )
         case NodeExecuteAfterData():
             node = state.node(body.node_id)
-            base["nodes"] = _with_node(
+            return _with_node(
                 state,
                 node,
                 output=body.output,
@@ -176,25 +205,11 @@ def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> Run
             )
         case NodeRetryScheduled():
             node = state.node(body.node_id)
-            base["nodes"] = _with_node(
-                state, node, status="retry_wait", retry_delay_ms=body.delay_ms, last_seq=seq
-            )
+            return _with_node(state, node, status="retry_wait", retry_delay_ms=body.delay_ms, last_seq=seq)
         case NodeSkipped():
             node = state.node(body.node_id)
-            base["nodes"] = _with_node(state, node, status="skipped", skip_reason=body.reason, last_seq=seq)
-        case RunWaiting():
-            base.update(status="waiting")
-        case RunResumed():
-            base.update(status="running")
-        case RunCancelRequested():
-            base.update(cancel_requested=True, cancel_reason=body.reason or "cancel requested")
-        case RunCancelled():
-            base.update(
-                status="cancelled", finished_at=event.recorded_at, error=body.reason or state.cancel_reason
-            )
-        case RunFinished():
-            base.update(status=body.status, finished_at=event.recorded_at, error=body.error)
-    return msgspec.structs.replace(state, **base)
+            return _with_node(state, node, status="skipped", skip_reason=body.reason, last_seq=seq)
+    return None
 
 
 def fold(events: Iterable[EventEnvelope], state: RunState | None = None, *, strict: bool = False) -> RunState:
