@@ -54,7 +54,8 @@ class StartRun(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class RunAccepted(msgspec.Struct, frozen=True):
     run_id: UUID
-    status: Literal["queued"]
+    status: Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+    """``queued`` for a new run; for a repeated idempotency key, the first run's current status."""
     workflow_id: str
     workflow_version: str
     created: bool

@@ -10,7 +10,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from projections.run_state import RunState
+from projections.run_state import RunState, RunStatus
 from schemas.api import (
     CancelAccepted,
     CancelRun,
@@ -135,17 +135,49 @@ async def start_run(
         idempotency_key=data.idempotency_key,
         node_count=len(stored.spec.nodes),
     )
-    version = stored.version
+    version: str = stored.version
+    status: RunStatus = "queued"
     if not enqueued.created:
-        version = (await _run_state(runtime, enqueued.run_id)).workflow_version
+        first = await _run_state(runtime, enqueued.run_id)
+        _check_same_request(data, first)
+        version, status = first.workflow_version, first.status
     return RunAccepted(
         run_id=enqueued.run_id,
-        status="queued",
+        status=status,
         workflow_id=workflow_id,
         workflow_version=version,
         created=enqueued.created,
         **_run_links(enqueued.run_id),
     )
+
+
+def _check_same_request(data: StartRun, first: RunState) -> None:
+    """A repeated idempotency key must come with the same request (Stripe's rule): the same
+    inputs, and the same version when one is named. Anything else is a 409, never a silent
+    answer for another request."""
+    same_inputs = same_json(data.inputs, first.inputs)
+    same_version = data.version is None or data.version == first.workflow_version
+    if not (same_inputs and same_version):
+        differs = "inputs" if not same_inputs else "version"
+        raise problem(
+            409,
+            "Idempotency key reused",
+            f"idempotency_key {data.idempotency_key!r} was first used for run {first.run_id} with other "
+            f"{differs}; a repeated key must repeat the same request (use a new key for a new run)",
+            idempotency_key=data.idempotency_key,
+            run_id=str(first.run_id),
+        )
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: key order does not matter, ``1`` equals ``1.0``, ``true`` is not ``1``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)  # numbers compare by value; other types never equal each other
 
 
 # -- runs ------------------------------------------------------------------------------------------
