@@ -314,69 +314,118 @@ async def rebuild_all(
         await create_unindexed(conn, schema, projection.table, shadow)
         for projection, shadow in zip(projections, shadows, strict=True)
     ]
-    rows: list[dict[Hashable, Any]] = [{} for _ in projections]
-    keys_by_run: dict[str, list[tuple[int, Hashable]]] = {}
-    written: set[str] = set()
-    late: list[EventEnvelope] = []  # events of runs already written (only in an illegal history)
-
     writer = _ShadowWriter(conn, schema, projections, shadows, copy_rows)
+    position, late = await _fold_log(log, _RebuildFold(projections, writer), batch, on_progress)
+    for shadow, shadow_indexes in zip(shadows, indexes, strict=True):
+        await add_indexes(conn, schema, shadow, shadow_indexes)
+    return await _catch_up_and_swap(
+        conn, log, projections, shadows, position, late, schema=schema, batch=batch, on_progress=on_progress
+    )
 
-    def write(run_ids: list[str]) -> None:
+
+class _RebuildFold:
+    """The in-memory fold of a rebuild: each view's rows of the runs not yet written.
+
+    A run's rows go to the writer once its terminal event has been applied; an event of
+    a run already written (only in an illegal history) is kept in ``late`` instead.
+    """
+
+    def __init__(self, projections: list[Projection], writer: _ShadowWriter) -> None:
+        self.writer = writer
+        self.rows: list[dict[Hashable, Any]] = [{} for _ in projections]
+        self.keys_by_run: dict[str, list[tuple[int, Hashable]]] = {}
+        self.written: set[str] = set()
+        self.late: list[EventEnvelope] = []
+        # Terminal events are always read: they tell when a run's rows can be written.
+        self.wanted = frozenset().union(*(p.types for p in projections), _TERMINAL)
+        # Per event type, the views that read it: (index, key function, apply function, rows).
+        self.readers = {
+            type_: [(i, p.key, p.apply, self.rows[i]) for i, p in enumerate(projections) if type_ in p.types]
+            for type_ in self.wanted
+        }
+
+    def fold(self, events: list[EventEnvelope]) -> None:
+        """Apply a page of events, then hand the rows of the runs it ended to the writer."""
+        keys_by_run, written, late, readers = self.keys_by_run, self.written, self.late, self.readers
+        ended: list[str] = []
+        for event in events:
+            run_id = str(event.run_id)
+            type_ = event.type
+            if type_ in _TERMINAL:
+                ended.append(run_id)
+            if run_id in written:
+                late.append(event)
+                continue
+            for index, key_of, apply, table in readers[type_]:
+                key = key_of(event)
+                if key is None:
+                    continue
+                before = table.get(key)
+                after = apply(before, event)
+                if after is not None:
+                    if before is None:
+                        keys_by_run.setdefault(run_id, []).append((index, key))
+                    table[key] = after
+        self.write(ended)
+
+    def write(self, run_ids: list[str]) -> None:
+        """Hand the rows of ``run_ids`` to the writer; later events of these runs are late."""
         for run_id in run_ids:
-            for index, key in keys_by_run.pop(run_id, ()):
-                row = rows[index].pop(key, None)
+            for index, key in self.keys_by_run.pop(run_id, ()):
+                row = self.rows[index].pop(key, None)
                 if row is not None:
-                    writer.add(index, row)
-            written.add(run_id)
+                    self.writer.add(index, row)
+            self.written.add(run_id)
 
-    # Terminal events are always read: they tell when a run's rows can be written.
-    wanted = frozenset().union(*(p.types for p in projections), _TERMINAL)
-    # Per event type, the views that read it: (index, key function, apply function, rows).
-    readers = {
-        type_: [(i, p.key, p.apply, rows[i]) for i, p in enumerate(projections) if type_ in p.types]
-        for type_ in wanted
-    }
+    def write_open_runs(self) -> None:
+        """Hand the rows of the runs the log left open to the writer."""
+        self.write(list(self.keys_by_run))
+
+
+async def _fold_log(
+    log: LogAccess, fold: _RebuildFold, batch: int, on_progress: Callable[[int], None] | None
+) -> tuple[int, list[EventEnvelope]]:
+    """Fold the whole log, page by page, into the shadow tables; returns the last position read
+    and the late events (see ``_RebuildFold``)."""
+    writer = fold.writer
     position = 0
     # The next page is read (on a connection of its own) while this one is folded.
-    next_page = asyncio.ensure_future(log.read_page(0, batch, wanted))
+    next_page = asyncio.ensure_future(log.read_page(0, batch, fold.wanted))
     try:
         while True:
             page = await next_page
             if not page.count:
                 break
-            next_page = asyncio.ensure_future(log.read_page(page.last_position, batch, wanted))
-            ended: list[str] = []
-            for event in page.events:
-                run_id = str(event.run_id)
-                type_ = event.type
-                if type_ in _TERMINAL:
-                    ended.append(run_id)
-                if run_id in written:
-                    late.append(event)
-                    continue
-                for index, key_of, apply, table in readers[type_]:
-                    key = key_of(event)
-                    if key is None:
-                        continue
-                    before = table.get(key)
-                    after = apply(before, event)
-                    if after is not None:
-                        if before is None:
-                            keys_by_run.setdefault(run_id, []).append((index, key))
-                        table[key] = after
-            write(ended)
+            next_page = asyncio.ensure_future(log.read_page(page.last_position, batch, fold.wanted))
+            fold.fold(page.events)
             await writer.flush_when_full()
             position = page.last_position
             if on_progress is not None:
                 on_progress(page.count)
-        write(list(keys_by_run))
+        fold.write_open_runs()
         await writer.close()
     except BaseException:
         next_page.cancel()
         writer.abort()
         raise
-    for shadow, shadow_indexes in zip(shadows, indexes, strict=True):
-        await add_indexes(conn, schema, shadow, shadow_indexes)
+    return position, fold.late
+
+
+async def _catch_up_and_swap(
+    conn: Conn,
+    log: LogAccess,
+    projections: list[Projection],
+    shadows: list[str],
+    position: int,
+    late: list[EventEnvelope],
+    *,
+    schema: str,
+    batch: int,
+    on_progress: Callable[[int], None] | None,
+) -> int:
+    """Under the live checkpoint locks, apply the late events and what the log gained since
+    ``position`` to the shadow tables, then swap them in and set the checkpoints, in one
+    transaction. Returns the final position."""
     runners = [ProjectionRunner(p, schema=schema, table=t) for p, t in zip(projections, shadows, strict=True)]
     async with conn.transaction():
         for projection in projections:
