@@ -46,7 +46,7 @@ from schemas.events import (
     RunRecovered,
     RunStarted,
 )
-from schemas.workflow import RetryPolicy
+from schemas.workflow import NodeSpec, RetryPolicy
 from service.domain.planner import Plan, plan
 from service.domain.run_document import node_document
 from service.domain.workflow_spec import WorkflowGraph
@@ -104,6 +104,23 @@ def output_event(node_id: str, attempt: int, output: Any, cap_bytes: int) -> Nod
         output_bytes=len(encoded),
         output_sha256=digest,
     )
+
+
+def _failed_attempt(
+    node_id: str, node_type: str, attempt: int, duration_ms: float, error: NodeError
+) -> list[Event]:
+    """The events that record a failed attempt: its ``node_execute_after`` and an empty output."""
+    return [
+        NodeExecuteAfter(
+            node_id=node_id,
+            node_type=node_type,
+            status="failed",
+            attempt=attempt,
+            duration_ms=duration_ms,
+            error=error,
+        ),
+        NodeExecuteAfterData(node_id=node_id, attempt=attempt),
+    ]
 
 
 class RunExecutor:
@@ -313,6 +330,11 @@ class RunExecutor:
         return out
 
     async def _run_node(self, node_id: str) -> None:
+        """Run one node to its recorded result, attempt after attempt as its retry policy allows.
+
+        A fork's reused node records the parent's result instead. When the run loop cancels
+        the node (``_record_cancel``), the attempt is recorded as failed with that reason.
+        """
         reused = self._reused.get(node_id)
         if reused is not None and self.state.node(node_id).status == "pending":
             await self._append(reused)  # a fork: the parent's result, recorded as reused
@@ -335,18 +357,7 @@ class RunExecutor:
                         document=node_document(self.graph, self.state, node_id),
                     )
                     started = time.perf_counter()
-                    failure: NodeFailure | None = None
-                    data: NodeExecuteAfterData | None = None
-                    try:
-                        async with asyncio.timeout(spec.timeout_ms / 1000 if spec.timeout_ms else None):
-                            output = await self.registry.execute(spec.type, self._config(node_id), ctx)
-                        data = output_event(node_id, attempt, output, self.limits.output_cap_bytes)
-                    except NodeFailure as exc:
-                        failure = exc
-                    except TimeoutError:
-                        failure = NodeFailure(
-                            "timeout", f"node {node_id} did not finish within {spec.timeout_ms} ms"
-                        )
+                    data, failure = await self._call_handler(node_id, spec, attempt, ctx)
                     duration = (time.perf_counter() - started) * 1000
                     if failure is None and data is not None:
                         after = NodeExecuteAfter(
@@ -360,38 +371,9 @@ class RunExecutor:
                         await self._append([after, data])
                         return
                     assert failure is not None
-                    retryable = failure.retryable and failure.kind not in policy.non_retryable
-                    error = NodeError(kind=failure.kind, message=failure.message, retryable=retryable)
-                    failed: list[Event] = [
-                        NodeExecuteAfter(
-                            node_id=node_id,
-                            node_type=spec.type,
-                            status="failed",
-                            attempt=attempt,
-                            duration_ms=duration,
-                            error=error,
-                        ),
-                        NodeExecuteAfterData(node_id=node_id, attempt=attempt),
-                    ]
-                    failures = self.state.node(node_id).failures + 1
-                    if retryable and failures < policy.max_attempts and not self.state.cancel_requested:
-                        delay = backoff_ms(policy, failures)
-                        retry = NodeRetryScheduled(
-                            node_id=node_id,
-                            attempt=attempt,
-                            next_attempt=attempt + 1,
-                            delay_ms=delay,
-                            error=error,
-                        )
-                        await self._append([*failed, retry])
-                        self._log.info(
-                            "node_retry_scheduled", node_id=node_id, attempt=attempt, delay_ms=delay
-                        )
-                        await asyncio.sleep(delay / 1000)
-                        attempt += 1
-                        continue
-                    await self._append(failed)
-                    return
+                    if not await self._record_failure(node_id, spec.type, policy, attempt, duration, failure):
+                        return
+                    attempt += 1
         except asyncio.CancelledError:
             reason = self._record_cancel.get(node_id)
             if reason is None:
@@ -403,19 +385,54 @@ class RunExecutor:
             # Checked under the append lock: a shielded append of this node's own result may
             # still be finishing, and a node that just succeeded must not also be "cancelled".
             await self._append(
-                [
-                    NodeExecuteAfter(
-                        node_id=node_id,
-                        node_type=spec.type,
-                        status="failed",
-                        attempt=attempt,
-                        duration_ms=duration,
-                        error=error,
-                    ),
-                    NodeExecuteAfterData(node_id=node_id, attempt=attempt),
-                ],
-                only_if_running=node_id,
+                _failed_attempt(node_id, spec.type, attempt, duration, error), only_if_running=node_id
             )
+
+    async def _call_handler(
+        self, node_id: str, spec: NodeSpec, attempt: int, ctx: NodeContext
+    ) -> tuple[NodeExecuteAfterData | None, NodeFailure | None]:
+        """One attempt of the node's handler, within its timeout: its recorded output, or why it failed."""
+        failure: NodeFailure | None = None
+        data: NodeExecuteAfterData | None = None
+        try:
+            async with asyncio.timeout(spec.timeout_ms / 1000 if spec.timeout_ms else None):
+                output = await self.registry.execute(spec.type, self._config(node_id), ctx)
+            data = output_event(node_id, attempt, output, self.limits.output_cap_bytes)
+        except NodeFailure as exc:
+            failure = exc
+        except TimeoutError:
+            failure = NodeFailure("timeout", f"node {node_id} did not finish within {spec.timeout_ms} ms")
+        return data, failure
+
+    async def _record_failure(
+        self,
+        node_id: str,
+        node_type: str,
+        policy: RetryPolicy,
+        attempt: int,
+        duration: float,
+        failure: NodeFailure,
+    ) -> bool:
+        """Record a failed attempt; True when a retry was scheduled (its delay has passed then)."""
+        retryable = failure.retryable and failure.kind not in policy.non_retryable
+        error = NodeError(kind=failure.kind, message=failure.message, retryable=retryable)
+        failed = _failed_attempt(node_id, node_type, attempt, duration, error)
+        failures = self.state.node(node_id).failures + 1
+        if retryable and failures < policy.max_attempts and not self.state.cancel_requested:
+            delay = backoff_ms(policy, failures)
+            retry = NodeRetryScheduled(
+                node_id=node_id,
+                attempt=attempt,
+                next_attempt=attempt + 1,
+                delay_ms=delay,
+                error=error,
+            )
+            await self._append([*failed, retry])
+            self._log.info("node_retry_scheduled", node_id=node_id, attempt=attempt, delay_ms=delay)
+            await asyncio.sleep(delay / 1000)
+            return True
+        await self._append(failed)
+        return False
 
     # -- appending and folding ---------------------------------------------------------------------
 
