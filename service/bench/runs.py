@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from nats.aio.client import Client as NATS
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from schemas.workflow import EdgeSpec, NodeSpec, WorkflowSpec
 from service.bench.report import Comparison, print_comparisons
@@ -48,7 +48,7 @@ from service.followers.relay import Relay
 from service.runtime import running
 from service.store.event_store import EventStore
 from service.store.run_queue import RunQueue
-from service.store.workflow_store import WorkflowStore
+from service.store.workflow_store import StoredWorkflow, WorkflowStore
 
 NODES = 5
 STARTERS = 16
@@ -113,9 +113,44 @@ class _Stalled(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class _OurSide:
+    """Our side, running: a scratch schema and stream, the store, the queue, a worker and a relay."""
+
+    schema: str
+    store: EventStore
+    queue: RunQueue
+    workflow: StoredWorkflow
+    relay: Relay
+    background: list[asyncio.Task[None]]
+
+
 async def _ours(
     pool: asyncpg.Pool, database_url: str, nc: NATS, runs: int, concurrency: int, progress: Progress
 ) -> SideResult:
+    async with _our_side(pool, nc, concurrency) as side:
+        enqueued = progress.add_task("flowledger: enqueued", total=runs)
+        finished = progress.add_task("flowledger: finished", total=runs)
+        relayed = progress.add_task("flowledger: relayed events", total=runs * EVENTS_PER_RUN)
+        relay = side.relay
+        start = await _run_all(side, database_url, runs, progress, enqueued, finished, relayed)
+        head = await side.store.head_position()
+        await _until(
+            lambda: relay.status.published_position >= head,
+            side.background,
+            lambda: f"the relay stopped short of the log head (last error: {relay.status.last_error})",
+            on_poll=lambda: progress.update(relayed, completed=relay.status.published),
+        )
+        elapsed = time.perf_counter() - start
+        progress.update(relayed, completed=relay.status.published)
+        latencies = await _check_ours(pool, side.schema, runs, relay.status.published)
+        return SideResult(runs, elapsed, latencies)
+
+
+@contextlib.asynccontextmanager
+async def _our_side(pool: asyncpg.Pool, nc: NATS, concurrency: int) -> AsyncIterator[_OurSide]:
+    """Start our side in a scratch schema and stream, the bench workflow registered and the
+    relay active; stop it and drop the scratch schema and stream on exit."""
     async with scratch_schema(pool) as schema, scratch_stream(nc, "RUNS") as (stream, prefix):
         store = EventStore(pool, schema=schema)
         await store.start()
@@ -133,65 +168,7 @@ async def _ours(
             ]
             await _until(lambda: relay.status.active, background, lambda: "the relay did not become active")
             await asyncio.sleep(0.1)  # the worker's LISTEN is in place: it is woken by the first enqueue
-
-            enqueued = progress.add_task("flowledger: enqueued", total=runs)
-            finished = progress.add_task("flowledger: finished", total=runs)
-            relayed = progress.add_task("flowledger: relayed events", total=runs * EVENTS_PER_RUN)
-            issued = 0
-
-            async def starter() -> None:
-                nonlocal issued
-                while issued < runs:
-                    issued += 1
-                    await queue.enqueue(
-                        tenant=TENANT,
-                        workflow_id=stored.workflow_id,
-                        workflow_version=stored.version,
-                        inputs={"i": issued},
-                    )
-                    progress.advance(enqueued)
-
-            # Finished = the queue row is ended, which commits with run_finished. Polled on a
-            # connection of its own so the engine keeps its whole pool.
-            monitor = await asyncpg.connect(database_url)
-            count_ended = f"SELECT count(*) FROM \"{schema}\".run_queue WHERE status = 'ended'"
-            start = time.perf_counter()
-            starters = asyncio.gather(*[starter() for _ in range(min(STARTERS, runs))])
-            try:
-                ended, last_change = 0, time.perf_counter()
-                while True:
-                    now_ended = await monitor.fetchval(count_ended)
-                    progress.update(finished, completed=now_ended)
-                    progress.update(relayed, completed=relay.status.published)
-                    if now_ended >= runs:
-                        break
-                    _raise_if_died(background)
-                    if starters.done():
-                        starters.result()  # an enqueue failure ends the bench here
-                    if now_ended != ended:
-                        ended, last_change = now_ended, time.perf_counter()
-                    elif time.perf_counter() - last_change > STALL_S:
-                        raise _Stalled(f"flowledger: no run finished for {STALL_S:.0f} s ({ended} of {runs})")
-                    await asyncio.sleep(0.01)
-                await starters
-            except BaseException:
-                starters.cancel()
-                with contextlib.suppress(BaseException):
-                    await starters
-                raise
-            finally:
-                await monitor.close()
-            head = await store.head_position()
-            await _until(
-                lambda: relay.status.published_position >= head,
-                background,
-                lambda: f"the relay stopped short of the log head (last error: {relay.status.last_error})",
-                on_poll=lambda: progress.update(relayed, completed=relay.status.published),
-            )
-            elapsed = time.perf_counter() - start
-            progress.update(relayed, completed=relay.status.published)
-            latencies = await _check_ours(pool, schema, runs, relay.status.published)
-            return SideResult(runs, elapsed, latencies)
+            yield _OurSide(schema, store, queue, stored, relay, background)
         finally:
             for task in background:
                 task.cancel()
@@ -200,6 +177,64 @@ async def _ours(
                     await task
             await registry.aclose()
             await store.close()
+
+
+async def _run_all(
+    side: _OurSide,
+    database_url: str,
+    runs: int,
+    progress: Progress,
+    enqueued: TaskID,
+    finished: TaskID,
+    relayed: TaskID,
+) -> float:
+    """Enqueue ``runs`` runs from ``STARTERS`` concurrent callers and wait until all have finished;
+    returns when the clock started (``time.perf_counter``)."""
+    issued = 0
+
+    async def starter() -> None:
+        nonlocal issued
+        while issued < runs:
+            issued += 1
+            await side.queue.enqueue(
+                tenant=TENANT,
+                workflow_id=side.workflow.workflow_id,
+                workflow_version=side.workflow.version,
+                inputs={"i": issued},
+            )
+            progress.advance(enqueued)
+
+    # Finished = the queue row is ended, which commits with run_finished. Polled on a
+    # connection of its own so the engine keeps its whole pool.
+    monitor = await asyncpg.connect(database_url)
+    count_ended = f"SELECT count(*) FROM \"{side.schema}\".run_queue WHERE status = 'ended'"
+    start = time.perf_counter()
+    starters = asyncio.gather(*[starter() for _ in range(min(STARTERS, runs))])
+    try:
+        ended, last_change = 0, time.perf_counter()
+        while True:
+            now_ended = await monitor.fetchval(count_ended)
+            progress.update(finished, completed=now_ended)
+            progress.update(relayed, completed=side.relay.status.published)
+            if now_ended >= runs:
+                break
+            _raise_if_died(side.background)
+            if starters.done():
+                starters.result()  # an enqueue failure ends the bench here
+            if now_ended != ended:
+                ended, last_change = now_ended, time.perf_counter()
+            elif time.perf_counter() - last_change > STALL_S:
+                raise _Stalled(f"flowledger: no run finished for {STALL_S:.0f} s ({ended} of {runs})")
+            await asyncio.sleep(0.01)
+        await starters
+    except BaseException:
+        starters.cancel()
+        with contextlib.suppress(BaseException):
+            await starters
+        raise
+    finally:
+        await monitor.close()
+    return start
 
 
 def _raise_if_died(tasks: list[asyncio.Task[None]]) -> None:
