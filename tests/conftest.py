@@ -12,24 +12,30 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 from nats.aio.client import Client as NATS
 
 from service.bench.scratch import scratch_schema
 from service.infra.db import create_pool
 from service.infra.nats import connect_nats, ensure_stream, stream_config
 from service.store.event_store import EventStore
+from tests.helpers.servers import Servers, StreamTarget
 
-
-@dataclass
-class Servers:
-    database_url: str
-    nats_url: str
-    home: Path
+# One Hypothesis profile for the whole suite. Examples run against real PostgreSQL, NATS and
+# HTTP servers whose timing follows the machine's load, so no per-example deadline; and the
+# integration properties deliberately share one function-scoped fixture (a schema, a store, an
+# app) across a test's examples, each example isolating itself (fresh run ids, its own
+# workflow ids). Tests set only their own ``max_examples`` where it differs from the default.
+settings.register_profile(
+    "flowledger",
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("flowledger")
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +92,6 @@ async def store(pool: asyncpg.Pool, schema: str) -> AsyncIterator[EventStore]:
     await s.start()
     yield s
     await s.close()
-
-
-@dataclass
-class StreamTarget:
-    """A JetStream stream of one test's own (name and subject prefix)."""
-
-    name: str
-    subject_prefix: str
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""Real ``flowledger serve`` processes for crash tests, and scratch databases for them to share.
+"""Real ``flowledger serve`` processes for crash tests.
 
 The service always uses schema ``flowledger`` and stream ``FLOWLEDGER``, so a test
-that runs it as a process isolates it by database (``scratch_database``) and by
-nats-server (a private embedded one, see the test module), not by schema/stream.
+that runs it as a process isolates it by database (``tests.helpers.databases.scratch_database``)
+and by nats-server (a private embedded one, see the test module), not by schema/stream.
 """
 
 from __future__ import annotations
@@ -12,54 +12,17 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import psutil
 
 from service.infra.db import Conn
-
-FLOWLEDGER = str(Path(sys.executable).parent / "flowledger")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def with_database(server_url: str, name: str) -> str:
-    """``server_url`` pointing at database ``name`` (user, host, port and query kept)."""
-    parts = urlsplit(server_url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(server_url: str, prefix: str = "crash") -> AsyncIterator[str]:
-    """A new, empty database on the server of ``server_url``; dropped (connections and all) on exit."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(server_url, name)
-    finally:
-        admin = await asyncpg.connect(server_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+from tests.helpers.paths import FLOWLEDGER
+from tests.helpers.serving import free_port
 
 
 async def wait_sessions_gone(conn: Conn, *, ours: str, timeout: float = 30.0) -> None:

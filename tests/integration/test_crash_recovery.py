@@ -38,7 +38,8 @@ from schemas.events import (
 from service.infra.db import init_connection
 from service.infra.embedded import EmbeddedNats
 from service.store.event_store import EventStore
-from tests.helpers.engine_process import ServeProcess, scratch_database, wait_sessions_gone
+from tests.helpers.databases import scratch_database
+from tests.helpers.engine_process import ServeProcess, wait_sessions_gone
 
 APP_NAME = "flowledger-crash-test"
 """application_name of the test's own sessions (so the killed service's sessions can be told apart)."""

@@ -9,7 +9,7 @@ import uuid
 from service.config import Settings
 from service.infra.nats import connect_nats
 from service.runtime import Runtime
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 async def test_readiness_follows_background_tasks_and_nats(servers: Servers) -> None:

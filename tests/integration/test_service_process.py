@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,13 +13,8 @@ import httpx
 import psutil
 import pytest
 
-FLOWLEDGER = str(Path(sys.executable).parent / "flowledger")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers.paths import FLOWLEDGER
+from tests.helpers.serving import free_port
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -74,7 +67,7 @@ def _interrupt(proc: subprocess.Popen[bytes]) -> None:
 
 def test_embedded_default_starts_serves_and_stops_without_orphans(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [FLOWLEDGER, "serve", "--port", str(port)],
         env=_env(home),
@@ -152,12 +145,12 @@ def test_embedded_default_starts_serves_and_stops_without_orphans(tmp_path: Path
 def test_unreachable_server_gives_one_clear_line(
     tmp_path: Path, database_url: str, args: list[str], named: str, secret: str
 ) -> None:
-    dead = _free_port()  # nothing listens there
+    dead = free_port()  # nothing listens there
     argv = [a.format(port=dead) for a in args]
     if "--database-url" not in argv:
         argv = ["--database-url", database_url, *argv]
     proc = subprocess.run(
-        [FLOWLEDGER, *argv, "serve", "--port", str(_free_port())],
+        [FLOWLEDGER, *argv, "serve", "--port", str(free_port())],
         env=_env(tmp_path / "home"),
         capture_output=True,
         timeout=60,

@@ -25,7 +25,7 @@ from service.followers.relay import Relay
 from service.store.event_store import EventStore
 from service.store.run_queue import RunQueue
 from service.store.workflow_store import WorkflowStore
-from tests.conftest import StreamTarget
+from tests.helpers.servers import StreamTarget
 
 
 async def _stops_when_woken_and_cancelled_together(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers.paths import EXAMPLES
-
-FLOWLEDGER = str(Path(sys.executable).parent / "flowledger")
+from tests.helpers.api import assert_problem, wait_ended
+from tests.helpers.paths import EXAMPLES, FLOWLEDGER
 
 
 def _wid() -> str:
@@ -35,23 +33,6 @@ def _spec(workflow_id: str, **extra: Any) -> dict[str, Any]:
         "edges": [{"from": "a", "to": "b"}],
         **extra,
     }
-
-
-def _assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
-
-
-async def _wait_ended(api: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
-    for _ in range(400):
-        items = (await api.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})).json()["items"]
-        if items and items[-1]["type"] in ("run_finished", "run_cancelled"):
-            return list(items)
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"run {run_id} did not end")
 
 
 async def test_register_run_and_read_events(api: httpx.AsyncClient) -> None:
@@ -79,11 +60,11 @@ async def test_register_run_and_read_events(api: httpx.AsyncClient) -> None:
     assert run["events_url"] == f"/v1/runs/{run['run_id']}/events"
     assert run["stream_url"] == f"/v1/runs/{run['run_id']}/stream"
     repeat = (
-        await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": {"n": 8}, "idempotency_key": "once"})
+        await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": {"n": 7}, "idempotency_key": "once"})
     ).json()
     assert repeat["run_id"] == run["run_id"] and repeat["created"] is False
 
-    events = await _wait_ended(api, run["run_id"])
+    events = await wait_ended(api, run["run_id"])
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert events[-1]["data"] == {
         "type": "run_finished",
@@ -115,9 +96,9 @@ async def test_cancel_answers_202_then_409_once_ended(api: httpx.AsyncClient) ->
         "run_id": run_id,
         "status": "cancel_requested",
     }
-    events = await _wait_ended(api, run_id)
+    events = await wait_ended(api, run_id)
     assert events[-1]["type"] == "run_cancelled"
-    body = _assert_problem(await api.post(f"/v1/runs/{run_id}/cancel"), 409)
+    body = assert_problem(await api.post(f"/v1/runs/{run_id}/cancel"), 409)
     assert "already ended with status cancelled" in body["detail"]
 
 
@@ -149,7 +130,7 @@ async def test_error_paths_are_problem_details(
     api: httpx.AsyncClient, method: str, path: str, kwargs: dict[str, Any], status: int, says: str
 ) -> None:
     url = path.format(u=uuid.uuid4().hex[:6], uuid=uuid.uuid4())
-    body = _assert_problem(await api.request(method, url, **kwargs), status)
+    body = assert_problem(await api.request(method, url, **kwargs), status)
     assert says.lower() in str(body).lower(), body
 
 
@@ -157,8 +138,8 @@ async def test_bad_start_bodies_are_400(api: httpx.AsyncClient) -> None:
     wid = _wid()
     await api.post("/v1/workflows", json=_spec(wid))
     for bad in ({"inputs": "text"}, {"unexpected": 1}, {"idempotency_key": ""}, [1, 2]):
-        _assert_problem(await api.post(f"/v1/workflows/{wid}/runs", json=bad), 400)
-    _assert_problem(await api.post(f"/v1/workflows/{wid}/runs", json={"version": "nope"}), 404)
+        assert_problem(await api.post(f"/v1/workflows/{wid}/runs", json=bad), 400)
+    assert_problem(await api.post(f"/v1/workflows/{wid}/runs", json={"version": "nope"}), 404)
 
 
 _defects = st.sampled_from(
@@ -166,7 +147,7 @@ _defects = st.sampled_from(
 )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20)
 @given(defect=_defects, size=st.integers(2, 6))
 async def test_invalid_specs_are_rejected_and_write_nothing(
     api: httpx.AsyncClient, defect: str, size: int
@@ -185,9 +166,9 @@ async def test_invalid_specs_are_rejected_and_write_nothing(
     else:
         nodes[-1] = {"id": nodes[-1]["id"], "type": "delay", "config": {"ms": "soon"}}
     response = await api.post("/v1/workflows", json={"id": wid, "nodes": nodes, "edges": edges})
-    body = _assert_problem(response, 400)
+    body = assert_problem(response, 400)
     assert defect in [p["code"] for p in body["problems"]]
-    _assert_problem(await api.get(f"/v1/workflows/{wid}"), 404)
+    assert_problem(await api.get(f"/v1/workflows/{wid}"), 404)
 
 
 async def _cli(api: httpx.AsyncClient, *args: str) -> tuple[int, str]:

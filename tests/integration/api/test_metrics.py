@@ -3,47 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.api.app import create_app
-from service.config import Settings
-from tests.conftest import Servers
-
 RUNS = 10
 FAILING = {0, 5}  # run indexes that take the always-failing branch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-async def api(servers: Servers) -> AsyncIterator[httpx.AsyncClient]:
-    port = _free_port()
-    app = create_app(Settings(database_url=servers.database_url, nats_url=servers.nats_url, http_port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        for _ in range(200):
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/ready")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
-        yield client
-    server.should_exit = True
-    await task
 
 
 def _wid(label: str) -> str:

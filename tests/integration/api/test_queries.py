@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.api.test_api import _assert_problem
+from tests.helpers.api import assert_problem
 
 
 def _wid() -> str:
@@ -94,15 +94,15 @@ async def test_list_is_newest_first_and_pages_stay_stable_under_inserts(api: htt
 
 
 async def test_list_and_history_errors_are_400_or_404(api: httpx.AsyncClient) -> None:
-    _assert_problem(await api.get("/v1/runs", params={"limit": 501}), 400)
-    _assert_problem(await api.get("/v1/runs", params={"cursor": "!!nope"}), 400)
-    _assert_problem(await api.get("/v1/runs", params={"status": "exploded"}), 400)
-    _assert_problem(await api.get(f"/v1/runs/{uuid.uuid4()}"), 404)
-    _assert_problem(await api.get(f"/v1/runs/{uuid.uuid4()}/lineage"), 404)
-    _assert_problem(await api.get("/v1/workflows/nope-nope/nodes/a/history"), 404)
+    assert_problem(await api.get("/v1/runs", params={"limit": 501}), 400)
+    assert_problem(await api.get("/v1/runs", params={"cursor": "!!nope"}), 400)
+    assert_problem(await api.get("/v1/runs", params={"status": "exploded"}), 400)
+    assert_problem(await api.get(f"/v1/runs/{uuid.uuid4()}"), 404)
+    assert_problem(await api.get(f"/v1/runs/{uuid.uuid4()}/lineage"), 404)
+    assert_problem(await api.get("/v1/workflows/nope-nope/nodes/a/history"), 404)
     wid = _wid()
     await _register(api, {"id": wid, "nodes": [{"id": "a", "type": "noop"}]})
-    body = _assert_problem(await api.get(f"/v1/workflows/{wid}/nodes/zz/history"), 404)
+    body = assert_problem(await api.get(f"/v1/workflows/{wid}/nodes/zz/history"), 404)
     assert "has no node 'zz'" in body["detail"]
     assert (await api.get(f"/v1/workflows/{wid}/nodes/a/history")).json() == {
         "items": [],

@@ -9,7 +9,7 @@ import pytest
 
 from service.bench.projections import MEAN_EVENTS_PER_RUN, bench_projections
 from service.config import Settings
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 EVENTS = 5000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from service.bench.push import bench_push, events_per_run
 from service.config import Settings
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 
 async def test_bench_push_smoke(servers: Servers) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from service.bench.runs import EVENTS_PER_RUN, bench_runs, percentile
 from service.config import Settings
-from tests.conftest import Servers
+from tests.helpers.servers import Servers
 
 RUNS = 20
 

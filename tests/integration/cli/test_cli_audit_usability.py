@@ -7,17 +7,19 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from tests.conftest import Servers
-from tests.integration.history.test_audit import _cli, _fresh_database, _on_database
+from service.cli.main import cli
+from tests.helpers.databases import scratch_database_sync
+from tests.helpers.servers import Servers
+from tests.helpers.stored_runs import write_orders
 
 
 def _invoke(url: str, *args: str) -> Result:
-    return CliRunner().invoke(_cli(), ["--database-url", url, "--log-level", "warning", *args])
+    return CliRunner().invoke(cli, ["--database-url", url, "--log-level", "warning", *args])
 
 
 def test_audit_verify_of_a_workflow_without_runs_fails(servers: Servers) -> None:
-    with _fresh_database(servers) as url:
-        asyncio.run(_on_database(url, runs=2))  # runs of workflow "orders"
+    with scratch_database_sync(servers.database_url, "audit") as url:
+        asyncio.run(write_orders(url, runs=2))  # runs of workflow "orders"
         known = _invoke(url, "audit", "verify", "--workflow", "orders")
         assert known.exit_code == 0, known.output
         assert "2 runs verified" in known.stdout
@@ -30,8 +32,8 @@ def test_audit_verify_of_a_workflow_without_runs_fails(servers: Servers) -> None
 
 def test_export_to_a_missing_directory_is_one_error_line(servers: Servers, tmp_path: Path) -> None:
     target = tmp_path / "missing" / "bundle.ndjson"
-    with _fresh_database(servers) as url:
-        (run_id,) = asyncio.run(_on_database(url, runs=1))
+    with scratch_database_sync(servers.database_url, "audit") as url:
+        (run_id,) = asyncio.run(write_orders(url, runs=1))
         result = _invoke(url, "export", str(run_id), "-o", str(target))
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), result.exception  # not a traceback

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,9 @@ import httpx
 import pytest
 
 from service.infra.nats import connect_nats
-from tests.conftest import Servers
-from tests.integration.api.test_api import _wait_ended
-
-FLOWLEDGER = str(Path(sys.executable).parent / "flowledger")
+from tests.helpers.api import wait_ended
+from tests.helpers.paths import FLOWLEDGER
+from tests.helpers.servers import Servers
 
 
 @dataclass
@@ -58,7 +56,7 @@ async def _finished_run(api: httpx.AsyncClient, *, workflow_id: str | None = Non
     }
     assert (await api.post("/v1/workflows", json=spec)).status_code in (200, 201)
     run_id = (await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": {}})).json()["run_id"]
-    await _wait_ended(api, run_id)
+    await wait_ended(api, run_id)
     return wid, run_id
 
 
@@ -135,7 +133,7 @@ async def test_client_commands_do_not_log_each_request(api: httpx.AsyncClient) -
 
 async def test_forked_runs_show_reused_nodes_as_reused(api: httpx.AsyncClient) -> None:
     _, parent = await _finished_run(api)
-    parent_events = await _wait_ended(api, parent)
+    parent_events = await wait_ended(api, parent)
     a_after = next(
         e for e in parent_events if e["type"] == "node_execute_after" and e["data"]["node_id"] == "a"
     )

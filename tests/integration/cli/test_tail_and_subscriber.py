@@ -24,9 +24,9 @@ from schemas.events import RunFinished, RunQueued, RunStarted
 from service.cli.tail import TailOptionError, format_line, subject_filters, tail
 from service.followers.relay import Relay
 from service.store.event_store import EventStore
-from tests.conftest import StreamTarget
-from tests.helpers.paths import REPO_ROOT
+from tests.helpers.paths import FLOWLEDGER, REPO_ROOT
 from tests.helpers.relay import wait_relayed, write_runs
+from tests.helpers.servers import StreamTarget
 
 SUBSCRIBER = REPO_ROOT / "examples" / "subscriber.py"
 
@@ -295,9 +295,8 @@ async def test_tail_cli_prints_live_and_exits_0_on_ctrl_c(
         "FLOWLEDGER_NATS_STREAM": stream.name,
         "FLOWLEDGER_NATS_SUBJECT_PREFIX": stream.subject_prefix,
     }
-    flowledger = Path(sys.executable).parent / "flowledger"
     proc = await asyncio.create_subprocess_exec(
-        str(flowledger),
+        FLOWLEDGER,
         "tail",
         "--tenant",
         "acme",
@@ -328,7 +327,7 @@ async def test_tail_cli_prints_live_and_exits_0_on_ctrl_c(
 async def test_tail_cli_names_a_missing_stream(nats_url: str) -> None:
     env = {**os.environ, "FLOWLEDGER_NATS_URL": nats_url, "FLOWLEDGER_NATS_STREAM": "NO_SUCH_STREAM"}
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "flowledger"),
+        FLOWLEDGER,
         "tail",
         env=env,
         stdout=asyncio.subprocess.PIPE,

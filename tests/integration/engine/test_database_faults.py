@@ -18,7 +18,7 @@ from service.config import WorkerSettings
 from service.engine.control import request_cancel
 from service.store.event_store import EventStore, StoreClosed
 from tests.helpers.engine_harness import engine_on
-from tests.integration.engine.test_engine import wf
+from tests.helpers.workflows import wf
 
 
 async def _terminate(pool: asyncpg.Pool, where: str = "true") -> int:

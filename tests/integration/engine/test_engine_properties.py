@@ -6,53 +6,14 @@ import asyncio
 from typing import Any
 
 import asyncpg
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
 
 from projections.run_state import fold
 from tests.helpers.engine_harness import engine_on
+from tests.helpers.strategies import random_runs
 
 
-@st.composite
-def random_runs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A random valid DAG with random failures and branch outcomes, and the run inputs."""
-    n = draw(st.integers(1, 8))
-    nodes: list[dict[str, Any]] = []
-    inputs: dict[str, Any] = {}
-    kinds = [draw(st.sampled_from(["noop", "noop", "fail", "branch", "transform"])) for _ in range(n)]
-    for i, kind in enumerate(kinds):
-        node: dict[str, Any] = {"id": f"n{i}", "type": kind}
-        if kind == "fail":
-            node["config"] = {"times": draw(st.integers(0, 3))}
-            node["retry"] = {
-                "max_attempts": draw(st.integers(1, 3)),
-                "initial_backoff_ms": 1,
-                "max_backoff_ms": 2,
-            }
-        elif kind == "branch":
-            inputs[f"b{i}"] = draw(st.booleans())
-            node["config"] = {"expression": f"inputs.b{i}"}
-        elif kind == "transform":
-            node["config"] = {"expression": "keys(nodes)"}
-        nodes.append(node)
-    edges = []
-    for j in range(1, n):
-        for i in range(j):
-            if draw(st.integers(0, 9)) < 4:
-                edge: dict[str, Any] = {"from": f"n{i}", "to": f"n{j}"}
-                if kinds[i] == "branch":
-                    edge["when"] = draw(st.sampled_from(["true", "false"]))
-                edges.append(edge)
-    spec = {
-        "id": "random",
-        "nodes": nodes,
-        "edges": edges,
-        "on_failure": draw(st.sampled_from(["stop", "continue"])),
-    }
-    return spec, inputs
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25)
 @given(case=random_runs())
 async def test_random_dags_respect_dependencies_end_every_node_once_and_fold_to_the_live_state(
     pool: asyncpg.Pool, schema: str, case: tuple[dict[str, Any], dict[str, Any]]

@@ -7,14 +7,14 @@ from typing import Any
 
 import asyncpg
 import httpx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.domain.workflow_spec import build_graph
 from service.engine.fork import descendants, start_fork
+from tests.helpers.api import assert_problem, wait_ended
 from tests.helpers.engine_harness import engine_on
-from tests.integration.api.test_api import _assert_problem, _wait_ended
-from tests.integration.engine.test_engine_properties import random_runs
+from tests.helpers.strategies import random_runs
 
 CHAIN = {
     "nodes": [
@@ -32,7 +32,7 @@ async def _run(
     wid = f"fork-{uuid.uuid4().hex[:8]}"
     assert (await api.post("/v1/workflows", json={"id": wid, **spec})).status_code == 201
     run_id = (await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": inputs})).json()["run_id"]
-    return run_id, await _wait_ended(api, run_id)
+    return run_id, await wait_ended(api, run_id)
 
 
 def _outputs(events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ async def test_fork_from_a_node_reuses_everything_upstream(api: httpx.AsyncClien
     assert accepted.status_code == 202
     body = accepted.json()
     assert body["parent_run_id"] == parent and body["reused_nodes"] == ["a"] and body["from_node"] == "b"
-    events = await _wait_ended(api, body["run_id"])
+    events = await wait_ended(api, body["run_id"])
     assert events[-1]["data"]["status"] == "succeeded"
     assert _outputs(events) == _outputs(parent_events)
     reused = [e for e in events if e["data"].get("node_id") == "a" and e["type"].startswith("node_execute")]
@@ -79,14 +79,14 @@ async def test_fork_with_an_override_and_from_failure(api: httpx.AsyncClient) ->
         await api.post(f"/v1/runs/{parent}/replay", json={"overrides": {"b": {"doubled": [5, 5]}}})
     ).json()
     assert overridden["reused_nodes"] == ["a"] and overridden["overridden_nodes"] == ["b"]
-    events = await _wait_ended(api, overridden["run_id"])
+    events = await wait_ended(api, overridden["run_id"])
     assert _outputs(events)["c"] == {"b": {"doubled": [5, 5]}, "a": 1}
     b_data = next(e for e in events if e["type"] == "node_execute_after_data" and e["data"]["node_id"] == "b")
     assert b_data["data"]["reused_from"]["overridden"] is True
 
     from_failure = (await api.post(f"/v1/runs/{parent}/replay", json={"from_failure": True})).json()
     assert from_failure["from_node"] == "d" and from_failure["reused_nodes"] == ["a", "b", "c"]
-    events = await _wait_ended(api, from_failure["run_id"])
+    events = await wait_ended(api, from_failure["run_id"])
     executed = [
         e["data"]["node_id"]
         for e in events
@@ -96,26 +96,26 @@ async def test_fork_with_an_override_and_from_failure(api: httpx.AsyncClient) ->
 
 
 async def test_fork_errors(api: httpx.AsyncClient) -> None:
-    _assert_problem(await api.post(f"/v1/runs/{uuid.uuid4()}/replay", json={}), 404)
+    assert_problem(await api.post(f"/v1/runs/{uuid.uuid4()}/replay", json={}), 404)
     parent, _ = await _run(api, CHAIN, {"x": 1})
-    body = _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_node": "zz"}), 400)
+    body = assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_node": "zz"}), 400)
     assert "'zz' is not in the workflow" in body["detail"]
-    body = _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_node": ""}), 400)
+    body = assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_node": ""}), 400)
     assert "'' is not in the workflow" in body["detail"]
-    _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"workflow_version": ""}), 404)
-    body = _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_failure": True}), 400)
+    assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"workflow_version": ""}), 404)
+    body = assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"from_failure": True}), 400)
     assert "no failed node" in body["detail"]
-    _assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"workflow_version": "nope"}), 404)
+    assert_problem(await api.post(f"/v1/runs/{parent}/replay", json={"workflow_version": "nope"}), 404)
     slow = {"nodes": [{"id": "w", "type": "delay", "config": {"ms": 5000}}]}
     wid = f"fork-{uuid.uuid4().hex[:8]}"
     await api.post("/v1/workflows", json={"id": wid, **slow})
     running = (await api.post(f"/v1/workflows/{wid}/runs", json={})).json()["run_id"]
-    body = _assert_problem(await api.post(f"/v1/runs/{running}/replay", json={}), 409)
+    body = assert_problem(await api.post(f"/v1/runs/{running}/replay", json={}), 409)
     assert "fork it once it has ended" in body["detail"]
     await api.post(f"/v1/runs/{running}/cancel")
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15)
 @given(case=random_runs(), pick=st.integers(0, 100))
 async def test_a_fork_of_a_deterministic_run_ends_with_the_same_outputs(
     pool: asyncpg.Pool, schema: str, case: tuple[dict[str, Any], dict[str, Any]], pick: int

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from service.engine.nodes import NodeContext, NodeFailure, NodeRegistry, default_registry
+from tests.helpers.serving import free_port
 
 SLOW_SECONDS = 1.0
 
@@ -226,9 +226,7 @@ async def test_slow_server_times_out(registry: NodeRegistry, server_url: str) ->
 
 
 async def test_connection_refused_is_a_retryable_transport_error(registry: NodeRegistry) -> None:
-    with socket.socket() as sock:  # a port nothing listens on once closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/x"
     error = await failure(registry, method="GET", url=url)
     assert (error.kind, error.retryable) == ("http_error", True)

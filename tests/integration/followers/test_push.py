@@ -9,64 +9,29 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.config import WorkerSettings
-from tests.conftest import Servers
-from tests.integration.api.test_api import _wait_ended
-from tests.integration.conftest import serve_app
+from tests.helpers.api import sse, wait_ended
+from tests.helpers.servers import Servers
+from tests.helpers.serving import serve_app
+from tests.helpers.workflows import steps
 
 
 def _wid() -> str:
     return f"push-{uuid.uuid4().hex[:8]}"
 
 
-def steps(n: int, ms: int) -> dict[str, Any]:
-    """A linear workflow of ``n`` delay nodes: a run that stays live for a while."""
-    nodes = [{"id": f"s{i}", "type": "delay", "config": {"ms": ms}} for i in range(n)]
-    edges = [{"from": f"s{i}", "to": f"s{i + 1}"} for i in range(n - 1)]
-    return {"nodes": nodes, "edges": edges}
-
-
 async def _start(api: httpx.AsyncClient, spec: dict[str, Any], inputs: dict[str, Any] | None = None) -> str:
     wid = _wid()
     assert (await api.post("/v1/workflows", json={"id": wid, **spec})).status_code == 201
     return str((await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": inputs or {}})).json()["run_id"])
-
-
-async def sse(
-    api: httpx.AsyncClient, path: str, *, last_event_id: str | None = None, take: int | None = None
-) -> AsyncIterator[dict[str, Any]]:
-    """Parsed SSE messages (id, event, data) until the server ends the stream or ``take`` were read."""
-    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
-    async with api.stream("GET", path, headers=headers, timeout=30) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        assert (
-            response.headers["cache-control"] == "no-cache" and response.headers["x-accel-buffering"] == "no"
-        )
-        message: dict[str, Any] = {}
-        count = 0
-        async for line in response.aiter_lines():
-            if line == "":
-                if "data" in message:
-                    yield message
-                    count += 1
-                    if take is not None and count >= take:
-                        return
-                message = {}
-            elif line.startswith(":"):
-                continue
-            else:
-                field, _, value = line.partition(": ")
-                message[field] = value
 
 
 async def collect(api: httpx.AsyncClient, path: str, **kw: Any) -> list[dict[str, Any]]:
@@ -76,14 +41,14 @@ async def collect(api: httpx.AsyncClient, path: str, **kw: Any) -> list[dict[str
 async def test_sse_streams_a_live_run_to_its_end(api: httpx.AsyncClient) -> None:
     run_id = await _start(api, steps(3, 150))
     messages = await asyncio.wait_for(collect(api, f"/v1/runs/{run_id}/stream"), 20)
-    stored = await _wait_ended(api, run_id)
+    stored = await wait_ended(api, run_id)
     assert [int(m["id"]) for m in messages] == [e["seq"] for e in stored]
     assert [m["event"] for m in messages] == [e["type"] for e in stored]
     assert [json.loads(m["data"]) for m in messages] == stored
     assert messages[-1]["event"] == "run_finished"
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12)
 @given(cut=st.integers(0, 14), pause_ms=st.integers(0, 300))
 async def test_resuming_with_last_event_id_gives_each_event_exactly_once(
     api: httpx.AsyncClient, cut: int, pause_ms: int
@@ -95,7 +60,7 @@ async def test_resuming_with_last_event_id_gives_each_event_exactly_once(
     await asyncio.sleep(pause_ms / 1000)
     resume = before[-1]["id"] if before else None
     after = await asyncio.wait_for(collect(api, f"/v1/runs/{run_id}/stream", last_event_id=resume), 20)
-    stored = await _wait_ended(api, run_id)
+    stored = await wait_ended(api, run_id)
     assert [int(m["id"]) for m in before + after] == [e["seq"] for e in stored]
     assert [json.loads(m["data"])["event_id"] for m in before + after] == [e["event_id"] for e in stored]
 
@@ -125,7 +90,7 @@ async def test_tenant_stream_filters_and_resumes_by_global_position(api: httpx.A
 
 async def test_resuming_after_the_last_event_ends_the_stream_at_once(api: httpx.AsyncClient) -> None:
     run_id = await _start(api, steps(1, 1))
-    stored = await _wait_ended(api, run_id)
+    stored = await wait_ended(api, run_id)
     last = str(stored[-1]["seq"])
     assert await asyncio.wait_for(collect(api, f"/v1/runs/{run_id}/stream", last_event_id=last), 5) == []
 
@@ -135,7 +100,7 @@ async def test_sse_errors(api: httpx.AsyncClient) -> None:
     run_id = await _start(api, steps(1, 1))
     bad = await api.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "abc"})
     assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["detail"]
-    await _wait_ended(api, run_id)
+    await wait_ended(api, run_id)
     # A resume point past the run's last event names an event nobody was sent: refused at once.
     past = await api.get(f"/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "50"})
     assert past.status_code == 400 and "past the run's last event" in past.json()["detail"]

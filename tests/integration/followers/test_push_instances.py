@@ -11,36 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
-import uvicorn
 import websockets
 from litestar import Litestar
 
 from service.api.app import create_app
 from service.config import Settings
-from service.infra.nats import connect_nats
-from tests.conftest import Servers
-from tests.integration.api.test_api import _wait_ended
-from tests.integration.followers.test_push import sse, steps
+from tests.helpers.api import sse, wait_ended
+from tests.helpers.databases import scratch_database
+from tests.helpers.servers import Servers
+from tests.helpers.serving import delete_stream, free_port, serve
+from tests.helpers.workflows import steps
 
 LIVE_S = 2.0
 """An event pushed live arrives well within this; the log poll that backs push up waits 5 s."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -52,60 +43,36 @@ class Instance:
 @contextlib.asynccontextmanager
 async def _instance(settings: Settings) -> AsyncIterator[Instance]:
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.http_port, log_config=None, lifespan="on", access_log=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=10) as api:
-            for _ in range(200):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await api.get("/ready")).status_code == 200:
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"instance on port {settings.http_port} did not become ready")
-            yield Instance(api, app)
-    finally:
-        server.should_exit = True
-        await task
+    async with serve(app, settings.http_port) as api:
+        yield Instance(api, app)
 
 
 @contextlib.asynccontextmanager
 async def two_instances(servers: Servers) -> AsyncIterator[tuple[Instance, Instance]]:
     """A (worker on) and B (worker off): one fresh database, one stream, one subject prefix."""
     token = uuid.uuid4().hex[:8]
-    admin = await asyncpg.connect(servers.database_url)
-    await admin.execute(f'CREATE DATABASE "inst_{token}"')
-    await admin.close()
-    shared = Settings(
-        database_url=urlunsplit(urlsplit(servers.database_url)._replace(path=f"/inst_{token}")),
-        nats_url=servers.nats_url,
-        nats_stream=f"INST_{token}",
-        nats_subject_prefix=f"inst{token}.events",
-    )
-    try:
-        async with (
-            _instance(replace(shared, http_port=_free_port())) as a,
-            _instance(replace(shared, http_port=_free_port(), worker_enabled=False)) as b,
-        ):
-            # Exactly one relay wins the lock; wait until it is publishing.
-            for _ in range(200):
-                states = [(await i.api.get("/ready")).json()["relay_active"] for i in (a, b)]
-                if any(states):
-                    break
-                await asyncio.sleep(0.05)
-            assert sorted(states) == [False, True], f"expected exactly one active relay, got {states}"
-            yield a, b
-    finally:
-        nc = await connect_nats(servers.nats_url)
-        with contextlib.suppress(Exception):
-            await nc.jetstream().delete_stream(shared.nats_stream)
-        await nc.close()
-        admin = await asyncpg.connect(servers.database_url)
-        await admin.execute(f'DROP DATABASE "inst_{token}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(servers.database_url, prefix="inst") as database_url:
+        shared = Settings(
+            database_url=database_url,
+            nats_url=servers.nats_url,
+            nats_stream=f"INST_{token}",
+            nats_subject_prefix=f"inst{token}.events",
+        )
+        try:
+            async with (
+                _instance(replace(shared, http_port=free_port())) as a,
+                _instance(replace(shared, http_port=free_port(), worker_enabled=False)) as b,
+            ):
+                # Exactly one relay wins the lock; wait until it is publishing.
+                for _ in range(200):
+                    states = [(await i.api.get("/ready")).json()["relay_active"] for i in (a, b)]
+                    if any(states):
+                        break
+                    await asyncio.sleep(0.05)
+                assert sorted(states) == [False, True], f"expected exactly one active relay, got {states}"
+                yield a, b
+        finally:
+            await delete_stream(servers.nats_url, shared.nats_stream)
 
 
 async def _start(api: httpx.AsyncClient, spec: dict[str, Any]) -> str:
@@ -131,7 +98,7 @@ async def test_sse_on_b_follows_a_run_started_and_executed_through_a(servers: Se
         async with asyncio.timeout(30):
             async for message in sse(b.api, f"/v1/runs/{run_id}/stream"):
                 received.append((time.time(), message))
-        stored = await _wait_ended(a.api, run_id)
+        stored = await wait_ended(a.api, run_id)
 
         # complete, in order, each once, byte-for-byte the stored envelopes
         assert [int(m["id"]) for _t, m in received] == [e["seq"] for e in stored]
@@ -164,7 +131,7 @@ async def test_websocket_on_b_gets_execution_finished_of_a_run_started_through_a
                     messages.append((time.time(), message))
                     if message["type"] == "executionFinished":
                         break
-        stored = await _wait_ended(a.api, run_id)
+        stored = await wait_ended(a.api, run_id)
         kinds = [m["type"] for _t, m in messages]
         assert kinds[0] == "executionStarted" and kinds[-1] == "executionFinished"
         assert kinds.count("nodeExecuteBefore") == kinds.count("nodeExecuteAfter") == 4

@@ -18,13 +18,13 @@ from service.followers.relay import Relay
 from service.infra.embedded import EmbeddedNats
 from service.infra.nats import connect_nats, ensure_stream, stream_config
 from service.store.event_store import EventStore
-from tests.conftest import StreamTarget
 from tests.helpers.relay import (
     assert_exactly_once_in_order,
     stream_messages,
     wait_relayed,
     write_runs,
 )
+from tests.helpers.servers import StreamTarget
 
 
 def _relay(store: EventStore, nc: NATS, stream: StreamTarget, **kw: object) -> Relay:

@@ -7,32 +7,25 @@ The core functions run on the per-test ``schema``; the CLI (which always uses sc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
-import click
 import pytest
 from click.testing import CliRunner, Result
 
 from schemas.canonical import verify_chain
 from schemas.envelope import RawEnvelope
 from schemas.events import (
-    Event,
     NodeExecuteAfter,
-    NodeExecuteAfterData,
-    NodeExecuteBefore,
     RunFinished,
     RunQueued,
     RunStarted,
 )
-from schemas.workflow import NodeSpec, WorkflowSpec, spec_version
+from schemas.workflow import NodeSpec, WorkflowSpec
 from service.bench.scratch import scratch_schema
-from service.cli.audit import COMMANDS
+from service.cli.main import cli
 from service.history.audit import AuditProblem, audit_log, audit_runs
 from service.history.bundle import (
     ExportRefused,
@@ -43,77 +36,23 @@ from service.history.bundle import (
     verify_bundle_file,
     write_bundle,
 )
-from service.infra.db import create_pool
-from service.infra.migrations import apply_migrations
 from service.store.event_store import EventStore
 from service.store.workflow_store import WorkflowStore
-from tests.conftest import Servers
-
-SPEC = WorkflowSpec(
-    id="orders",
-    nodes=[NodeSpec(id="fetch", type="noop"), NodeSpec(id="notify", type="noop")],
+from tests.helpers.databases import scratch_database_sync
+from tests.helpers.servers import Servers
+from tests.helpers.stored_runs import (
+    SPEC,
+    VERSION,
+    append_run,
+    orders_history,
+    started_store,
+    tamper_row,
+    write_orders,
 )
-VERSION = spec_version(SPEC)
-
-
-def _history(version: str = VERSION, *, finished: bool = True) -> list[list[Event]]:
-    """A legal run in the batches a worker appends it in."""
-    node: list[Event] = []
-    for name in ("fetch", "notify"):
-        node += [
-            NodeExecuteBefore(node_id=name, node_type="noop"),
-            NodeExecuteAfter(node_id=name, node_type="noop", status="succeeded", item_count=1),
-            NodeExecuteAfterData(node_id=name, output={"node": name, "text": "naïve ✓"}),
-        ]
-    batches: list[list[Event]] = [
-        [RunQueued(workflow_version=version, inputs={"order": 7}, node_count=2)],
-        [RunStarted(worker_id="w1"), *node[:3]],
-        node[3:],
-    ]
-    if finished:
-        batches.append([RunFinished(status="succeeded", duration_ms=3.5)])
-    return batches
-
-
-async def _append_run(
-    store: EventStore, batches: list[list[Event]], *, workflow_id: str = "orders", run_id: UUID | None = None
-) -> UUID:
-    run_id = run_id or uuid.uuid4()
-    seq = 0
-    for batch in batches:
-        await store.append(run_id, batch, seq, tenant="acme", workflow_id=workflow_id)
-        seq += len(batch)
-    return run_id
-
-
-async def _tamper(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, schema: str, run_id: UUID, seq: int
-) -> None:
-    """Change one stored body the way someone with table access would (trigger off, then on)."""
-    table = f'"{schema}".events'
-    async with conn.transaction():
-        await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-        status = await conn.execute(
-            f"UPDATE {table} SET data = replace(data::text, 'w1', 'w2')::json WHERE run_id = $1 AND seq = $2",
-            run_id,
-            seq,
-        )
-        await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
-    assert status == "UPDATE 1"
 
 
 def _where(problems: list[AuditProblem]) -> list[tuple[UUID | None, int | None, str]]:
     return [(p.run_id, p.seq, p.kind) for p in problems]
-
-
-@contextlib.asynccontextmanager
-async def _started_store(pool: asyncpg.Pool, schema: str) -> AsyncIterator[EventStore]:
-    store = EventStore(pool, schema=schema)
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def _count(pool: asyncpg.Pool, schema: str) -> int:
@@ -136,8 +75,8 @@ def _stored(events: list[RawEnvelope]) -> list[tuple[object, ...]]:
 
 
 async def test_a_clean_log_audits_clean_and_counts_what_it_checked(store: EventStore) -> None:
-    runs = [await _append_run(store, _history()) for _ in range(3)]
-    other = await _append_run(store, _history(finished=False), workflow_id="invoices")
+    runs = [await append_run(store, orders_history()) for _ in range(3)]
+    other = await append_run(store, orders_history(finished=False), workflow_id="invoices")
     async with store.pool.acquire() as conn:
         seen: list[tuple[int, int]] = []
         report = await audit_log(store, conn, page_size=5, on_progress=lambda *p: seen.append(p))
@@ -152,10 +91,10 @@ async def test_a_clean_log_audits_clean_and_counts_what_it_checked(store: EventS
 async def test_a_row_changed_behind_the_trigger_is_reported_at_its_run_and_seq(
     store: EventStore, schema: str
 ) -> None:
-    runs = [await _append_run(store, _history()) for _ in range(3)]
+    runs = [await append_run(store, orders_history()) for _ in range(3)]
     target = runs[1]
     async with store.pool.acquire() as conn:
-        await _tamper(conn, schema, target, 1)  # run_started's worker_id
+        await tamper_row(conn, schema, target, 1)  # run_started's worker_id
         report = await audit_log(store, conn, page_size=7)
         assert _where(report.problems) == [(target, 1, "chain")], report.problems
         assert report.problems[0].problem == "hash does not match the event's contents"
@@ -167,8 +106,8 @@ async def test_a_row_changed_behind_the_trigger_is_reported_at_its_run_and_seq(
 
 
 async def test_an_illegal_but_correctly_hashed_history_is_a_legality_problem(store: EventStore) -> None:
-    good = await _append_run(store, _history())
-    bad = await _append_run(
+    good = await append_run(store, orders_history())
+    bad = await append_run(
         store,
         [
             [RunQueued(workflow_version=VERSION), RunStarted()],
@@ -187,8 +126,8 @@ async def test_an_illegal_but_correctly_hashed_history_is_a_legality_problem(sto
 
 
 async def test_run_queue_rows_are_checked_against_the_log(store: EventStore, schema: str) -> None:
-    open_run = await _append_run(store, _history(finished=False))
-    ended_run = await _append_run(store, _history())
+    open_run = await append_run(store, orders_history(finished=False))
+    ended_run = await append_run(store, orders_history())
     ghost = uuid.uuid4()
     async with store.pool.acquire() as conn:
         await conn.executemany(
@@ -214,8 +153,8 @@ async def test_export_verify_import_round_trips_and_reimport_writes_nothing(
 ) -> None:
     source_workflows = WorkflowStore(pool, schema=store.schema)
     registered, _ = await source_workflows.register(SPEC)
-    runs = [await _append_run(store, _history()) for _ in range(2)]
-    runs.append(await _append_run(store, _history("unregistered"), workflow_id="adhoc"))
+    runs = [await append_run(store, orders_history()) for _ in range(2)]
+    runs.append(await append_run(store, orders_history("unregistered"), workflow_id="adhoc"))
     exported = await collect_runs(store, source_workflows, runs)
     assert [r.run.spec for r in exported] == [SPEC, SPEC, None]
     path = tmp_path / "bundle.ndjson"
@@ -244,7 +183,7 @@ async def test_export_verify_import_round_trips_and_reimport_writes_nothing(
         assert await _count(pool, target) == 27
 
         # A later export of a run the target holds a prefix of appends only the rest.
-        longer = await _append_run(store, _history(finished=False))
+        longer = await append_run(store, orders_history(finished=False))
         short_bundle = tmp_path / "short.ndjson"
         write_bundle(
             short_bundle, bundle_lines(await collect_runs(store, source_workflows, [longer]), store.clock())
@@ -261,7 +200,7 @@ async def test_a_tampered_or_conflicting_bundle_is_refused_and_writes_nothing(
     store: EventStore, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     workflows = WorkflowStore(pool, schema=store.schema)
-    runs = [await _append_run(store, _history()) for _ in range(2)]
+    runs = [await append_run(store, orders_history()) for _ in range(2)]
     path = tmp_path / "bundle.ndjson"
     write_bundle(path, bundle_lines(await collect_runs(store, workflows, runs), store.clock()))
     data = path.read_bytes()
@@ -276,8 +215,8 @@ async def test_a_tampered_or_conflicting_bundle_is_refused_and_writes_nothing(
         assert await _count(pool, target) == 0
 
         # The target already holds another history under the second run's id.
-        async with _started_store(pool, target) as other_store:
-            await _append_run(other_store, _history(), run_id=runs[1])
+        async with started_store(pool, target) as other_store:
+            await append_run(other_store, orders_history(), run_id=runs[1])
         with pytest.raises(ImportRefused) as refused:
             await import_bundle(pool, verify_bundle_file(path), schema=target)
         assert _where(refused.value.problems) == [(runs[1], 0, "chain")]
@@ -287,9 +226,9 @@ async def test_a_tampered_or_conflicting_bundle_is_refused_and_writes_nothing(
 async def test_export_refuses_runs_that_do_not_verify(
     store: EventStore, pool: asyncpg.Pool, schema: str
 ) -> None:
-    run_id = await _append_run(store, _history())
+    run_id = await append_run(store, orders_history())
     async with pool.acquire() as conn:
-        await _tamper(conn, schema, run_id, 1)
+        await tamper_row(conn, schema, run_id, 1)
     missing = uuid.uuid4()
     with pytest.raises(ExportRefused) as refused:
         await collect_runs(store, WorkflowStore(pool, schema=schema), [run_id, missing])
@@ -301,62 +240,18 @@ async def test_export_refuses_runs_that_do_not_verify(
 # -- the CLI -----------------------------------------------------------------------------------------
 
 
-def _cli() -> click.Group:
-    """The root ``flowledger`` group with this module's commands (whether or not cli.py adds them)."""
-    from service.cli.main import cli as root
-
-    commands = {**root.commands, **{c.name: c for c in COMMANDS if c.name}}
-    return click.Group("flowledger", params=root.params, callback=root.callback, commands=commands)
-
-
-async def _admin(database_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextlib.contextmanager
-def _fresh_database(servers: Servers) -> Iterator[str]:
-    """A database of its own: the CLI always works on schema ``flowledger``."""
-    name = f"audit_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(servers.database_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlunsplit(urlsplit(servers.database_url)._replace(path=f"/{name}"))
-    finally:
-        asyncio.run(_admin(servers.database_url, f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
-async def _on_database(url: str, runs: int = 0, tamper: tuple[UUID, int] | None = None) -> list[UUID]:
-    """Write ``runs`` legal runs into the database's log, or tamper with one event; or just count."""
-    pool = await create_pool(url, min_size=1, max_size=4)
-    try:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-            if tamper is not None:
-                await _tamper(conn, "flowledger", *tamper)
-        if runs:
-            await WorkflowStore(pool).register(SPEC)
-        async with _started_store(pool, "flowledger") as store:
-            written = [await _append_run(store, _history()) for _ in range(runs)]
-            async with pool.acquire() as conn:
-                ids = await conn.fetch("SELECT DISTINCT run_id FROM flowledger.events")
-        return written or [r[0] for r in ids]
-    finally:
-        await pool.close()
-
-
 def test_the_cli_audits_exports_verifies_and_imports(servers: Servers, tmp_path: Path) -> None:
-    cli = _cli()
     runner = CliRunner()
 
     def invoke(url: str, *args: str) -> Result:
         return runner.invoke(cli, ["--database-url", url, "--log-level", "warning", *args])
 
     bundle = tmp_path / "bundle.ndjson"
-    with _fresh_database(servers) as source, _fresh_database(servers) as target:
-        runs = asyncio.run(_on_database(source, runs=3))
+    with (
+        scratch_database_sync(servers.database_url, "audit") as source,
+        scratch_database_sync(servers.database_url, "audit") as target,
+    ):
+        runs = asyncio.run(write_orders(source, runs=3))
 
         clean = invoke(source, "audit", "verify", "--all")
         assert clean.exit_code == 0, clean.output
@@ -390,9 +285,9 @@ def test_the_cli_audits_exports_verifies_and_imports(servers: Servers, tmp_path:
         refused = invoke(target, "import", str(tampered))
         assert refused.exit_code == 1
         assert "nothing was imported" in refused.stdout
-        assert sorted(asyncio.run(_on_database(target)), key=str) == sorted(runs[:2], key=str)
+        assert sorted(asyncio.run(write_orders(target)), key=str) == sorted(runs[:2], key=str)
 
-        asyncio.run(_on_database(source, tamper=(runs[2], 1)))
+        asyncio.run(write_orders(source, tamper=(runs[2], 1)))
         for args in (["--all"], [str(runs[2])], ["--workflow", "orders"]):
             found = invoke(source, "audit", "verify", *args)
             assert found.exit_code == 1, found.output

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -24,19 +23,16 @@ import httpx
 import msgspec
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-import tests.integration.conftest as integration_conftest
 from projections.run_state import NodeState, RunState, fold
 from schemas.codec import json_encoder, raw_envelope_decoder
 from schemas.envelope import EventEnvelope, RawEnvelope
 from schemas.events import NodeError, OutputMarker
 from schemas.workflow import WorkflowSpec
-from service.api.app import create_app
-from service.api.history import history_router
 from service.cli.client import console
 from service.cli.history import diff as diff_command
 from service.cli.history import republish_command, show_state
@@ -48,10 +44,9 @@ from service.engine.executor import RunExecutor
 from service.followers.republish import republish
 from service.history.time_travel import fold_at, state_at, view_of
 from service.infra.nats import HEADER_TRIMMED, connect_nats
-from tests.conftest import Servers
 from tests.helpers.engine_harness import engine_on
-from tests.integration.conftest import serve_app
-from tests.integration.engine.test_engine_properties import random_runs
+from tests.helpers.servers import Servers
+from tests.helpers.strategies import random_runs
 
 # -- time travel == the engine's live state ---------------------------------------------------------
 
@@ -100,7 +95,7 @@ def _check_time_travel(events: list[EventEnvelope], graph: WorkflowGraph, ex: Re
     assert final.status == ex.state.status and final.ready == [] and final.at_seq == last
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30)
 @given(case=random_runs())
 async def test_state_at_every_seq_is_the_engines_live_state(
     pool: asyncpg.Pool, schema: str, case: tuple[dict[str, Any], dict[str, Any]]
@@ -145,25 +140,6 @@ async def test_state_at_follows_a_cancel_appended_by_someone_else(pool: asyncpg.
 # -- the HTTP routes and the CLI ---------------------------------------------------------------------
 
 
-def _app_with_history(settings: Settings, **kwargs: Any) -> Any:
-    app = create_app(settings, **kwargs)
-    if not any(r.path == "/v1/runs/{run_id:uuid}/state" for r in app.routes):  # until app.py wires it
-        app.register(history_router())
-    return app
-
-
-@pytest.fixture(scope="module")
-async def history_api(servers: Servers) -> AsyncIterator[httpx.AsyncClient]:
-    with pytest.MonkeyPatch.context() as mp:  # only while serve_app builds its app
-        mp.setattr(integration_conftest, "create_app", _app_with_history)
-        serving = serve_app(servers)
-        client = await serving.__aenter__()
-    try:
-        yield client
-    finally:
-        await serving.__aexit__(None, None, None)
-
-
 def _workflow(workflow_id: str, *, extra_node: bool = False) -> dict[str, Any]:
     nodes: list[dict[str, Any]] = [
         {"id": "score", "type": "transform", "config": {"expression": "{n: inputs.n, items: inputs.items}"}},
@@ -206,16 +182,16 @@ async def _run(
 
 
 @pytest.fixture(scope="module")
-async def runs(history_api: httpx.AsyncClient) -> dict[str, Any]:
+async def runs(api: httpx.AsyncClient) -> dict[str, Any]:
     """Runs a and b: same inputs; c: other inputs; d: the next workflow version (one more node)."""
     wid = f"tt-{uuid.uuid4().hex[:8]}"
     spec = _workflow(wid)
-    assert (await history_api.post("/v1/workflows", json=spec)).status_code == 201
-    a = await _run(history_api, wid, {"n": 20, "items": [1, 2]})
-    b = await _run(history_api, wid, {"n": 20, "items": [1, 2]})
-    c = await _run(history_api, wid, {"n": 5, "items": [1, 2, 3]})
-    assert (await history_api.post("/v1/workflows", json=_workflow(wid, extra_node=True))).status_code == 201
-    d = await _run(history_api, wid, {"n": 20, "items": [1, 2]})
+    assert (await api.post("/v1/workflows", json=spec)).status_code == 201
+    a = await _run(api, wid, {"n": 20, "items": [1, 2]})
+    b = await _run(api, wid, {"n": 20, "items": [1, 2]})
+    c = await _run(api, wid, {"n": 5, "items": [1, 2, 3]})
+    assert (await api.post("/v1/workflows", json=_workflow(wid, extra_node=True))).status_code == 201
+    d = await _run(api, wid, {"n": 20, "items": [1, 2]})
     return {"a": a, "b": b, "c": c, "d": d, "graph": build_graph(msgspec.convert(spec, WorkflowSpec))}
 
 
@@ -228,18 +204,18 @@ def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 async def test_state_route_serves_state_at_for_every_seq(
-    history_api: httpx.AsyncClient, runs: dict[str, Any]
+    api: httpx.AsyncClient, runs: dict[str, Any]
 ) -> None:
     run_id, events = runs["a"]
     graph = runs["graph"]
     for event in events:
-        response = await history_api.get(f"/v1/runs/{run_id}/state", params={"at_seq": event.seq})
+        response = await api.get(f"/v1/runs/{run_id}/state", params={"at_seq": event.seq})
         assert response.status_code == 200, response.text
         expected = msgspec.json.decode(msgspec.json.encode(state_at(events, event.seq, graph)))
         assert response.json() == expected
-    latest = (await history_api.get(f"/v1/runs/{run_id}/state")).json()
+    latest = (await api.get(f"/v1/runs/{run_id}/state")).json()
     assert latest["at_seq"] == events[-1].seq and latest["status"] == "succeeded" and latest["ready"] == []
-    queued = (await history_api.get(f"/v1/runs/{run_id}/state", params={"at_seq": 0})).json()
+    queued = (await api.get(f"/v1/runs/{run_id}/state", params={"at_seq": 0})).json()
     assert queued["status"] == "queued" and queued["ready"] == ["score"]
     assert queued["nodes"]["score"]["inputs"] == {"inputs": {"n": 20, "items": [1, 2]}, "nodes": {}}
     assert latest["nodes"]["big"]["inputs"] == {
@@ -261,7 +237,7 @@ async def test_state_route_serves_state_at_for_every_seq(
     ],
 )
 async def test_history_route_errors_are_problem_details(
-    history_api: httpx.AsyncClient,
+    api: httpx.AsyncClient,
     runs: dict[str, Any],
     path: str,
     params: dict[str, Any],
@@ -270,18 +246,18 @@ async def test_history_route_errors_are_problem_details(
 ) -> None:
     run_id, events = runs["a"]
     names = {"a": run_id, "unknown": str(uuid.uuid4()), "last": events[-1].seq}
-    body = _problem(await history_api.get(path.format(**names), params=params), status)
+    body = _problem(await api.get(path.format(**names), params=params), status)
     assert says.format(**names) in body["detail"], body
     if status == 400 and "between" in says:
         assert body["valid_range"] == [0, events[-1].seq]
 
 
 async def test_same_inputs_diff_equal_other_inputs_change_outputs_and_branch(
-    history_api: httpx.AsyncClient, runs: dict[str, Any]
+    api: httpx.AsyncClient, runs: dict[str, Any]
 ) -> None:
     (a, _), (b, _), (c, _), (d, _) = runs["a"], runs["b"], runs["c"], runs["d"]
 
-    same = (await history_api.get(f"/v1/runs/{a}/diff/{b}")).json()
+    same = (await api.get(f"/v1/runs/{a}/diff/{b}")).json()
     assert same["equal"] is True and same["inputs_equal"] is True
     assert same["nodes_changed"] == 0 and same["nodes_only_a"] == same["nodes_only_b"] == 0
     by_node = {n["node_id"]: n for n in same["nodes"]}
@@ -291,7 +267,7 @@ async def test_same_inputs_diff_equal_other_inputs_change_outputs_and_branch(
     assert by_node["small"]["output"] == "none" and by_node["small"]["status_a"] == "skipped"
     assert by_node["check"]["branch_a"] == by_node["check"]["branch_b"] == "true"
 
-    other = (await history_api.get(f"/v1/runs/{a}/diff/{c}")).json()
+    other = (await api.get(f"/v1/runs/{a}/diff/{c}")).json()
     assert other["equal"] is False and other["inputs_equal"] is False
     nodes = {n["node_id"]: n for n in other["nodes"]}
     score = nodes["score"]
@@ -315,7 +291,7 @@ async def test_same_inputs_diff_equal_other_inputs_change_outputs_and_branch(
     assert nodes["done"]["output"] == "equal"  # noop: null either way
     assert other["duration_ms_a"] is not None and other["duration_change_ms"] is not None
 
-    versions = (await history_api.get(f"/v1/runs/{a}/diff/{d}")).json()
+    versions = (await api.get(f"/v1/runs/{a}/diff/{d}")).json()
     assert versions["workflow_version_a"] != versions["workflow_version_b"]
     audit = next(n for n in versions["nodes"] if n["node_id"] == "audit")
     assert audit["presence"] == "only_b" and audit["status_b"] == "succeeded" and audit["status_a"] is None
@@ -331,9 +307,9 @@ def _cli(api_url: str) -> None:
 _cli.add_command(diff_command)
 
 
-async def test_cli_diff_and_show_state(history_api: httpx.AsyncClient, runs: dict[str, Any]) -> None:
+async def test_cli_diff_and_show_state(api: httpx.AsyncClient, runs: dict[str, Any]) -> None:
     (a, events), (b, _), (c, _) = runs["a"], runs["b"], runs["c"]
-    base = str(history_api.base_url)
+    base = str(api.base_url)
     runner = CliRunner()
 
     def invoke(*args: str) -> Any:
@@ -455,7 +431,7 @@ async def test_republish_sends_the_run_in_order_to_replay_subjects_only(
 
 
 async def test_republish_cli_function_uses_direct_connections(
-    history_api: httpx.AsyncClient, runs: dict[str, Any], servers: Servers
+    api: httpx.AsyncClient, runs: dict[str, Any], servers: Servers
 ) -> None:
     run_id, events = runs["a"]
     token = uuid.uuid4().hex[:8]

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projections.runner import PROJECTIONS, ProjectionRunner, fold_batch, rebuild_all
@@ -125,7 +125,7 @@ def test_corpus_is_varied(corpus: Corpus) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PROJECTIONS))
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15)
 @given(data=st.data())
 async def test_batches_and_restarts_give_the_same_view_and_rebuild_equals_incremental(
     corpus: Corpus, pool: asyncpg.Pool, name: str, data: st.DataObject
@@ -193,7 +193,7 @@ async def test_full_rebuild_equals_the_incrementally_built_view(
 
 
 @pytest.mark.parametrize("name", sorted(PROJECTIONS))
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50)
 @given(data=st.data())
 def test_applying_an_event_twice_changes_nothing(corpus: Corpus, name: str, data: st.DataObject) -> None:
     projection = PROJECTIONS[name]

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.canonical import verify_chain
@@ -25,13 +25,9 @@ from schemas.codec import decode_event, encode_event
 from schemas.envelope import RawEnvelope
 from schemas.events import Event, RunQueued, RunStarted, event_tag
 from service.store.event_store import EventStore
-from tests.unit.schemas.test_event_properties import events, identifiers
+from tests.helpers.strategies import events, identifiers
 
-STORE_SETTINGS = settings(
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-    max_examples=30,
-    deadline=None,
-)
+STORE_SETTINGS = settings(max_examples=30)
 
 
 class RunPlan(msgspec.Struct, frozen=True):
@@ -108,11 +104,7 @@ def _tamper_value(body: dict[str, Any]) -> tuple[str, str, str]:
     raise AssertionError(f"no string field to tamper with in {body}")
 
 
-@settings(
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-    max_examples=10,
-    deadline=None,
-)
+@settings(max_examples=10)
 @given(plans_=plans, data=st.data())
 async def test_a_row_changed_behind_the_trigger_is_reported_at_its_run_and_seq(
     store: EventStore, pool: asyncpg.Pool, schema: str, plans_: list[RunPlan], data: st.DataObject

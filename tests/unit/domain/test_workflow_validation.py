@@ -711,7 +711,9 @@ def _reachable(s: WorkflowSpec, start: str) -> set[str]:
     return seen
 
 
-FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=80, suppress_health_check=[HealthCheck.too_slow]
+)  # big DAGs take a while to draw
 
 
 @FAST

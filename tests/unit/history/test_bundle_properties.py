@@ -49,18 +49,14 @@ from service.history.bundle import (
 )
 from tests.golden import load_history
 from tests.golden import names as golden_names
-from tests.unit.schemas.test_event_properties import (
-    EVENT_STRATEGIES,
+from tests.helpers.hash_chains import (
     build_chain,
-    chains,
-    events,
     flip_data_byte,
-    identifiers,
     rehash_with_other_data,
     remove_event,
     swap_events,
-    utc_datetimes,
 )
+from tests.helpers.strategies import EVENT_STRATEGIES, chains, events, identifiers, utc_datetimes
 
 EXPORTED_AT = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -164,19 +160,19 @@ def _where(problems: list[AuditProblem]) -> list[tuple[UUID | None, int | None]]
     return [(p.run_id, p.seq) for p in problems]
 
 
-BUNDLE_SETTINGS = settings(max_examples=40, deadline=None)
+BUNDLE_SETTINGS = settings(max_examples=40)
 
 # -- the audit checks on one run ----------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@BUNDLE_SETTINGS
 @given(data=st.data())
 def test_a_legal_history_verifies(data: st.DataObject) -> None:
     chain = data.draw(chained_history(data.draw(legal_histories())))
     assert verify_run(chain) == []
 
 
-@settings(max_examples=40, deadline=None)
+@BUNDLE_SETTINGS
 @given(data=st.data(), extra=events)
 def test_any_event_after_the_end_is_illegal(data: st.DataObject, extra: Event) -> None:
     history = data.draw(legal_histories(end=data.draw(st.sampled_from(["finished", "cancelled"]))))

@@ -1,0 +1,128 @@
+"""The app served for real: uvicorn on a free port of 127.0.0.1, and an httpx client for it.
+
+``serve`` fails (with the last ``/ready`` answer or connection error) when the app never
+becomes ready or its server stops; a test never runs against a service that is not up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import uvicorn
+from litestar import Litestar
+
+from service.api.app import create_app
+from service.config import Settings
+from service.infra.nats import connect_nats
+from tests.helpers.databases import scratch_database
+from tests.helpers.servers import Servers
+
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _describe(response: httpx.Response) -> str:
+    return f"{response.status_code} {response.text[:500]}"
+
+
+async def wait_ready(
+    client: httpx.AsyncClient, server: asyncio.Task[Any] | None = None, timeout: float = READY_TIMEOUT_S
+) -> None:
+    """Poll ``/ready`` until it answers 200; raise with the last answer (or error) if it never does.
+
+    ``server``: the task serving the app; when it ends first, fail at once (it will never be ready).
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        if server is not None and server.done():
+            error = server.exception() if not server.cancelled() else None
+            raise AssertionError(
+                f"the server at {client.base_url} stopped before it was ready "
+                f"({error!r} while /ready said: {last})"
+                if error
+                else f"the server at {client.base_url} stopped before it was ready (/ready said: {last})"
+            )
+        try:
+            response = await client.get("/ready")
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        else:
+            if response.status_code == 200:
+                return
+            last = _describe(response)
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{client.base_url}/ready did not answer 200 within {timeout:g} s; last: {last}"
+            )
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Litestar, port: int, *, ready_timeout: float = READY_TIMEOUT_S
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Serve ``app`` with uvicorn (lifespan on) on ``127.0.0.1:port``; a client for it once ``/ready`` is 200."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            await wait_ready(client, task, ready_timeout)
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def serve_app(
+    servers: Servers, *, own_database: bool = False, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The service app (``create_app``) served on a free port, with a JetStream stream of its own.
+
+    ``own_database``: a fresh database, so no other app's worker can take its runs.
+    ``overrides``: further ``Settings`` fields.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        database_url = servers.database_url
+        if own_database:
+            database_url = await stack.enter_async_context(scratch_database(database_url, prefix="app"))
+        token = uuid.uuid4().hex[:8]
+        port = free_port()
+        settings = Settings(
+            database_url=database_url,
+            nats_url=servers.nats_url,
+            http_port=port,
+            nats_stream=f"API_{token}",  # its own stream: other logs on a shared NATS cannot interfere
+            nats_subject_prefix=f"api{token}.events",
+            **overrides,
+        )
+        stack.push_async_callback(delete_stream, servers.nats_url, settings.nats_stream)
+        client = await stack.enter_async_context(serve(create_app(settings), port))
+        yield client
+
+
+async def delete_stream(nats_url: str, name: str) -> None:
+    """Delete JetStream stream ``name`` if it exists."""
+    nc = await connect_nats(nats_url)
+    try:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream(name)
+    finally:
+        await nc.close()
