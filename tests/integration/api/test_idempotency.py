@@ -16,7 +16,9 @@ async def _start(api: httpx.AsyncClient, body: dict[str, object]) -> httpx.Respo
     return await api.post("/v1/workflows/idem/runs", json=body)
 
 
-async def test_a_repeated_request_returns_the_first_run_with_its_current_status(api: httpx.AsyncClient) -> None:
+async def test_a_repeated_request_returns_the_first_run_with_its_current_status(
+    api: httpx.AsyncClient,
+) -> None:
     assert (await api.post("/v1/workflows", json=WORKFLOW)).status_code in (200, 201)
     key = f"k-{uuid.uuid4()}"
     first = await _start(api, {"inputs": {"n": 1}, "idempotency_key": key})
