@@ -57,6 +57,8 @@ class RunSummary(msgspec.Struct, frozen=True, gc=False):
     executed_nodes: tuple[str, ...] = ()
     failed_nodes: tuple[str, ...] = ()
     skipped_nodes: tuple[str, ...] = ()
+    halted_nodes: tuple[str, ...] = ()
+    """Those of ``skipped_nodes`` skipped because the run halted (stop on failure, cancel)."""
     retries: int = 0
     queued_at: datetime | None = None
     started_at: datetime | None = None
@@ -76,11 +78,18 @@ def _with(items: tuple[str, ...], item: str) -> tuple[str, ...]:
 
 
 def _progress_of(view: RunSummary) -> int:
+    """The share (0-100) of the workflow's nodes whose fate the run has settled: executed
+    (succeeded or failed) or skipped by the workflow's own logic (a branch not taken, an
+    upstream failure under ``on_failure: continue``). Nodes skipped because the run halted
+    (``halted_nodes``: a stop on failure, a cancel) and nodes never reached do not count,
+    so a run that failed or was cancelled half-way stays at its real share; a succeeded run
+    is at 100."""
     if view.status == "succeeded":
         return 100
     if not view.node_count:
         return 0
-    done = len(view.executed_nodes) + len(view.failed_nodes) + len(view.skipped_nodes)
+    settled = len(view.executed_nodes) + len(view.failed_nodes) + len(view.skipped_nodes)
+    done = settled - len(view.halted_nodes)
     return min(100, (100 * done) // view.node_count)
 
 
@@ -126,6 +135,7 @@ def apply(view: RunSummary | None, event: EventEnvelope) -> RunSummary:
                 last_seq=seq,
                 current_nodes=_without(view.current_nodes, body.node_id),
                 skipped_nodes=_with(view.skipped_nodes, body.node_id),
+                halted_nodes=_with(view.halted_nodes, body.node_id) if body.halted else view.halted_nodes,
             )
         case NodeRetryScheduled():
             failed = _without(view.failed_nodes, body.node_id)

@@ -105,9 +105,20 @@ class NodeRetryScheduled(_Event, frozen=True, tag="node_retry_scheduled"):
     error: NodeError | None = None
 
 
+HALT_SKIP_PREFIXES = ("run stopped:", "run cancelled:")
+"""A ``node_skipped`` reason starting with one of these: the run halted (a node failed under
+``on_failure: stop``, or a cancel) before the node could run. Any other reason (a branch not
+taken, an upstream failure under ``on_failure: continue``) is the run deciding the node's fate."""
+
+
 class NodeSkipped(_Event, frozen=True, tag="node_skipped"):
     node_id: Identifier
     reason: str = ""
+
+    @property
+    def halted(self) -> bool:
+        """Skipped because the run halted, not because of the workflow's own logic."""
+        return self.reason.startswith(HALT_SKIP_PREFIXES)
 
 
 class RunWaiting(_Event, frozen=True, tag="run_waiting"):

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from projections.run_state import TERMINAL_NODE, NodeState, RunState
+from schemas.events import HALT_SKIP_PREFIXES
 from schemas.workflow import EdgeSpec
 from service.domain.workflow_spec import WorkflowGraph
+
+STOPPED_PREFIX, CANCELLED_PREFIX = HALT_SKIP_PREFIXES
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
 
@@ -56,11 +59,11 @@ def plan(graph: WorkflowGraph, state: RunState, active: Set[str] = frozenset()) 
     halt_reason: str | None = None
     outcome: Outcome = "failed"
     if state.cancel_requested:
-        halt_reason, outcome = f"run cancelled: {state.cancel_reason}", "cancelled"
+        halt_reason, outcome = f"{CANCELLED_PREFIX} {state.cancel_reason}", "cancelled"
     elif graph.spec.on_failure == "stop":
         failed = next((n for n in graph.topo_order if nodes[n].status == "failed"), None)
         if failed is not None:
-            halt_reason = f"run stopped: node {failed} failed"
+            halt_reason = f"{STOPPED_PREFIX} node {failed} failed"
 
     if halt_reason is not None:
         cancel = tuple(n for n in graph.topo_order if n in active)
@@ -72,7 +75,8 @@ def plan(graph: WorkflowGraph, state: RunState, active: Set[str] = frozenset()) 
         )
         if cancel:
             return Plan(cancel=cancel, skip=tuple(s for s in skip if s[0] not in active))
-        error = halt_reason if outcome == "cancelled" else _run_error(graph, nodes, halt_reason)
+        # A cancelled run's reason is the one given (its skipped nodes say "run cancelled: <it>").
+        error = state.cancel_reason if outcome == "cancelled" else _run_error(graph, nodes, halt_reason)
         return Plan(skip=skip, finish=outcome, error=error)
 
     start: list[str] = []
