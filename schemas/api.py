@@ -18,6 +18,8 @@ class WorkflowRegistered(msgspec.Struct, frozen=True):
     created: bool
     """False when an identical spec was already registered (nothing changed)."""
     created_at: datetime
+    warnings: list[str] = []
+    """What is valid but probably not meant (e.g. a node no edge connects to the rest)."""
 
 
 class WorkflowSummary(msgspec.Struct, frozen=True):

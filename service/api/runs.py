@@ -30,7 +30,7 @@ from service.api.dependencies import provide_runtime
 from service.api.errors import problem
 from service.config import DEFAULT_TENANT
 from service.domain.run_document import fold_raw
-from service.domain.workflow_spec import InvalidWorkflow, check_spec, parse_spec
+from service.domain.workflow_spec import InvalidWorkflow, check_spec, parse_spec, spec_warnings
 from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
 from service.engine.fork import ForkError, start_fork
 from service.runtime import Runtime
@@ -76,7 +76,11 @@ async def register_workflow(
         ) from exc
     stored, created = await runtime.workflows.register(spec)
     registered = WorkflowRegistered(
-        id=stored.workflow_id, version=stored.version, created=created, created_at=stored.created_at
+        id=stored.workflow_id,
+        version=stored.version,
+        created=created,
+        created_at=stored.created_at,
+        warnings=spec_warnings(spec),
     )
     return Response(registered, status_code=201 if created else 200)
 

@@ -60,6 +60,8 @@ def workflows_add(ctx: click.Context, file: Path) -> None:
         )
     state = "registered" if body["created"] else "already registered; it is the current version"
     console.print(f"{body['id']} version {body['version']} {state}")
+    for warning in body.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
 
 
 def spec_format(file: Path, content: bytes) -> Literal["json", "yaml"]:

@@ -37,6 +37,7 @@ __all__ = [
     "check_spec",
     "load_spec_file",
     "parse_spec",
+    "spec_warnings",
     "validate_spec",
 ]
 
@@ -60,8 +61,8 @@ class ConfigChecker(Protocol):
         """The registered node type names."""
         ...
 
-    def parse_config(self, name: str, config: dict[str, Any]) -> object:
-        """Parse ``config`` for node type ``name``.
+    def check_config(self, name: str, config: dict[str, Any]) -> object:
+        """Parse ``config`` for node type ``name`` and run the type's registration check.
 
         Raises a ``LookupError`` subclass for an unknown type and a ``ValueError``
         subclass (message says what is wrong) for a bad config.
@@ -219,7 +220,7 @@ def _node_problems(
         problems.append(unknown_type())
     else:
         try:
-            checker.parse_config(node.type, dict(node.config))
+            checker.check_config(node.type, dict(node.config))
         except LookupError:
             problems.append(unknown_type())
         except ValueError as exc:
@@ -562,6 +563,20 @@ def _unreachable_problems(
         )
         for node_id in node_ids
         if node_id not in reached
+    ]
+
+
+def spec_warnings(spec: WorkflowSpec) -> list[str]:
+    """What is valid but probably not meant: in a graph of several nodes, a node no edge touches
+    runs on its own, beside the rest, with nothing upstream or downstream of it."""
+    if len(spec.nodes) < 2:
+        return []
+    touched = {e.from_ for e in spec.edges} | {e.to for e in spec.edges}
+    return [
+        f"node '{n.id}' is not connected to the rest of the graph (no edge starts or ends at it); "
+        "it runs on its own as an entry node"
+        for n in spec.nodes
+        if n.id not in touched
     ]
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib
+import importlib.util
 import inspect
 import re
+import sys
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -173,6 +175,28 @@ def make_http_handler(registry: NodeRegistry) -> Any:
     return http
 
 
+def python_callable_problem(config: PythonConfig) -> str | None:
+    """Why ``config.callable`` cannot be called, found without running the module's code where
+    possible: its module must exist (only parent packages are imported to look for it), and when
+    the module is already loaded, the attribute must exist and be callable."""
+    module_name, _, attr_path = config.callable.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        return f"cannot import module {module_name!r} of callable {config.callable!r}: {exc}"
+    if spec is None:
+        return f"no module named {module_name!r} (callable {config.callable!r}); is its package installed?"
+    module = sys.modules.get(module_name)
+    if module is None:
+        return None
+    target: Any = module
+    for attr in attr_path.split("."):
+        if not hasattr(target, attr):
+            return f"module {module_name!r} has no attribute {attr_path!r} (callable {config.callable!r})"
+        target = getattr(target, attr)
+    return None if callable(target) else f"{config.callable!r} is not callable"
+
+
 def _import_callable(path: str) -> Any:
     module_name, _, attr_path = path.partition(":")
     target: Any = importlib.import_module(module_name)
@@ -227,8 +251,11 @@ def builtin_node_types(registry: NodeRegistry) -> list[NodeType]:
         ("python", PythonConfig, python),
         ("fail", FailConfig, fail),
     ]
+    checks = {"python": python_callable_problem}
     return [
-        NodeType(name, config_type, handler, (inspect.getdoc(handler) or "").splitlines()[0])
+        NodeType(
+            name, config_type, handler, (inspect.getdoc(handler) or "").splitlines()[0], checks.get(name)
+        )
         for name, config_type, handler in handlers
     ]
 

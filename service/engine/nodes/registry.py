@@ -98,6 +98,9 @@ class NodeType:
     config_type: type[msgspec.Struct]
     handler: Handler
     description: str = ""
+    check: Callable[[Any], str | None] | None = None
+    """Run on a parsed config when a workflow is registered (never at execution): a problem
+    that would make every run fail (e.g. a python callable whose module does not exist), or None."""
 
 
 class UnknownNodeType(LookupError):
@@ -182,6 +185,14 @@ class NodeRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._types
+
+    def check_config(self, name: str, config: dict[str, Any]) -> msgspec.Struct:
+        """``parse_config`` plus the type's registration check: what registering a workflow runs."""
+        parsed = self.parse_config(name, config)
+        check = self.get(name).check
+        if check is not None and (problem := check(parsed)) is not None:
+            raise InvalidNodeConfig(name, problem)
+        return parsed
 
     def parse_config(self, name: str, config: dict[str, Any]) -> msgspec.Struct:
         """The typed config, or :class:`InvalidNodeConfig` naming what is wrong (``UnknownNodeType`` for a bad name)."""

@@ -111,7 +111,7 @@ class FakeChecker:
     def names(self) -> list[str]:
         return list(self.rules)
 
-    def parse_config(self, name: str, config: dict[str, Any]) -> object:
+    def check_config(self, name: str, config: dict[str, Any]) -> object:
         try:
             rule = self.rules[name]
         except KeyError:
@@ -279,7 +279,7 @@ def test_unknown_node_type_lists_known_types() -> None:
 
 def test_checker_lookup_error_is_an_unknown_type() -> None:
     class Forgetful(FakeChecker):
-        def parse_config(self, name: str, config: dict[str, Any]) -> object:
+        def check_config(self, name: str, config: dict[str, Any]) -> object:
             raise UnknownType(name)
 
     [problem] = validate_spec(spec([node("x")]), Forgetful())
@@ -314,7 +314,7 @@ def test_bad_node_config_carries_the_checkers_message() -> None:
 
 def test_bad_node_config_does_not_repeat_the_checkers_own_prefix() -> None:
     class Prefixing(FakeChecker):
-        def parse_config(self, name: str, config: dict[str, Any]) -> object:
+        def check_config(self, name: str, config: dict[str, Any]) -> object:
             raise BadConfig(f"invalid config for node type '{name}': Expected `int` >= 0 - at `$.ms`")
 
     assert problems_of_with(spec([node("wait", "delay")]), Prefixing()) == [
