@@ -20,10 +20,9 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from schemas.codec import json_encoder
 from schemas.envelope import RawEnvelope
 from schemas.events import TERMINAL_TYPES
-from service.infra.nats import HEADER_POSITION, HEADER_SEQ, SUBJECT_PREFIX
+from service.infra.nats import HEADER_POSITION, HEADER_SEQ, SUBJECT_PREFIX, capped_payload, payload_cap
 from service.store.event_store import EventStore
 
 log = structlog.get_logger(__name__)
@@ -38,6 +37,7 @@ class PushEvent:
     global_position: int
     type: str
     workflow_id: str
+    tenant: str
     payload: bytes
     sse_frame: bytes = b""
     """The SSE frame with ``id: <seq>``, built once per event and shared by every client of the run."""
@@ -49,19 +49,25 @@ def sse_frame(event_id: int, type_: str, payload: bytes) -> bytes:
 
 
 def push_event(
-    run_id: str, seq: int, position: int, type_: str, workflow_id: str, payload: bytes
+    run_id: str, seq: int, position: int, type_: str, workflow_id: str, tenant: str, payload: bytes
 ) -> PushEvent:
-    return PushEvent(run_id, seq, position, type_, workflow_id, payload, sse_frame(seq, type_, payload))
+    return PushEvent(
+        run_id, seq, position, type_, workflow_id, tenant, payload, sse_frame(seq, type_, payload)
+    )
 
 
-def from_envelope(event: RawEnvelope) -> PushEvent:
+def from_envelope(event: RawEnvelope, cap: int) -> PushEvent:
+    """A stored event as pushed: trimmed over ``cap`` exactly as the relay trims it on NATS, so a
+    client sees the same message whether it was live or caught up from the log."""
+    payload, _trimmed = capped_payload(event, cap)
     return push_event(
         str(event.run_id),
         event.seq,
         event.global_position,
         event.type,
         event.workflow_id,
-        json_encoder.encode(event),
+        event.tenant,
+        payload,
     )
 
 
@@ -195,6 +201,7 @@ class PushHub:
                 int(headers[HEADER_POSITION]),
                 tokens[-1],
                 tokens[-3],
+                tokens[-4],
                 msg.data,
             )
         except (KeyError, ValueError):
@@ -223,6 +230,7 @@ async def run_events(
     consumer does not keep up.
     """
     key = str(run_id)
+    cap = payload_cap(hub.nc)
     sub = hub.subscribe(key)
     last = after_seq
     try:
@@ -235,7 +243,7 @@ async def run_events(
                     if until is not None and event.seq > until:
                         return
                     last = event.seq
-                    yield from_envelope(event)
+                    yield from_envelope(event, cap)
                 if len(stored) < 500:
                     return
 
@@ -298,10 +306,13 @@ async def all_events(
     """Every event of the tenant (optionally one workflow / some types) after a global position, in log order."""
 
     def matches(event: PushEvent) -> bool:
-        return (workflow_id is None or event.workflow_id == workflow_id) and (
-            types is None or event.type in types
+        return (
+            event.tenant == tenant
+            and (workflow_id is None or event.workflow_id == workflow_id)
+            and (types is None or event.type in types)
         )
 
+    cap = payload_cap(hub.nc)
     sub = hub.subscribe(None, matches)
     last = after_position
     try:
@@ -314,7 +325,7 @@ async def all_events(
                 )
                 for event in stored:
                     last = event.global_position
-                    yield from_envelope(event)
+                    yield from_envelope(event, cap)
                 if len(stored) < 500:
                     return
 

@@ -39,10 +39,10 @@ from service.infra.nats import (
     HEADER_SEQ,
     HEADER_SOURCE,
     HEADER_TRIMMED,
-    PAYLOAD_HEADROOM,
     STREAM_NAME,
     SUBJECT_PREFIX,
     event_subject,
+    payload_cap,
     trimmed_payload,
 )
 from service.retry import Backoff
@@ -246,6 +246,7 @@ class Relay:
         encode = json_encoder.encode
         publish = self.js.publish_async
         source = self._source
+        cap = payload_cap(self.nc)
         try:
             for i, event in enumerate(events):
                 headers = {
@@ -256,7 +257,7 @@ class Relay:
                     "Nats-Expected-Last-Sequence": str(first_seq + i),
                 }
                 payload = encode(event)
-                if len(payload) > self.nc.max_payload - PAYLOAD_HEADROOM:
+                if len(payload) > cap:
                     payload, headers[HEADER_TRIMMED] = trimmed_payload(event), "true"
                 futures.append(await publish(event_subject(prefix, event), payload, headers=headers))
         except (NatsError, OSError) as exc:

@@ -152,6 +152,18 @@ class _NodeRef(msgspec.Struct):
 _node_ref_decoder = msgspec.json.Decoder(_NodeRef)
 
 
+def payload_cap(nc: NATS) -> int:
+    """The largest envelope sent whole on NATS (and to push clients): the server's max_payload
+    less room for headers and framing. A larger one goes as ``trimmed_payload``."""
+    return int(nc.max_payload) - PAYLOAD_HEADROOM
+
+
+def capped_payload(event: RawEnvelope, cap: int) -> tuple[bytes, bool]:
+    """The envelope JSON, or its trimmed form when it is over ``cap``; and whether it was trimmed."""
+    payload = json_encoder.encode(event)
+    return (trimmed_payload(event), True) if len(payload) > cap else (payload, False)
+
+
 def trimmed_payload(event: RawEnvelope) -> bytes:
     """The envelope with its body replaced by a pointer to the full event (same hash and seq),
     for a body too large for one NATS message (sent with ``Flowledger-Trimmed: true``)."""
