@@ -50,6 +50,7 @@ from schemas.workflow import NodeSpec, RetryPolicy
 from service.domain.planner import Plan, plan
 from service.domain.run_document import node_document
 from service.domain.workflow_spec import WorkflowGraph
+from service.engine.nodes.expressions import config_expressions, resolve_config
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
 from service.store.event_store import ConcurrencyError, EventStore
 from service.store.run_queue import Claim, LeaseLost, RunQueue
@@ -262,11 +263,20 @@ class RunExecutor:
 
     # -- one node ----------------------------------------------------------------------------------
 
-    def _config(self, node_id: str) -> Any:
-        if node_id not in self._configs:
-            spec = self.graph.nodes[node_id]
-            self._configs[node_id] = self.registry.parse_config(spec.type, spec.config)
-        return self._configs[node_id]
+    def _config(self, node_id: str, document: dict[str, Any]) -> Any:
+        """The node's typed config: parsed once, or, when it holds ``$expr`` values, resolved over
+        this attempt's document and parsed each time. A config that does not parse fails the
+        attempt (``invalid_config``, not retried) instead of the run's executor."""
+        spec = self.graph.nodes[node_id]
+        try:
+            if node_id in self._configs:
+                return self._configs[node_id]
+            if not config_expressions(spec.config):
+                self._configs[node_id] = self.registry.parse_config(spec.type, spec.config)
+                return self._configs[node_id]
+            return self.registry.parse_config(spec.type, resolve_config(spec.config, document))
+        except (ValueError, LookupError) as exc:  # InvalidNodeConfig, ExpressionError, UnknownNodeType
+            raise NodeFailure("invalid_config", f"node {node_id}: {exc}", retryable=False) from None
 
     async def _reuse_events(self, fork: ForkOrigin) -> dict[str, list[Event]]:
         """For a fork: the events that record each reused (or overridden) node's parent result."""
@@ -396,7 +406,8 @@ class RunExecutor:
         data: NodeExecuteAfterData | None = None
         try:
             async with asyncio.timeout(spec.timeout_ms / 1000 if spec.timeout_ms else None):
-                output = await self.registry.execute(spec.type, self._config(node_id), ctx)
+                config = self._config(node_id, ctx.document)
+                output = await self.registry.execute(spec.type, config, ctx)
             data = output_event(node_id, attempt, output, self.limits.output_cap_bytes)
         except NodeFailure as exc:
             failure = exc

@@ -88,3 +88,52 @@ def is_truthy(value: Any) -> bool:
     if isinstance(value, str | list | tuple | dict):
         return len(value) > 0
     return True
+
+
+# -- expressions inside configs -------------------------------------------------------------------
+
+EXPR_KEY = "$expr"
+"""A config value ``{"$expr": "<JMESPath>"}`` is replaced by the expression's value over the
+node document before the handler runs."""
+
+
+def _expression_of(value: Any) -> str | None:
+    if isinstance(value, dict) and len(value) == 1 and EXPR_KEY in value:
+        expression = value[EXPR_KEY]
+        if not isinstance(expression, str):
+            raise ExpressionError(f"{EXPR_KEY} takes a JMESPath expression string, got {expression!r}")
+        return expression
+    return None
+
+
+def config_expressions(value: Any, path: str = "config") -> list[tuple[str, str]]:
+    """Every ``{"$expr": ...}`` in a config, as (where, expression); checks each one compiles."""
+    expression = _expression_of(value)
+    if expression is not None:
+        try:
+            compile_expression(expression)
+        except ExpressionError as exc:
+            raise ExpressionError(f"{path}: {exc}") from None
+        return [(path, expression)]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in config_expressions(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in config_expressions(v, f"{path}[{i}]")]
+    return []
+
+
+def resolve_config(value: Any, document: Any) -> Any:
+    """``value`` with each ``{"$expr": ...}`` replaced by its value over ``document`` (pure).
+
+    Raises :class:`ExpressionError` for a value that fails to evaluate (wrong argument types)."""
+    expression = _expression_of(value)
+    if expression is not None:
+        try:
+            return evaluate(expression, document)
+        except (jmespath_errors.JMESPathError, TypeError) as exc:
+            raise ExpressionError(f"{EXPR_KEY} {expression!r} failed: {exc}") from None
+    if isinstance(value, dict):
+        return {k: resolve_config(v, document) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_config(v, document) for v in value]
+    return value

@@ -25,6 +25,7 @@ import msgspec
 import structlog
 
 from schemas.events import NodeError
+from service.engine.nodes.expressions import ExpressionError, config_expressions
 
 ENTRY_POINT_GROUP = "flowledger.nodes"
 
@@ -186,8 +187,24 @@ class NodeRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._types
 
-    def check_config(self, name: str, config: dict[str, Any]) -> msgspec.Struct:
-        """``parse_config`` plus the type's registration check: what registering a workflow runs."""
+    def check_config(self, name: str, config: dict[str, Any]) -> msgspec.Struct | None:
+        """``parse_config`` plus the type's registration check: what registering a workflow runs.
+
+        A config with ``{"$expr": ...}`` values is only known at run time: its expressions must
+        compile and its keys must be fields of the type's config; the rest is checked when the
+        node runs (returns None then)."""
+        try:
+            dynamic = config_expressions(config)
+        except ExpressionError as exc:
+            raise InvalidNodeConfig(name, str(exc)) from None
+        if dynamic:
+            fields = set(self.get(name).config_type.__struct_fields__)
+            unknown = sorted(set(config) - fields)
+            if unknown:
+                raise InvalidNodeConfig(
+                    name, f"unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(fields))}"
+                )
+            return None
         parsed = self.parse_config(name, config)
         check = self.get(name).check
         if check is not None and (problem := check(parsed)) is not None:
