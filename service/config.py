@@ -62,6 +62,34 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the API (``flowledger serve --help`` names the flags)."""
+
+    enabled: bool = True
+    """Off only for a service bound to loopback (``serve --no-auth``): then everyone is the
+    default tenant's admin."""
+    jwt_secret: str | None = None
+    """HS256 shared secret: accept JWTs signed with it."""
+    jwt_public_key: str | None = None
+    """A PEM public key (inline or a file path): accept RS256/ES256 JWTs signed by its private key."""
+    jwt_jwks_url: str | None = None
+    """A JWKS URL: accept RS256/ES256 JWTs signed by any key it lists (cached; refetched on an unknown kid)."""
+    jwt_issuer: str | None = None
+    """The required ``iss`` claim (unchecked when unset)."""
+    jwt_audience: str | None = None
+    """The required ``aud`` claim (unchecked when unset)."""
+    jwt_tenant_claim: str = "tenant"
+    jwt_scope_claim: str = "scope"
+    """Space-separated string or a list of scopes."""
+    jwt_leeway_s: float = 30.0
+    """Clock skew tolerated on ``exp`` and ``nbf``."""
+    rate_limit_per_minute: int = 6000
+    """Requests per minute per credential (429 with Retry-After beyond); 0: no limit."""
+    session_ttl_s: int = 8 * 3600
+    """How long a console session cookie lasts."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs to start. ``None`` URLs mean: start the embedded server."""
 
@@ -89,6 +117,9 @@ class Settings:
     push_send_timeout_s: float = 5.0
     """How long a WebSocket client may leave its full queue unread before it is disconnected."""
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    secret_key: str | None = None
+    """Encrypts stored secrets (``FLOWLEDGER_SECRET_KEY``); unset: ``<home>/secret.key``, created once."""
 
     @classmethod
     def from_env(cls) -> Settings:

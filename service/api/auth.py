@@ -1,0 +1,192 @@
+"""Who is calling: every route but the public ones needs ``Authorization: Bearer <token>``.
+
+A token is an API key (``flk_<key_id>_<secret>``, ``store.keys``) or a JWT from an identity
+provider (HS256 with a shared secret, or RS256/ES256 with a PEM public key or a JWKS URL;
+issuer, audience, ``exp`` and ``nbf`` checked; tenant and scopes from configurable claims).
+The console's session cookie carries the same API key. The answer is a ``Principal``:
+the tenant every query is confined to, the scopes the route guard checks, and the actor
+recorded in the events the request causes.
+
+Errors: no or bad credential 401; missing scope 403 (``require_scope``). Objects of another
+tenant are 404s, decided where they are looked up, never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import jwt
+import structlog
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from service.config import AuthSettings
+from service.store.keys import KeyStore, parse_token
+
+log = structlog.get_logger(__name__)
+
+SCOPES: Final = ("workflows:read", "workflows:write", "runs:read", "runs:write", "audit", "admin")
+SESSION_COOKIE: Final = "flowledger_session"
+SCOPE_OPT: Final = "scope"
+"""The route ``opt`` key naming the scope a route needs."""
+PUBLIC_OPT: Final = "exclude_from_auth"
+"""The route ``opt`` key of the few public routes (health, readiness, the OpenAPI document, the
+console's static files): they return no tenant data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    scopes: frozenset[str]
+    actor: str
+    """``key:<key_id>`` for an API key, ``jwt:<sub>`` for a JWT: recorded as the ``actor`` of events."""
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+class Unauthenticated(NotAuthorizedException):
+    """401 with a ``WWW-Authenticate`` challenge and a detail a person can act on."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail=detail, headers={"WWW-Authenticate": 'Bearer realm="flowledger"'})
+
+
+class Authenticator:
+    """Turns a bearer token (or session cookie) into a ``Principal``."""
+
+    def __init__(self, keys: KeyStore, settings: AuthSettings) -> None:
+        self.keys = keys
+        self.settings = settings
+        self._jwks = (
+            jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+        )
+        self._public_key = _read_key(settings.jwt_public_key) if settings.jwt_public_key else None
+
+    async def principal(self, token: str) -> Principal:
+        parsed = parse_token(token)
+        if parsed is not None:
+            return await self._from_key(parsed.key_id, token)
+        if token.count(".") == 2 and self.jwt_enabled:
+            return await self._from_jwt(token)
+        raise Unauthenticated(
+            "the bearer token is neither a Flowledger API key (flk_...) nor an accepted JWT"
+        )
+
+    @property
+    def jwt_enabled(self) -> bool:
+        s = self.settings
+        return bool(s.jwt_secret or s.jwt_public_key or s.jwt_jwks_url)
+
+    async def _from_key(self, key_id: str, token: str) -> Principal:
+        parsed = parse_token(token)
+        assert parsed is not None
+        key = await self.keys.verify(parsed)
+        if key is None:
+            raise Unauthenticated("unknown API key (or a wrong secret for it)")
+        if key.revoked_at is not None:
+            raise Unauthenticated(f"API key {key_id} was revoked")
+        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+            raise Unauthenticated(f"API key {key_id} expired at {key.expires_at.isoformat()}")
+        return Principal(key.tenant, frozenset(key.scopes), f"key:{key.key_id}")
+
+    async def _from_jwt(self, token: str) -> Principal:
+        s = self.settings
+        try:
+            key, algorithms = await self._verification_key(token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=algorithms,
+                audience=s.jwt_audience,
+                issuer=s.jwt_issuer,
+                leeway=s.jwt_leeway_s,
+                options={"require": ["exp", "sub"], "verify_aud": s.jwt_audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"JWT refused: {exc}") from None
+        tenant = claims.get(s.jwt_tenant_claim)
+        if not isinstance(tenant, str) or not tenant:
+            raise Unauthenticated(f"JWT refused: no {s.jwt_tenant_claim!r} claim naming the tenant")
+        raw = claims.get(s.jwt_scope_claim, "")
+        scopes = (
+            raw.split() if isinstance(raw, str) else [str(x) for x in raw] if isinstance(raw, list) else []
+        )
+        return Principal(tenant, frozenset(scopes), f"jwt:{claims['sub']}")
+
+    async def _verification_key(self, token: str) -> tuple[Any, list[str]]:
+        """The key and the only algorithms it may verify: HS256 with the shared secret, RS256 or
+        ES256 with a public key (so an HS256 token "signed" with the public key never passes)."""
+        s = self.settings
+        if self._jwks is not None:
+            # PyJWKClient fetches over urllib (blocking) and refetches the set once on an unknown kid.
+            jwk = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            return jwk.key, [jwk.algorithm_name] if jwk.algorithm_name in ("RS256", "ES256") else [
+                "RS256",
+                "ES256",
+            ]
+        if self._public_key is not None:
+            return self._public_key, ["RS256", "ES256"]
+        return s.jwt_secret, ["HS256"]
+
+
+def _read_key(value: str) -> str:
+    """A PEM given inline, or the path of a PEM file."""
+    if "-----BEGIN" in value:
+        return value
+    with open(value, encoding="utf-8") as pem:
+        return pem.read()
+
+
+def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The credential of a request: the ``Authorization: Bearer`` header, else the session cookie."""
+    header = connection.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        return token.strip()
+    return connection.cookies.get(SESSION_COOKIE) or None
+
+
+class AuthMiddleware(AbstractAuthenticationMiddleware):
+    """Authenticates every request to a route not marked public; the ``Principal`` becomes
+    ``request.user``. With auth off (loopback only), everyone is the default tenant's admin."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        app_state = connection.app.state
+        authenticator: Authenticator | None = getattr(app_state, "authenticator", None)
+        if authenticator is None:  # auth disabled: `serve --no-auth`, refused off loopback
+            return AuthenticationResult(user=ANONYMOUS, auth=None)
+        token = bearer_token(connection)
+        if token is None:
+            raise Unauthenticated("this route needs a credential: send 'Authorization: Bearer <token>'")
+        return AuthenticationResult(user=await authenticator.principal(token), auth=token)
+
+
+ANONYMOUS = Principal("default", frozenset(SCOPES), "anonymous")
+"""Who calls when authentication is off (``serve --no-auth``, allowed on loopback only)."""
+
+
+def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard: the caller's credential must carry the route's scope (``opt["scope"]``). A route
+    that declares none is refused to everyone: forgetting to declare one fails closed."""
+    if handler.opt.get(PUBLIC_OPT):
+        return
+    needed = handler.opt.get(SCOPE_OPT)
+    principal = connection.user
+    if not isinstance(principal, Principal):
+        raise Unauthenticated("no credential")
+    if needed is None:
+        raise PermissionDeniedException(detail="this route declares no scope; it is closed")
+    if not principal.may(needed):
+        raise PermissionDeniedException(
+            detail=f"this route needs the {needed!r} scope; the credential has: {', '.join(sorted(principal.scopes)) or 'none'}"
+        )
