@@ -50,11 +50,9 @@ async def wait_ready(
     while True:
         if server is not None and server.done():
             error = server.exception() if not server.cancelled() else None
+            why = f"{error}; " if error else ""
             raise AssertionError(
-                f"the server at {client.base_url} stopped before it was ready "
-                f"({error!r} while /ready said: {last})"
-                if error
-                else f"the server at {client.base_url} stopped before it was ready (/ready said: {last})"
+                f"the server at {client.base_url} stopped before it was ready ({why}/ready said: {last})"
             )
         try:
             response = await client.get("/ready")
@@ -71,6 +69,17 @@ async def wait_ready(
         await asyncio.sleep(0.05)
 
 
+class ServerExited(Exception):
+    """uvicorn gave up (it calls ``sys.exit``): the app's start-up failed, or the port was taken."""
+
+
+async def _run(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # raised out of a task, it would end the test session's event loop
+        raise ServerExited(f"uvicorn exited with status {exc.code} (its log says why)") from None
+
+
 @contextlib.asynccontextmanager
 async def serve(
     app: Litestar, port: int, *, ready_timeout: float = READY_TIMEOUT_S
@@ -80,14 +89,20 @@ async def serve(
         app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(_run(server))
+    ready = False
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             await wait_ready(client, task, ready_timeout)
+            ready = True
             yield client
     finally:
         server.should_exit = True
-        await task
+        if ready:
+            await task
+        else:  # wait_ready has reported why
+            with contextlib.suppress(ServerExited):
+                await task
 
 
 @contextlib.asynccontextmanager
