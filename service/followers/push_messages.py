@@ -18,8 +18,13 @@ def push_message(envelope: dict[str, Any]) -> dict[str, Any] | None:
     run_id = envelope["run_id"]
     base = {"executionId": run_id, "workflowId": envelope["workflow_id"], "seq": envelope["seq"]}
     kind = envelope["type"]
-    if data.get("trimmed") is True and kind == "node_execute_after_data":
+    trimmed = data.get("trimmed") is True
+    if trimmed and kind == "node_execute_after_data":
         return trimmed_message(envelope, data.get("size_bytes", 0))
+    if trimmed:
+        # Any body can be over NATS' max payload (a huge error message): its fields are behind
+        # the URL, so the message says it is trimmed and where the whole event is.
+        base = {**base, "trimmed": True, "url": _event_url(envelope)}
     match kind:
         case "run_started":
             return {
@@ -35,7 +40,7 @@ def push_message(envelope: dict[str, Any]) -> dict[str, Any] | None:
                 "type": "nodeExecuteBefore",
                 "data": {
                     **base,
-                    "nodeName": data["node_id"],
+                    "nodeName": data.get("node_id"),
                     "data": {"startTime": envelope["recorded_at"], "attempt": data.get("attempt", 1)},
                 },
             }
@@ -45,9 +50,9 @@ def push_message(envelope: dict[str, Any]) -> dict[str, Any] | None:
                 "type": "nodeExecuteAfter",
                 "data": {
                     **base,
-                    "nodeName": data["node_id"],
+                    "nodeName": data.get("node_id"),
                     "data": {
-                        "executionStatus": _n8n_status.get(data["status"], data["status"]),
+                        "executionStatus": _n8n_status.get(data.get("status"), data.get("status")),
                         "executionTime": data.get("duration_ms", 0),
                         "itemCount": data.get("item_count", 0),
                         "attempt": data.get("attempt", 1),
@@ -60,18 +65,18 @@ def push_message(envelope: dict[str, Any]) -> dict[str, Any] | None:
                 "type": "nodeExecuteAfterData",
                 "data": {
                     **base,
-                    "nodeName": data["node_id"],
+                    "nodeName": data.get("node_id"),
                     "data": data.get("output"),
                     "marker": data.get("marker"),
                 },
             }
         case "run_finished" | "run_cancelled":
-            status = "cancelled" if kind == "run_cancelled" else data["status"]
+            status = "cancelled" if kind == "run_cancelled" else data.get("status")
             return {
                 "type": "executionFinished",
                 "data": {
                     **base,
-                    "status": _n8n_status.get(status, status),
+                    "status": _n8n_status.get(status, status) if status else None,
                     "error": data.get("error") or data.get("reason"),
                 },
             }
@@ -89,9 +94,14 @@ def trimmed_message(envelope: dict[str, Any], size_bytes: int) -> dict[str, Any]
             "nodeName": data.get("node_id"),
             "trimmed": True,
             "sizeBytes": size_bytes,
-            "url": f"/v1/runs/{envelope['run_id']}/events?after_seq={envelope['seq'] - 1}&limit=1",
+            "url": _event_url(envelope),
         },
     }
+
+
+def _event_url(envelope: dict[str, Any]) -> str:
+    """The REST URL that returns exactly this one event."""
+    return f"/v1/runs/{envelope['run_id']}/events?after_seq={envelope['seq'] - 1}&limit=1"
 
 
 def encode_message(envelope_json: bytes) -> bytes | None:

@@ -173,12 +173,6 @@ def test_an_output_the_relay_trimmed_is_pushed_as_a_pointer_to_the_event() -> No
 
 def _trimmed_cases() -> list[Any]:
     huge = "e" * 2_000_000  # e.g. an exception message: over NATS' default 1 MB max payload
-    bug = pytest.mark.xfail(
-        strict=True,
-        raises=KeyError,
-        reason="push_message reads data['status'] of a relay-trimmed body (which has none): the "
-        "run's WebSocket pump task dies and its client never gets executionFinished",
-    )
     return [
         pytest.param(RunQueued(workflow_version="v", inputs={"blob": huge}), id="run_queued"),
         pytest.param(NodeExecuteBefore(node_id="a", node_type="python", attempt=2), id="node_execute_before"),
@@ -190,12 +184,10 @@ def _trimmed_cases() -> list[Any]:
                 error=NodeError(kind="ValueError", message=huge),
             ),
             id="node_execute_after",
-            marks=bug,
         ),
         pytest.param(
             RunFinished(status="failed", error=f"node a failed (ValueError: {huge})"),
             id="run_finished",
-            marks=bug,
         ),
         pytest.param(RunCancelled(reason=huge), id="run_cancelled"),
     ]
@@ -210,3 +202,6 @@ def test_a_body_the_relay_trimmed_still_gets_its_message_type(event: Event) -> N
     assert (message and message["type"]) == expected
     if message is not None:
         assert message["data"]["executionId"] == str(envelope.run_id) and message["data"]["seq"] == 2
+        if envelope.type != "node_execute_before":  # a small body is never trimmed
+            assert message["data"]["trimmed"] is True
+            assert message["data"]["url"] == f"/v1/runs/{envelope.run_id}/events?after_seq=1&limit=1"
