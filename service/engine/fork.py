@@ -86,7 +86,7 @@ async def start_fork(
     if not parent.ended:
         raise ForkError(f"run {parent_run_id} is still {parent.status}; fork it once it has ended")
     version = parent.workflow_version if workflow_version is None else workflow_version
-    stored = await workflows.get(parent.workflow_id, version)
+    stored = await workflows.get(parent.workflow_id, version, tenant=parent.tenant)
     origin = plan_fork(
         parent, build_graph(stored.spec), from_node=from_node, from_failure=from_failure, overrides=overrides
     )

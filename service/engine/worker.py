@@ -58,7 +58,7 @@ class Worker:
         self.executors: dict[UUID, RunExecutor] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._graphs: dict[tuple[str, str], WorkflowGraph] = {}
+        self._graphs: dict[tuple[str, str, str], WorkflowGraph] = {}
         self.completed = 0
 
     async def run(self) -> None:
@@ -149,10 +149,11 @@ class Worker:
         self._tasks[claim.run_id] = asyncio.create_task(self._execute(claim), name=f"run:{claim.run_id}")
 
     async def _graph(self, claim: Claim) -> WorkflowGraph:
-        key = (claim.workflow_id, claim.workflow_version)
+        key = (claim.tenant, claim.workflow_id, claim.workflow_version)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = build_graph(await self.workflows.spec(*key))
+            spec = await self.workflows.spec(claim.workflow_id, claim.workflow_version, tenant=claim.tenant)
+            graph = build_graph(spec)
             self._graphs[key] = graph
         return graph
 

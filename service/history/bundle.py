@@ -188,7 +188,7 @@ async def collect_runs(
         registered_at: datetime | None = None
         if version:
             try:
-                stored = await workflows.get(first.workflow_id, version)
+                stored = await workflows.get(first.workflow_id, version, tenant=first.tenant)
                 spec, registered_at = stored.spec, stored.created_at
             except UnknownWorkflow:
                 pass
@@ -613,10 +613,12 @@ async def _register_versions_txn(
     source's registration time is kept instead (the time of import only when the
     bundle does not carry one).
     """
-    versions = {(r.run.workflow_id, r.run.workflow_version): r.run for r in runs if r.run.spec is not None}
-    for (workflow_id, version), run in versions.items():
+    versions = {
+        (r.run.tenant, r.run.workflow_id, r.run.workflow_version): r.run for r in runs if r.run.spec is not None
+    }
+    for (tenant, workflow_id, version), run in versions.items():
         created = await register_version_txn(
-            conn, workflow_id, version, run.spec, run.spec_registered_at, schema=schema
+            conn, tenant, workflow_id, version, run.spec, run.spec_registered_at, schema=schema
         )
         result.workflows_registered += 1
         result.workflows_new += int(created)

@@ -45,6 +45,7 @@ async def event_id_users(
 
 async def register_version_txn(
     conn: Conn,
+    tenant: str,
     workflow_id: str,
     version: str,
     spec: WorkflowSpec | None,
@@ -57,9 +58,10 @@ async def register_version_txn(
     Returns whether it was new. Runs in the caller's transaction.
     """
     created = await conn.fetchval(
-        f'INSERT INTO "{schema}".workflows (workflow_id, version, spec, created_at) '
-        "VALUES ($1, $2, $3, coalesce($4, clock_timestamp())) "
-        "ON CONFLICT (workflow_id, version) DO NOTHING RETURNING true",
+        f'INSERT INTO "{schema}".workflows (tenant, workflow_id, version, spec, created_at, registered_by) '
+        "VALUES ($1, $2, $3, $4, coalesce($5, clock_timestamp()), 'import') "
+        "ON CONFLICT (tenant, workflow_id, version) DO NOTHING RETURNING true",
+        tenant,
         workflow_id,
         version,
         msgspec.json.encode(spec),

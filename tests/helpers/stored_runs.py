@@ -32,6 +32,9 @@ SPEC = WorkflowSpec(
     id="orders",
     nodes=[NodeSpec(id="fetch", type="noop"), NodeSpec(id="notify", type="noop")],
 )
+TENANT = "acme"
+"""The tenant every stored run here belongs to."""
+
 VERSION = spec_version(SPEC)
 
 
@@ -60,7 +63,7 @@ async def append_run(
     run_id = run_id or uuid.uuid4()
     seq = 0
     for batch in batches:
-        await store.append(run_id, batch, seq, tenant="acme", workflow_id=workflow_id)
+        await store.append(run_id, batch, seq, tenant=TENANT, workflow_id=workflow_id)
         seq += len(batch)
     return run_id
 
@@ -102,7 +105,7 @@ async def write_orders(url: str, runs: int = 0, tamper: tuple[UUID, int] | None 
             if tamper is not None:
                 await tamper_row(conn, "flowledger", *tamper)
         if runs:
-            await WorkflowStore(pool).register(SPEC)
+            await WorkflowStore(pool).register(SPEC, tenant=TENANT)
         async with started_store(pool, "flowledger") as store:
             written = [await append_run(store, orders_history()) for _ in range(runs)]
             async with pool.acquire() as conn:

@@ -42,6 +42,7 @@ from tests.helpers.databases import scratch_database_sync
 from tests.helpers.servers import Servers
 from tests.helpers.stored_runs import (
     SPEC,
+    TENANT,
     VERSION,
     append_run,
     orders_history,
@@ -152,7 +153,7 @@ async def test_export_verify_import_round_trips_and_reimport_writes_nothing(
     store: EventStore, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     source_workflows = WorkflowStore(pool, schema=store.schema)
-    registered, _ = await source_workflows.register(SPEC)
+    registered, _ = await source_workflows.register(SPEC, tenant=TENANT)
     runs = [await append_run(store, orders_history()) for _ in range(2)]
     runs.append(await append_run(store, orders_history("unregistered"), workflow_id="adhoc"))
     exported = await collect_runs(store, source_workflows, runs)
@@ -165,16 +166,16 @@ async def test_export_verify_import_round_trips_and_reimport_writes_nothing(
     async with scratch_schema(pool, prefix="t_target") as target:
         workflows = WorkflowStore(pool, schema=target)
         newer = WorkflowSpec(id="orders", nodes=[NodeSpec(id="fetch", type="noop")])
-        await workflows.register(newer)  # the target's own, newer version of the workflow
+        await workflows.register(newer, tenant=TENANT)  # the target's own, newer version
         result = await import_bundle(pool, check, schema=target)
         assert (result.new_runs, result.events_written, result.workflows_new) == (runs, 27, 1)
         # The imported version keeps its registration time: it does not become the latest.
-        assert (await workflows.get("orders", VERSION)).created_at == registered.created_at
-        assert (await workflows.get("orders")).spec == newer
+        assert (await workflows.get("orders", VERSION, tenant=TENANT)).created_at == registered.created_at
+        assert (await workflows.get("orders", tenant=TENANT)).spec == newer
         target_store = EventStore(pool, schema=target)
         for run_id in runs:
             assert _stored(await target_store.read_run(run_id)) == _stored(await store.read_run(run_id))
-        assert (await workflows.get("orders", VERSION)).spec == SPEC
+        assert (await workflows.get("orders", VERSION, tenant=TENANT)).spec == SPEC
         async with pool.acquire() as conn:
             assert (await audit_log(target_store, conn)).problems == []
 
