@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -92,11 +93,31 @@ def api_url(ctx: click.Context) -> str:
     return default_api_url(os.environ)
 
 
+ADMIN_TOKEN_FILE = "admin.token"
+"""Written by the first ``serve`` (mode 0600): the default tenant's admin key."""
+
+
+def client_token(ctx: click.Context) -> str | None:
+    """``--token`` / ``FLOWLEDGER_TOKEN``, else the admin token ``serve`` wrote under the home."""
+    given: str | None = ctx.find_root().params.get("token")
+    if given:
+        return given.strip()
+    settings = ctx.find_object(Settings)
+    if settings is None:
+        return None
+    try:
+        return (Path(settings.home) / ADMIN_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def api_client(ctx: click.Context) -> httpx.Client:
-    """An HTTP client of the service's API (``--api-url``)."""
+    """An HTTP client of the service's API (``--api-url``), carrying the credential."""
     settings = ctx.find_object(Settings)
     quiet_http_client_logs(settings.log_level if settings is not None else "info")
-    return httpx.Client(base_url=api_url(ctx).rstrip("/"), timeout=30)
+    token = client_token(ctx)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=api_url(ctx).rstrip("/"), timeout=30, headers=headers)
 
 
 def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:

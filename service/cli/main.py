@@ -11,6 +11,7 @@ import click
 
 from schemas.names import STREAM_NAME, SUBJECT_PREFIX
 from service.cli._common import api_url, reader_may_leave, run_async, settings_of
+from service.cli.access import keys, secrets
 from service.cli.admin import projections
 from service.cli.audit import audit, export_bundle, import_bundle_command, verify_bundle_command
 from service.cli.client import cancel, events, history, lineage, metrics, run, runs, workflows
@@ -71,6 +72,21 @@ T = TypeVar("T")
     "Unset: http://FLOWLEDGER_HTTP_HOST:FLOWLEDGER_HTTP_PORT (127.0.0.1:8000), where serve listens.",
 )
 @click.option(
+    "--token",
+    envvar="FLOWLEDGER_TOKEN",
+    show_envvar=True,
+    default=None,
+    help="Credential of the client commands (an API key or a JWT). Unset: <home>/admin.token, "
+    "written by the first `serve`.",
+)
+@click.option(
+    "--secret-key",
+    envvar="FLOWLEDGER_SECRET_KEY",
+    show_envvar=True,
+    default=None,
+    help="Key that encrypts stored secrets (serve and `secrets`). Unset: <home>/secret.key, created once.",
+)
+@click.option(
     "--home",
     envvar=ENV_HOME,
     show_envvar=True,
@@ -101,6 +117,8 @@ def cli(
     nats_stream: str,
     nats_subject_prefix: str,
     api_url: str | None,
+    token: str | None,
+    secret_key: str | None,
     home: Path,
     log_format: str,
     log_level: str,
@@ -115,6 +133,7 @@ def cli(
         home=home,
         log_format=log_format,
         log_level=log_level,
+        secret_key=secret_key or None,
     )
 
 
@@ -449,6 +468,8 @@ cli.add_command(events)
 cli.add_command(cancel)
 cli.add_command(projections)
 cli.add_command(runs)
+cli.add_command(keys)
+cli.add_command(secrets)
 cli.add_command(lineage)
 cli.add_command(metrics)
 cli.add_command(history)
