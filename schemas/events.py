@@ -55,6 +55,9 @@ class RunQueued(_Event, frozen=True, tag="run_queued"):
     node_count: int = 0
     """Nodes in the workflow version (read models derive progress from it)."""
     fork: ForkOrigin | None = None
+    actor: str = ""
+    """Who queued the run: ``key:<key_id>``, ``jwt:<sub>``, ``schedule:<id>``, ``anonymous``
+    (auth off); empty in events recorded before actors were."""
 
 
 class RunStarted(_Event, frozen=True, tag="run_started"):
@@ -128,11 +131,14 @@ class RunWaiting(_Event, frozen=True, tag="run_waiting"):
 
 class RunResumed(_Event, frozen=True, tag="run_resumed"):
     reason: str = ""
+    actor: str = ""
+    """Who resumed it (e.g. the credential that sent a signal)."""
 
 
 class RunCancelRequested(_Event, frozen=True, tag="run_cancel_requested"):
     reason: str = ""
     requested_by: str = ""
+    """The actor who asked (``key:<key_id>``, ``jwt:<sub>``, ...)."""
 
 
 class RunCancelled(_Event, frozen=True, tag="run_cancelled"):

@@ -21,11 +21,14 @@ class RunAlreadyEnded(RuntimeError):
         self.status = status
 
 
-async def request_cancel(queue: RunQueue, run_id: UUID, reason: str, requested_by: str = "api") -> RunState:
+async def request_cancel(
+    queue: RunQueue, run_id: UUID, reason: str, requested_by: str = "api", *, tenant: str | None = None
+) -> RunState:
     """Append ``run_cancel_requested`` (once) and wake the worker holding the run.
 
     Idempotent: a second request for a run already being cancelled changes
-    nothing. Raises ``UnknownRun`` or ``RunAlreadyEnded``.
+    nothing. Raises ``UnknownRun`` (also for a run of another tenant than ``tenant``)
+    or ``RunAlreadyEnded``.
     """
     store = queue.store
     while True:
@@ -33,6 +36,8 @@ async def request_cancel(queue: RunQueue, run_id: UUID, reason: str, requested_b
         if not events:
             raise UnknownRun(f"no run {run_id}")
         state = fold_raw(events)
+        if tenant is not None and state.tenant != tenant:
+            raise UnknownRun(f"no run {run_id}")
         if state.ended:
             raise RunAlreadyEnded(run_id, state.status)
         if state.cancel_requested:

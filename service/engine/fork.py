@@ -77,12 +77,19 @@ async def start_fork(
     from_failure: bool = False,
     overrides: dict[str, Any] | None = None,
     workflow_version: str | None = None,
+    actor: str = "",
+    tenant: str | None = None,
 ) -> tuple[Enqueued, StoredWorkflow, ForkOrigin]:
-    """Queue a fork of a finished run; returns (the new run, its workflow version, the fork plan)."""
+    """Queue a fork of a finished run; returns (the new run, its workflow version, the fork plan).
+
+    ``tenant``: the caller's; a parent of another tenant is as unknown as a missing one.
+    ``actor`` is recorded in the fork's ``run_queued``."""
     events = await queue.store.read_run(parent_run_id)
     if not events:
         raise LookupError(f"no run {parent_run_id}")
     parent = fold_raw(events)
+    if tenant is not None and parent.tenant != tenant:
+        raise LookupError(f"no run {parent_run_id}")
     if not parent.ended:
         raise ForkError(f"run {parent_run_id} is still {parent.status}; fork it once it has ended")
     version = parent.workflow_version if workflow_version is None else workflow_version
@@ -98,5 +105,6 @@ async def start_fork(
         parent_run_id=str(parent_run_id),
         node_count=len(stored.spec.nodes),
         fork=origin,
+        actor=actor,
     )
     return enqueued, stored, origin

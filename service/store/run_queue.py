@@ -107,6 +107,7 @@ class RunQueue:
         run_id: UUID | None = None,
         node_count: int = 0,
         fork: ForkOrigin | None = None,
+        actor: str = "",
     ) -> Enqueued:
         """Queue a run: its row and its ``run_queued`` event commit together.
 
@@ -120,6 +121,7 @@ class RunQueue:
             parent_run_id=parent_run_id,
             node_count=node_count,
             fork=fork,
+            actor=actor,
         )
 
         async def queue_row_txn(conn: Conn) -> None:
