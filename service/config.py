@@ -40,7 +40,10 @@ def default_api_url(env: Mapping[str, str]) -> str:
 
 
 DEFAULT_TENANT = "default"
-"""The tenant of every request until authentication assigns one."""
+"""The tenant of the bootstrap admin key, and of every request when authentication is off."""
+
+ALL_SCOPES = ("workflows:read", "workflows:write", "runs:read", "runs:write", "audit", "admin")
+"""Every scope a credential can carry."""
 
 
 @dataclass(frozen=True)

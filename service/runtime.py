@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
-from service.config import Settings
+from service.config import ALL_SCOPES, DEFAULT_TENANT, Settings
 from service.engine.nodes import NodeRegistry, default_registry
 from service.engine.worker import Worker
 from service.followers.projection_service import ProjectionService
@@ -30,12 +31,15 @@ from service.followers.push import PushHub
 from service.followers.relay import Relay
 from service.infra.db import DatabaseUnavailable, create_pool, ping
 from service.infra.embedded import EmbeddedServerError, EmbeddedServers
+from service.infra.keyfile import load_secret_key, write_admin_token
 from service.infra.migrations import MigrationError, apply_migrations
 from service.infra.nats import MessagingUnavailable, connect_nats, ensure_stream, stream_config
 from service.retry import supervised
 from service.store.event_store import EventStore
+from service.store.keys import KeyStore
 from service.store.read_models import ReadModels
 from service.store.run_queue import RunQueue
+from service.store.secrets import SecretStore
 from service.store.workflow_store import WorkflowStore
 from service.urls import mask_url
 
@@ -76,6 +80,9 @@ class Runtime:
         self.workflows: WorkflowStore
         self.queue: RunQueue
         self.registry: NodeRegistry = default_registry()
+        self.keys: KeyStore
+        self._secrets: SecretStore | None = None
+        self.admin_token_written: Path | None = None
         self.worker: Worker | None = None
         self.projections: ProjectionService | None = None
         self.read_models: ReadModels
@@ -102,6 +109,8 @@ class Runtime:
         self.workflows = WorkflowStore(self.pool)
         self.queue = RunQueue(self.store)
         self.read_models = ReadModels(self.store)
+        self.keys = KeyStore(self.pool)
+        self.admin_token_written = await self._bootstrap_admin_key()
 
         self.nats_url = await asyncio.to_thread(self._embedded.nats_url, settings.nats_url)
         self.nats = await connect_nats(self.nats_url, on_reconnect=self._nats_reconnected)
@@ -129,8 +138,36 @@ class Runtime:
                 asyncio.create_task(supervised("projections", self.projections.run), name="projections")
             )
         if settings.worker_enabled if worker is None else worker:
-            self.worker = Worker(self.store, self.queue, self.workflows, self.registry, settings.worker)
+            self.worker = Worker(
+                self.store,
+                self.queue,
+                self.workflows,
+                self.registry,
+                settings.worker,
+                secrets=self.reveal_secrets,
+            )
             self._tasks.append(asyncio.create_task(supervised("worker", self.worker.run), name="worker"))
+
+    async def _bootstrap_admin_key(self) -> Path | None:
+        """On a first start with auth on and no key at all: an admin key for the default tenant,
+        its token written to ``<home>/admin.token`` (0600) for the client commands. Returns the
+        file written, if one was."""
+        if not self.settings.auth.enabled or await self.keys.any():
+            return None
+        _key, token = await self.keys.create(
+            tenant=DEFAULT_TENANT, scopes=list(ALL_SCOPES), created_by="bootstrap"
+        )
+        path = await asyncio.to_thread(write_admin_token, self.settings.home, token)
+        log.info("admin_token_written", path=str(path), tenant=DEFAULT_TENANT)
+        return path
+
+    async def reveal_secrets(self, tenant: str, names: set[str]) -> dict[str, str]:
+        """The tenant's secrets ``names``, decrypted (the key is loaded on first use)."""
+        if self._secrets is None:
+            assert self.pool is not None
+            key = await asyncio.to_thread(load_secret_key, self.settings.secret_key, self.settings.home)
+            self._secrets = SecretStore(self.pool, key)
+        return await self._secrets.reveal(tenant, names)
 
     async def live_readiness(self) -> Readiness:
         """Readiness as of now: start-up done, and PostgreSQL, NATS and every background task

@@ -25,12 +25,12 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from service.config import AuthSettings
+from service.config import ALL_SCOPES, AuthSettings
 from service.store.keys import KeyStore, parse_token
 
 log = structlog.get_logger(__name__)
 
-SCOPES: Final = ("workflows:read", "workflows:write", "runs:read", "runs:write", "audit", "admin")
+SCOPES: Final = ALL_SCOPES
 SESSION_COOKIE: Final = "flowledger_session"
 SCOPE_OPT: Final = "scope"
 """The route ``opt`` key naming the scope a route needs."""

@@ -18,6 +18,7 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from service.config import Settings, default_api_url
+from service.infra.keyfile import ADMIN_TOKEN_FILE
 from service.logs import quiet_http_client_logs
 
 T = TypeVar("T")
@@ -91,10 +92,6 @@ def api_url(ctx: click.Context) -> str:
     if given and root.get_parameter_source("api_url") is not ParameterSource.DEFAULT:
         return given
     return default_api_url(os.environ)
-
-
-ADMIN_TOKEN_FILE = "admin.token"
-"""Written by the first ``serve`` (mode 0600): the default tenant's admin key."""
 
 
 def client_token(ctx: click.Context) -> str | None:

@@ -16,12 +16,13 @@ import click
 
 from service.cli._common import console, run_async, settings_of
 from service.cli._output import Column, format_option, print_items
+from service.config import ALL_SCOPES
 from service.infra.keyfile import load_secret_key
 from service.runtime import log_database
 from service.store.keys import KeyStore
 from service.store.secrets import SecretStore, UnknownSecret
 
-SCOPE_CHOICES = ("workflows:read", "workflows:write", "runs:read", "runs:write", "audit", "admin")
+SCOPE_CHOICES = ALL_SCOPES
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,12 +50,21 @@ from schemas.workflow import NodeSpec, RetryPolicy
 from service.domain.planner import Plan, plan
 from service.domain.run_document import node_document
 from service.domain.workflow_spec import WorkflowGraph
-from service.engine.nodes.expressions import config_expressions, resolve_config
+from service.engine.nodes.config_values import (
+    SECRET_KEY,
+    dynamic_values,
+    redact,
+    redact_output,
+    resolve_config,
+)
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
 from service.store.event_store import ConcurrencyError, EventStore
 from service.store.run_queue import Claim, LeaseLost, RunQueue
 
 log = structlog.get_logger(__name__)
+
+SecretReader = Callable[[str, set[str]], Awaitable[dict[str, str]]]
+"""(tenant, names) -> values: the run's tenant's secrets, decrypted (``SecretStore.reveal``)."""
 
 DEFAULT_OUTPUT_CAP_BYTES = 5 * 1024 * 1024
 
@@ -138,8 +147,10 @@ class RunExecutor:
         worker_id: str,
         node_slots: asyncio.Semaphore,
         limits: ExecutionLimits = ExecutionLimits(),
+        secrets: SecretReader | None = None,
     ) -> None:
         self.store = store
+        self.secrets = secrets
         self.queue = queue
         self.registry = registry
         self.graph = graph
@@ -263,20 +274,35 @@ class RunExecutor:
 
     # -- one node ----------------------------------------------------------------------------------
 
-    def _config(self, node_id: str, document: dict[str, Any]) -> Any:
-        """The node's typed config: parsed once, or, when it holds ``$expr`` values, resolved over
-        this attempt's document and parsed each time. A config that does not parse fails the
-        attempt (``invalid_config``, not retried) instead of the run's executor."""
+    async def _config(self, node_id: str, document: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+        """The node's typed config for this attempt, and the secrets it named (name -> value).
+
+        A static config is parsed once; one with ``$expr`` / ``$secret`` values is resolved over
+        this attempt's document (and the run's tenant's secrets) and parsed each time, and is
+        never stored. A config that does not resolve or parse fails the attempt
+        (``invalid_config``, or ``unknown_secret``; not retried) instead of the run's executor."""
         spec = self.graph.nodes[node_id]
+        if node_id in self._configs:
+            return self._configs[node_id], {}
         try:
-            if node_id in self._configs:
-                return self._configs[node_id]
-            if not config_expressions(spec.config):
+            dynamic = dynamic_values(spec.config)
+            if not dynamic:
                 self._configs[node_id] = self.registry.parse_config(spec.type, spec.config)
-                return self._configs[node_id]
-            return self.registry.parse_config(spec.type, resolve_config(spec.config, document))
+                return self._configs[node_id], {}
+            names = {argument for _where, kind, argument in dynamic if kind == SECRET_KEY}
+            secrets = await self._reveal(names) if names else {}
+            resolved = resolve_config(spec.config, document, secrets)
+            return self.registry.parse_config(spec.type, resolved), secrets
         except (ValueError, LookupError) as exc:  # InvalidNodeConfig, ExpressionError, UnknownNodeType
             raise NodeFailure("invalid_config", f"node {node_id}: {exc}", retryable=False) from None
+
+    async def _reveal(self, names: set[str]) -> dict[str, str]:
+        if self.secrets is None:
+            raise NodeFailure("unknown_secret", "this service has no secret store", retryable=False)
+        try:
+            return await self.secrets(self.claim.tenant, names)
+        except LookupError as exc:  # UnknownSecret: the message names it, never a value
+            raise NodeFailure("unknown_secret", str(exc), retryable=False) from None
 
     async def _reuse_events(self, fork: ForkOrigin) -> dict[str, list[Event]]:
         """For a fork: the events that record each reused (or overridden) node's parent result."""
@@ -406,13 +432,21 @@ class RunExecutor:
         data: NodeExecuteAfterData | None = None
         try:
             async with asyncio.timeout(spec.timeout_ms / 1000 if spec.timeout_ms else None):
-                config = self._config(node_id, ctx.document)
+                config, secrets = await self._config(node_id, ctx.document)
+                if secrets:
+                    ctx = msgspec.structs.replace(ctx, secrets=secrets)
                 output = await self.registry.execute(spec.type, config, ctx)
-            data = output_event(node_id, attempt, output, self.limits.output_cap_bytes)
+            data = output_event(
+                node_id, attempt, redact_output(output, ctx.secrets), self.limits.output_cap_bytes
+            )
         except NodeFailure as exc:
             failure = exc
         except TimeoutError:
             failure = NodeFailure("timeout", f"node {node_id} did not finish within {spec.timeout_ms} ms")
+        if failure is not None and ctx.secrets:
+            failure = NodeFailure(
+                failure.kind, redact(failure.message, ctx.secrets), retryable=failure.retryable
+            )
         return data, failure
 
     async def _record_failure(

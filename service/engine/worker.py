@@ -20,7 +20,7 @@ import structlog
 
 from service.config import WorkerSettings
 from service.domain.workflow_spec import WorkflowGraph, build_graph
-from service.engine.executor import ExecutionLimits, RunExecutor
+from service.engine.executor import ExecutionLimits, RunExecutor, SecretReader
 from service.engine.nodes.registry import NodeRegistry
 from service.infra.db import is_retryable
 from service.infra.listen import listen
@@ -46,8 +46,10 @@ class Worker:
         registry: NodeRegistry,
         settings: WorkerSettings | None = None,
         worker_id: str | None = None,
+        secrets: SecretReader | None = None,
     ) -> None:
         self.store = store
+        self.secrets = secrets
         self.queue = queue
         self.workflows = workflows
         self.registry = registry
@@ -170,6 +172,7 @@ class Worker:
                 worker_id=self.worker_id,
                 node_slots=self.node_slots,
                 limits=self.limits,
+                secrets=self.secrets,
             )
             self.executors[claim.run_id] = executor
             await executor.execute()

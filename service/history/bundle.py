@@ -614,7 +614,9 @@ async def _register_versions_txn(
     bundle does not carry one).
     """
     versions = {
-        (r.run.tenant, r.run.workflow_id, r.run.workflow_version): r.run for r in runs if r.run.spec is not None
+        (r.run.tenant, r.run.workflow_id, r.run.workflow_version): r.run
+        for r in runs
+        if r.run.spec is not None
     }
     for (tenant, workflow_id, version), run in versions.items():
         created = await register_version_txn(

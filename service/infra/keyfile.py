@@ -1,4 +1,4 @@
-"""The service's secret-encryption key: from ``FLOWLEDGER_SECRET_KEY``, else a file under the home
+"""Files of credentials under the home. The service's secret-encryption key: from ``FLOWLEDGER_SECRET_KEY``, else a file under the home
 (created once, mode 0600). Losing it makes the stored secrets unreadable: back it up."""
 
 from __future__ import annotations
@@ -47,3 +47,20 @@ def _check(key: bytes, where: str) -> None:
             f"{where} is not a secret key (32 bytes, urlsafe base64; make one with "
             "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)"
         ) from None
+
+
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def write_admin_token(home: Path, token: str) -> Path:
+    """``<home>/admin.token``, readable by its owner only (0600), replacing any older one."""
+    path = Path(home).expanduser().resolve() / ADMIN_TOKEN_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise SecretKeyError(f"cannot write the admin token to {path}: {exc.strerror or exc}") from exc
+    return path

@@ -9,8 +9,8 @@ import asyncpg
 import msgspec
 
 from schemas.names import DB_SCHEMA
-from service.config import DEFAULT_TENANT
 from schemas.workflow import WorkflowSpec, spec_version
+from service.config import DEFAULT_TENANT
 
 _spec_decoder = msgspec.json.Decoder(WorkflowSpec)
 

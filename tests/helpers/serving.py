@@ -11,16 +11,18 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import asyncpg
 import httpx
 import uvicorn
 from litestar import Litestar
 
 from service.api.app import create_app
-from service.config import Settings
+from service.config import ALL_SCOPES, Settings
 from service.infra.nats import connect_nats
+from service.store.keys import KeyStore
 from tests.helpers.databases import scratch_database
 from tests.helpers.servers import Servers
 
@@ -112,7 +114,9 @@ async def serve_app(
     """The service app (``create_app``) served on a free port, with a JetStream stream of its own.
 
     ``own_database``: a fresh database, so no other app's worker can take its runs.
-    ``overrides``: further ``Settings`` fields.
+    ``overrides``: further ``Settings`` fields (``home`` defaults to the test session's).
+    The client carries an admin key of the default tenant (``Authorization: Bearer``);
+    ``api_key`` makes keys of other tenants or scopes for the same service.
     """
     async with contextlib.AsyncExitStack() as stack:
         database_url = servers.database_url
@@ -126,11 +130,23 @@ async def serve_app(
             http_port=port,
             nats_stream=f"API_{token}",  # its own stream: other logs on a shared NATS cannot interfere
             nats_subject_prefix=f"api{token}.events",
-            **overrides,
+            **{"home": servers.home, **overrides},
         )
         stack.push_async_callback(delete_stream, servers.nats_url, settings.nats_stream)
         client = await stack.enter_async_context(serve(create_app(settings), port))
+        client.headers["Authorization"] = f"Bearer {await api_key(database_url, 'default', ALL_SCOPES)}"
+        client.database_url = database_url  # type: ignore[attr-defined]  # for tests that make more keys
         yield client
+
+
+async def api_key(database_url: str, tenant: str, scopes: Sequence[str]) -> str:
+    """A new API key's token for ``tenant`` with ``scopes``, in the database at ``database_url``."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        _key, token = await KeyStore(pool).create(tenant=tenant, scopes=list(scopes), created_by="test")
+    finally:
+        await pool.close()
+    return token
 
 
 async def delete_stream(nats_url: str, name: str) -> None:

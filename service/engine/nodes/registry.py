@@ -25,7 +25,8 @@ import msgspec
 import structlog
 
 from schemas.events import NodeError
-from service.engine.nodes.expressions import ExpressionError, config_expressions
+from service.engine.nodes.config_values import dynamic_values, redact
+from service.engine.nodes.expressions import ExpressionError
 
 ENTRY_POINT_GROUP = "flowledger.nodes"
 
@@ -86,6 +87,12 @@ class NodeContext(msgspec.Struct, frozen=True):
     attempt: int  # 1-based
     # {"inputs": <run inputs>, "nodes": {<upstream node id>: <its output>, ...}}
     document: dict[str, Any]
+    secrets: dict[str, str] = {}
+    """The secrets this attempt's config named (name -> value): redacted from whatever the
+    handler raises before it is logged or recorded."""
+
+    def __repr__(self) -> str:  # never print secret values
+        return f"NodeContext(run_id={self.run_id!r}, node_id={self.node_id!r}, attempt={self.attempt})"
 
 
 # (typed config Struct, context) -> JSON-serializable output
@@ -190,11 +197,11 @@ class NodeRegistry:
     def check_config(self, name: str, config: dict[str, Any]) -> msgspec.Struct | None:
         """``parse_config`` plus the type's registration check: what registering a workflow runs.
 
-        A config with ``{"$expr": ...}`` values is only known at run time: its expressions must
-        compile and its keys must be fields of the type's config; the rest is checked when the
-        node runs (returns None then)."""
+        A config with ``{"$expr": ...}`` or ``{"$secret": ...}`` values is only known at run time:
+        its expressions must compile and its keys must be fields of the type's config; the rest
+        is checked when the node runs (returns None then)."""
         try:
-            dynamic = config_expressions(config)
+            dynamic = dynamic_values(config)
         except ExpressionError as exc:
             raise InvalidNodeConfig(name, str(exc)) from None
         if dynamic:
@@ -256,6 +263,20 @@ class NodeRegistry:
         except NodeFailure:
             raise
         except Exception as exc:
+            failure = NodeFailure.from_exception(exc)
+            if ctx.secrets:  # the traceback could quote a secret: log only the redacted message
+                failure = NodeFailure(
+                    failure.kind, redact(failure.message, ctx.secrets), retryable=failure.retryable
+                )
+                _log().warning(
+                    "node handler raised",
+                    run_id=ctx.run_id,
+                    node_id=ctx.node_id,
+                    node_type=name,
+                    attempt=ctx.attempt,
+                    error=f"{failure.kind}: {failure.message}",
+                )
+                raise failure from None
             _log().warning(
                 "node handler raised",
                 run_id=ctx.run_id,
@@ -264,7 +285,7 @@ class NodeRegistry:
                 attempt=ctx.attempt,
                 exc_info=exc,
             )
-            raise NodeFailure.from_exception(exc) from exc
+            raise failure from exc
         try:
             # A JSON round trip: downstream nodes then see exactly what the event
             # log stores (and what a recovered or replayed run reads back) -

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from service.engine.nodes import default_registry
-from service.engine.nodes.expressions import ExpressionError, config_expressions, resolve_config
+from service.engine.nodes.config_values import dynamic_values, resolve_config
+from service.engine.nodes.expressions import ExpressionError
 from tests.helpers.api import assert_problem, wait_ended
 from tests.helpers.paths import EXAMPLES, FLOWLEDGER
 
@@ -21,7 +22,7 @@ def test_expressions_are_found_anywhere_and_resolved_over_the_document() -> None
         "headers": {"x": {"$expr": "nodes.a.token"}},
         "list": [{"$expr": "`1`"}],
     }
-    assert [where for where, _ in config_expressions(config)] == [
+    assert [where for where, _kind, _arg in dynamic_values(config)] == [
         "config.url",
         "config.headers.x",
         "config.list[0]",
@@ -33,9 +34,9 @@ def test_expressions_are_found_anywhere_and_resolved_over_the_document() -> None
 
 def test_a_bad_expression_is_named_with_where_it_is() -> None:
     with pytest.raises(ExpressionError, match=r"config\.url: invalid JMESPath expression"):
-        config_expressions({"url": {"$expr": "inputs.["}})
+        dynamic_values({"url": {"$expr": "inputs.["}})
     with pytest.raises(ExpressionError, match="takes a JMESPath expression string"):
-        config_expressions({"url": {"$expr": 3}})
+        dynamic_values({"url": {"$expr": 3}})
 
 
 def test_registration_checks_what_it_can_of_a_dynamic_config() -> None:
