@@ -10,6 +10,9 @@ from typing import Any
 import msgspec
 import structlog
 from litestar import Litestar, Request, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.problem_details import (
     ProblemDetailsConfig,
@@ -20,6 +23,14 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from service.api.auth import (
+    PUBLIC_OPT,
+    Authenticator,
+    AuthMiddleware,
+    provide_principal,
+    require_own_runs,
+    require_scope,
+)
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.history import history_router
 from service.api.metrics import metrics_router
@@ -45,13 +56,14 @@ class ReadyState(msgspec.Struct):
     relay_position: int
 
 
-@get("/health", summary="Liveness: the process answers", sync_to_thread=False)
+@get("/health", summary="Liveness: the process answers", sync_to_thread=False, opt={PUBLIC_OPT: True})
 def health() -> Health:
     return Health(status="ok")
 
 
 @get(
     "/ready",
+    opt={PUBLIC_OPT: True},
     summary="Readiness: Postgres, migrations and NATS are up and the background tasks alive (else 503)",
 )
 async def ready(request: Request[Any, Any, Any]) -> ReadyState:
@@ -98,6 +110,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         async def bootstrap() -> None:
             try:
                 await runtime.start()
+                if settings.auth.enabled:
+                    app.state.authenticator = Authenticator(runtime.keys, settings.auth)
                 log.info("service_ready", http=f"http://{settings.http_host}:{settings.http_port}")
             except STARTUP_ERRORS as exc:
                 runtime.readiness.error = str(exc)
@@ -125,6 +139,10 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             history_router(),
         ],
         lifespan=[lifespan],
+        state=State({"auth_enabled": settings.auth.enabled}),
+        middleware=[DefineMiddleware(AuthMiddleware, exclude=["^/schema"])],
+        guards=[require_scope, require_own_runs],
+        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig())],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="Flowledger", version="0.1.0", path="/schema"),

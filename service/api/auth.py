@@ -20,11 +20,17 @@ from typing import Any, Final
 
 import jwt
 import structlog
+from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ServiceUnavailableException,
+)
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from service.api.errors import problem
 from service.config import ALL_SCOPES, AuthSettings
 from service.store.keys import KeyStore, parse_token
 
@@ -32,8 +38,6 @@ log = structlog.get_logger(__name__)
 
 SCOPES: Final = ALL_SCOPES
 SESSION_COOKIE: Final = "flowledger_session"
-SCOPE_OPT: Final = "scope"
-"""The route ``opt`` key naming the scope a route needs."""
 PUBLIC_OPT: Final = "exclude_from_auth"
 """The route ``opt`` key of the few public routes (health, readiness, the OpenAPI document, the
 console's static files): they return no tenant data."""
@@ -161,10 +165,14 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        app_state = connection.app.state
-        authenticator: Authenticator | None = getattr(app_state, "authenticator", None)
-        if authenticator is None:  # auth disabled: `serve --no-auth`, refused off loopback
+        state = connection.app.state
+        if not state.get("auth_enabled", True):  # `serve --no-auth`: refused off loopback
             return AuthenticationResult(user=ANONYMOUS, auth=None)
+        authenticator: Authenticator | None = state.get("authenticator")
+        if authenticator is None:
+            raise ServiceUnavailableException(
+                detail="the service is still starting; credentials cannot be checked yet"
+            )
         token = bearer_token(connection)
         if token is None:
             raise Unauthenticated("this route needs a credential: send 'Authorization: Bearer <token>'")
@@ -174,19 +182,76 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
 ANONYMOUS = Principal("default", frozenset(SCOPES), "anonymous")
 """Who calls when authentication is off (``serve --no-auth``, allowed on loopback only)."""
 
+ROUTE_SCOPES: Final[dict[str, str]] = {
+    # handler name -> the scope it needs; a handler missing here is closed to everyone
+    "list_workflows": "workflows:read",
+    "get_workflow": "workflows:read",
+    "register_workflow": "workflows:write",
+    "start_run": "runs:write",
+    "cancel_run": "runs:write",
+    "replay_run": "runs:write",
+    "list_runs": "runs:read",
+    "get_run": "runs:read",
+    "run_events": "runs:read",
+    "get_lineage": "runs:read",
+    "node_history": "runs:read",
+    "run_state_at": "runs:read",
+    "diff_two_runs": "runs:read",
+    "stream_run": "runs:read",
+    "stream_all": "runs:read",
+    "push_channel": "runs:read",
+    "metrics_summary": "runs:read",
+    "prometheus_metrics": "admin",
+}
+"""One table of who may do what, beside the guard that enforces it (the BOLA matrix test checks
+every operation of the OpenAPI document against it)."""
+
+
+def is_public(handler: BaseRouteHandler, path: str) -> bool:
+    """Health, readiness and the OpenAPI document: they return no tenant data."""
+    return bool(handler.opt.get(PUBLIC_OPT)) or path == "/schema" or path.startswith("/schema/")
+
 
 def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """Guard: the caller's credential must carry the route's scope (``opt["scope"]``). A route
+    """Guard: the caller's credential must carry the route's scope (``ROUTE_SCOPES``). A route
     that declares none is refused to everyone: forgetting to declare one fails closed."""
-    if handler.opt.get(PUBLIC_OPT):
+    if is_public(handler, connection.scope["path"]):
         return
-    needed = handler.opt.get(SCOPE_OPT)
-    principal = connection.user
+    principal = connection.scope.get("user")
     if not isinstance(principal, Principal):
         raise Unauthenticated("no credential")
+    needed = ROUTE_SCOPES.get(handler.handler_name)
     if needed is None:
         raise PermissionDeniedException(detail="this route declares no scope; it is closed")
     if not principal.may(needed):
+        have = ", ".join(sorted(principal.scopes)) or "none"
         raise PermissionDeniedException(
-            detail=f"this route needs the {needed!r} scope; the credential has: {', '.join(sorted(principal.scopes)) or 'none'}"
+            detail=f"this route needs the {needed!r} scope; the credential has: {have}"
         )
+
+
+RUN_PATH_PARAMS: Final = ("run_id", "other_run_id")
+
+
+async def require_own_runs(
+    connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+) -> None:
+    """Guard: a run named in the path must belong to the caller's tenant. Another tenant's run
+    answers exactly as a run that does not exist (404 "no run <id>"): nothing is confirmed."""
+    runs = [connection.path_params[name] for name in RUN_PATH_PARAMS if name in connection.path_params]
+    principal = connection.scope.get("user")  # unset on public routes
+    runtime = connection.app.state.runtime
+    if not runs or not isinstance(principal, Principal) or runtime.store is None:
+        return  # no run named, a public route, or a starting service (its handler answers 503)
+    for run_id in runs:
+        tenant = await runtime.store.run_tenant(run_id)
+        if tenant is not None and tenant != principal.tenant:
+            raise problem(404, "Unknown run", f"no run {run_id}")  # as the handlers say it
+
+
+def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """The caller (``request.user``), for handlers that scope their queries to its tenant."""
+    principal = request.user
+    if not isinstance(principal, Principal):
+        raise Unauthenticated("no credential")
+    return principal

@@ -3,6 +3,7 @@ with a ``detail`` a person can act on; errors are translated here, once, at the 
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 from uuid import UUID
 
@@ -58,8 +59,9 @@ def _http_problem(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         detail = f"no route for {request.method} {request.url.path}; the API is described at /schema"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; the API is described at /schema"
+    phrase = HTTPStatus(exc.status_code).phrase
     return ProblemDetailsException(
-        status_code=exc.status_code, title=exc.detail, detail=detail, extra=exc.extra
+        status_code=exc.status_code, title=phrase, detail=detail, extra=exc.extra, headers=exc.headers
     ).to_response(request)
 
 

@@ -36,7 +36,7 @@ async def _events(runtime: Runtime, run_id: UUID) -> list[EventEnvelope]:
 async def _graph(runtime: Runtime, events: list[EventEnvelope]) -> WorkflowGraph:
     first = fold(events[:1])  # run_queued names the workflow version the run executes
     try:
-        spec = await runtime.workflows.spec(first.workflow_id, first.workflow_version)
+        spec = await runtime.workflows.spec(first.workflow_id, first.workflow_version, tenant=first.tenant)
     except UnknownWorkflow as exc:
         raise problem(
             409, "Workflow version missing", f"run {first.run_id} ran a workflow version that is gone: {exc}"

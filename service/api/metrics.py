@@ -13,10 +13,10 @@ from litestar import Request, Response, Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 
+from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem
 from service.api.prometheus import ServiceMetrics
-from service.config import DEFAULT_TENANT
 from service.runtime import Runtime
 from service.store.metrics_sql import NodeTypeFigures, Quantiles, WorkflowFigures, read_figures
 from service.store.workflow_store import UnknownWorkflow
@@ -137,15 +137,16 @@ def provide_metrics(request: Request[Any, Any, Any], runtime: NamedDependency[Ru
 )
 async def metrics_summary(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     metrics: NamedDependency[ServiceMetrics],
     workflow_id: FromQuery[str | None] = None,
 ) -> MetricsSummary:
     assert runtime.pool is not None and runtime.store is not None
-    figures = await read_figures(runtime.pool, runtime.store, metrics.queries, DEFAULT_TENANT, workflow_id)
+    figures = await read_figures(runtime.pool, runtime.store, metrics.queries, principal.tenant, workflow_id)
     workflows = figures.workflows
     if workflow_id is not None and not workflows:
         try:
-            await runtime.workflows.get(workflow_id)
+            await runtime.workflows.get(workflow_id, tenant=principal.tenant)
         except UnknownWorkflow as exc:
             raise problem(
                 404, "Unknown workflow", f"{exc}; GET /v1/workflows lists the registered ones"
@@ -168,9 +169,11 @@ async def metrics_summary(
     media_type=PROMETHEUS_TEXT,
 )
 async def prometheus_metrics(
-    runtime: NamedDependency[Runtime], metrics: NamedDependency[ServiceMetrics]
+    runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
+    metrics: NamedDependency[ServiceMetrics],
 ) -> Response[bytes]:
-    snapshot = await metrics.snapshot(runtime, DEFAULT_TENANT)
+    snapshot = await metrics.snapshot(runtime, principal.tenant)
     return Response(metrics.render(snapshot), media_type=PROMETHEUS_TEXT)
 
 

@@ -16,9 +16,9 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
 from schemas.events import EVENT_TYPE_BY_TAG
+from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem
-from service.config import DEFAULT_TENANT
 from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
 from service.followers.push import HubClosing, Overflow, PushEvent, PushHub, all_events, run_events, sse_frame
 from service.followers.push_messages import encode_message
@@ -48,13 +48,16 @@ def _resume_point(value: str | None, name: str, maximum: int) -> int:
     return point
 
 
-async def _refuse_resume(store: EventStore, run_id: UUID, resume: int) -> tuple[int, str, str] | None:
+async def _refuse_resume(
+    store: EventStore, run_id: UUID, resume: int, tenant: str
+) -> tuple[int, str, str] | None:
     """Why a run cannot be streamed from ``resume`` (status, title, detail), or None.
 
-    A resume point past the run's last stored event names an event nobody was sent
-    (the log is always ahead of what is pushed): a client bug, answered at once.
+    Another tenant's run is unknown. A resume point past the run's last stored event names
+    an event nobody was sent (the log is always ahead of what is pushed): a client bug,
+    answered at once.
     """
-    if not await store.read_run(run_id, limit=1):
+    if await store.run_tenant(run_id) != tenant:
         return 404, "Unknown run", f"no run {run_id}"
     if resume >= 0 and not await store.read_run(run_id, after_seq=resume - 1, limit=1):
         return 400, "Bad resume point", f"run {run_id} has no event {resume}: it is past the run's last event"
@@ -96,6 +99,7 @@ def _sse_response(frames: AsyncIterator[bytes]) -> Stream:
 )
 async def stream_run(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     run_id: FromPath[UUID],
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
     after_seq: Annotated[str | None, QueryParameter(name="after_seq")] = None,
@@ -105,7 +109,7 @@ async def stream_run(
     resume = _resume_point(
         last_event_id if last_event_id is not None else after_seq, "Last-Event-ID", MAX_SEQ
     )
-    refusal = await _refuse_resume(runtime.store, run_id, resume)
+    refusal = await _refuse_resume(runtime.store, run_id, resume, principal.tenant)
     if refusal is not None:
         raise problem(*refusal)
     events = run_events(hub, runtime.store, run_id, resume, heartbeat_s=HEARTBEAT_S)
@@ -115,6 +119,7 @@ async def stream_run(
 @get("/stream", summary="SSE of all runs' events (id = global position), filtered by workflow_id and type")
 async def stream_all(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     workflow_id: FromQuery[str | None] = None,
     type_: Annotated[list[str] | None, QueryParameter(name="type")] = None,
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
@@ -139,7 +144,7 @@ async def stream_all(
     events = all_events(
         hub,
         runtime.store,
-        tenant=DEFAULT_TENANT,
+        tenant=principal.tenant,
         after_position=resume,
         workflow_id=workflow_id,
         types=types,
@@ -155,8 +160,11 @@ class _ClientTooSlow(Exception):
 class PushConnection:
     """One WebSocket client: its subscriptions (one pump per run) and a bounded send queue."""
 
-    def __init__(self, socket: WebSocket[Any, Any, Any], runtime: Runtime, push_ref: str) -> None:
+    def __init__(
+        self, socket: WebSocket[Any, Any, Any], runtime: Runtime, push_ref: str, principal: Principal
+    ) -> None:
         self.socket = socket
+        self.principal = principal
         self.runtime = runtime
         self.push_ref = push_ref
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=runtime.settings.push_queue_size)
@@ -239,7 +247,7 @@ class PushConnection:
                 )
                 return
             assert self.runtime.store is not None  # checked when the socket was accepted
-            refusal = await _refuse_resume(self.runtime.store, run_id, last)
+            refusal = await _refuse_resume(self.runtime.store, run_id, last, self.principal.tenant)
             if refusal is not None:
                 await self.reply("error", message=refusal[2])
                 return
@@ -252,9 +260,16 @@ class PushConnection:
             if key not in self.pumps:
                 await self.reply("error", message=f"subscribe to run {key} before cancelling it")
                 return
+            if not self.principal.may("runs:write"):
+                await self.reply("error", message="cancel needs the 'runs:write' scope")
+                return
             try:
                 await request_cancel(
-                    self.runtime.queue, run_id, str(data.get("reason") or "cancelled from push"), "push"
+                    self.runtime.queue,
+                    run_id,
+                    str(data.get("reason") or "cancelled from push"),
+                    self.principal.actor,
+                    tenant=self.principal.tenant,
                 )
             except (UnknownRun, RunAlreadyEnded) as exc:
                 await self.reply("error", message=str(exc))
@@ -310,7 +325,9 @@ async def push_channel(
     if runtime.push is None or runtime.store is None:
         await socket.close(code=1013, reason="service not ready")
         return
-    await PushConnection(socket, runtime, push_ref).run()
+    principal = socket.user
+    assert isinstance(principal, Principal)  # the auth middleware and scope guard let it in
+    await PushConnection(socket, runtime, push_ref, principal).run()
 
 
 def push_router() -> Router:

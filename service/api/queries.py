@@ -13,9 +13,9 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from projections.node_executions import NodeExecution
 from projections.run_summaries import RunSummary
+from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem
-from service.config import DEFAULT_TENANT
 from service.runtime import Runtime
 from service.store.read_models import BadCursor
 
@@ -85,6 +85,7 @@ async def get_run(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> 
 @get("/runs", summary="Runs, newest first; filter by workflow_id and status; cursor pagination")
 async def list_runs(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     workflow_id: FromQuery[str | None] = None,
     status: FromQuery[
         Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"] | None
@@ -94,7 +95,11 @@ async def list_runs(
 ) -> RunPage:
     try:
         page = await runtime.read_models.list_runs(
-            tenant=DEFAULT_TENANT, workflow_id=workflow_id, status=status, limit=_limit(limit), cursor=cursor
+            tenant=principal.tenant,
+            workflow_id=workflow_id,
+            status=status,
+            limit=_limit(limit),
+            cursor=cursor,
         )
     except BadCursor as exc:
         raise problem(400, "Bad cursor", str(exc)) from exc
@@ -108,7 +113,7 @@ async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID])
     summary = await runtime.read_models.summary(run_id)
     if summary is None:
         raise problem(404, "Unknown run", f"no run {run_id}")
-    spec = await runtime.workflows.spec(summary.workflow_id, summary.workflow_version)
+    spec = await runtime.workflows.spec(summary.workflow_id, summary.workflow_version, tenant=summary.tenant)
     executions = {e.node_id: e for e in await runtime.read_models.node_executions(run_id)}
     nodes = []
     for node in spec.nodes:
@@ -156,6 +161,7 @@ async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID])
 @get("/workflows/{workflow_id:str}/nodes/{node_id:str}/history", summary="A node's executions across runs")
 async def node_history(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     workflow_id: FromPath[str],
     node_id: FromPath[str],
     limit: Annotated[int, QueryParameter(ge=1)] = 50,
@@ -163,7 +169,7 @@ async def node_history(
 ) -> NodeHistoryPage:
     try:
         page = await runtime.read_models.node_history(
-            tenant=DEFAULT_TENANT,
+            tenant=principal.tenant,
             workflow_id=workflow_id,
             node_id=node_id,
             limit=_limit(limit),
@@ -174,7 +180,7 @@ async def node_history(
     if not page.items and cursor is None:
         # Tell "no executions yet" from a typo in the workflow or node id.
         try:
-            stored = await runtime.workflows.get(workflow_id)
+            stored = await runtime.workflows.get(workflow_id, tenant=principal.tenant)
         except LookupError as exc:
             raise problem(404, "Unknown workflow", str(exc)) from exc
         if node_id not in {n.id for n in stored.spec.nodes}:

@@ -26,9 +26,9 @@ from schemas.api import (
     WorkflowVersion,
 )
 from schemas.codec import to_typed
+from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem
-from service.config import DEFAULT_TENANT
 from service.domain.run_document import fold_raw
 from service.domain.workflow_spec import InvalidWorkflow, check_spec, parse_spec, spec_warnings
 from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
@@ -58,7 +58,7 @@ def _run_links(run_id: UUID) -> dict[str, str]:
     "(which becomes the current version again)",
 )
 async def register_workflow(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], principal: NamedDependency[Principal]
 ) -> Response[WorkflowRegistered]:
     body = await request.body()
     if len(body) > MAX_SPEC_BYTES:
@@ -74,7 +74,7 @@ async def register_workflow(
             str(exc),
             problems=[msgspec.to_builtins(p) for p in exc.problems],
         ) from exc
-    stored, created = await runtime.workflows.register(spec)
+    stored, created = await runtime.workflows.register(spec, tenant=principal.tenant, actor=principal.actor)
     registered = WorkflowRegistered(
         id=stored.workflow_id,
         version=stored.version,
@@ -88,10 +88,11 @@ async def register_workflow(
 @get("/workflows", summary="Registered workflows (latest version of each), by id")
 async def list_workflows(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     cursor: FromQuery[str | None] = None,
 ) -> WorkflowPage:
-    items = await runtime.workflows.latest_each(after=cursor or "", limit=limit + 1)
+    items = await runtime.workflows.latest_each(after=cursor or "", limit=limit + 1, tenant=principal.tenant)
     page = items[:limit]
     return WorkflowPage(
         items=[
@@ -105,14 +106,18 @@ async def list_workflows(
 @get("/workflows/{workflow_id:str}", summary="A workflow's latest (or ?version=) spec and its versions")
 async def get_workflow(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     workflow_id: FromPath[str],
     version: FromQuery[str | None] = None,
 ) -> WorkflowDetail:
     try:
-        stored = await runtime.workflows.get(workflow_id, version)
+        stored = await runtime.workflows.get(workflow_id, version, tenant=principal.tenant)
     except UnknownWorkflow as exc:
         raise problem(404, "Unknown workflow", str(exc)) from exc
-    versions = [WorkflowVersion(v, at) for v, at in await runtime.workflows.versions(workflow_id)]
+    versions = [
+        WorkflowVersion(v, at)
+        for v, at in await runtime.workflows.versions(workflow_id, tenant=principal.tenant)
+    ]
     return WorkflowDetail(id=workflow_id, version=stored.version, spec=stored.spec, versions=versions)
 
 
@@ -123,16 +128,18 @@ async def get_workflow(
 )
 async def start_run(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     workflow_id: FromPath[str],
     data: JSONBody[StartRun | None] = None,
 ) -> RunAccepted:
     data = data or StartRun()  # no body: no inputs
     try:
-        stored = await runtime.workflows.get(workflow_id, data.version)
+        stored = await runtime.workflows.get(workflow_id, data.version, tenant=principal.tenant)
     except UnknownWorkflow as exc:
         raise problem(404, "Unknown workflow", f"{exc}; register it with POST /v1/workflows") from exc
     enqueued = await runtime.queue.enqueue(
-        tenant=DEFAULT_TENANT,
+        actor=principal.actor,
+        tenant=principal.tenant,
         workflow_id=workflow_id,
         workflow_version=stored.version,
         inputs=data.inputs,
@@ -218,12 +225,13 @@ async def run_events(
 )
 async def cancel_run(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     run_id: FromPath[UUID],
     data: JSONBody[CancelRun | None] = None,
 ) -> CancelAccepted:
     reason = (data.reason if data else "") or "cancelled by request"
     try:
-        await request_cancel(runtime.queue, run_id, reason)
+        await request_cancel(runtime.queue, run_id, reason, principal.actor, tenant=principal.tenant)
     except UnknownRun as exc:
         raise problem(404, "Unknown run", str(exc)) from exc
     except RunAlreadyEnded as exc:
@@ -238,6 +246,7 @@ async def cancel_run(
 )
 async def replay_run(
     runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
     run_id: FromPath[UUID],
     data: JSONBody[ReplayRun | None] = None,
 ) -> ForkAccepted:
@@ -251,6 +260,8 @@ async def replay_run(
             from_failure=body.from_failure,
             overrides=body.overrides,
             workflow_version=body.workflow_version,
+            actor=principal.actor,
+            tenant=principal.tenant,
         )
     except UnknownWorkflow as exc:
         raise problem(404, "Unknown workflow version", str(exc)) from exc

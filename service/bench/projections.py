@@ -56,7 +56,7 @@ from schemas.events import (
     RunStarted,
 )
 from service.bench.report import Comparison, print_comparisons
-from service.bench.scratch import scratch_schema
+from service.bench.scratch import admin_token, scratch_schema
 from service.config import Settings
 from service.engine.executor import output_event
 from service.runtime import running
@@ -334,6 +334,8 @@ class LoadPlan(msgspec.Struct):
     clients: int = HTTP_CLIENTS
     seconds: float = HTTP_SECONDS
     seed: int = 11
+    authorization: str = ""
+    """Sent as the ``Authorization`` header (empty: none, as for /health)."""
 
 
 async def _load(plan: LoadPlan) -> LoadResult:
@@ -343,7 +345,8 @@ async def _load(plan: LoadPlan) -> LoadResult:
 
     async def client() -> None:
         nonlocal errors
-        async with httpx.AsyncClient(base_url=plan.base_url, timeout=10) as http:
+        headers = {"Authorization": plan.authorization} if plan.authorization else {}
+        async with httpx.AsyncClient(base_url=plan.base_url, timeout=10, headers=headers) as http:
             while time.perf_counter() < deadline:
                 begin = time.perf_counter()
                 response = await http.get(rng.choice(plan.paths))
@@ -413,6 +416,9 @@ async def _http(settings: Settings, progress: Progress) -> HttpResult:
                 return False
 
             await _until(ready, 60, "the in-process server did not become ready within 60 s")
+            assert settings.database_url is not None
+            authorization = f"Bearer {await admin_token(settings.database_url)}"
+            http.headers["Authorization"] = authorization
             workflow_id = f"bench-http-{uuid.uuid4().hex[:8]}"
             spec = {
                 "id": workflow_id,
@@ -455,7 +461,9 @@ async def _http(settings: Settings, progress: Progress) -> HttpResult:
             progress.add_task(
                 f"GET /v1/runs/{{id}}: {HTTP_CLIENTS} clients, {HTTP_SECONDS:.0f} s", total=None
             )
-            runs = await _load_elsewhere(LoadPlan(base_url, [f"/v1/runs/{r}" for r in run_ids]))
+            runs = await _load_elsewhere(
+                LoadPlan(base_url, [f"/v1/runs/{r}" for r in run_ids], authorization=authorization)
+            )
         progress.add_task(f"GET /health: {HTTP_CLIENTS} clients, {HTTP_SECONDS:.0f} s", total=None)
         health = await _load_elsewhere(LoadPlan(base_url, ["/health"]))
         return HttpResult(runs, health, unavailable)

@@ -54,6 +54,7 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from service.bench.report import Comparison, print_comparisons
+from service.bench.scratch import admin_token
 from service.config import Settings
 from service.runtime import running
 
@@ -127,6 +128,8 @@ class GeneratorConfig(msgspec.Struct):
     """The run each client follows (one entry per client)."""
     relay_probe: bool
     timeout_s: float
+    authorization: str = ""
+    """The ``Authorization`` header every SSE client sends (the service has auth on)."""
 
 
 class ClientReport(msgspec.Struct):
@@ -199,7 +202,7 @@ async def _sse_client(config: GeneratorConfig, client: _Client, setup: asyncio.S
         reader, writer = await asyncio.open_connection(config.host, config.port, limit=2**22)
         writer.write(
             f"GET /v1/runs/{client.run_id}/stream HTTP/1.1\r\nHost: {config.host}:{config.port}\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
+            f"Authorization: {config.authorization}\r\nAccept: text/event-stream\r\n\r\n".encode()
         )
         head = await reader.readuntil(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0]
@@ -414,6 +417,7 @@ async def _serve(settings: Settings, database_url: str, nats_url: str) -> AsyncI
                 if time.monotonic() > deadline:
                     raise RuntimeError("the service did not become ready (with an active relay) within 60 s")
                 await asyncio.sleep(0.05)
+            client.headers["Authorization"] = f"Bearer {await admin_token(database_url)}"
             yield _Service(client, port, app_settings.nats_subject_prefix)
     finally:
         server.should_exit = True
@@ -577,6 +581,7 @@ async def _phase(
             runs=assignment,
             relay_probe=mode == "sse",
             timeout_s=timeout_s,
+            authorization=service.client.headers["Authorization"],
         )
         connecting = progress.add_task(f"{label}: connecting {clients:,} clients", total=None)
         expected = clients * events_per_run(nodes)

@@ -159,7 +159,7 @@ async def _our_side(pool: asyncpg.Pool, nc: NATS, concurrency: int) -> AsyncIter
         try:
             queue = RunQueue(store, schema=schema)
             workflows = WorkflowStore(pool, schema=schema)
-            stored, _ = await workflows.register(bench_spec())
+            stored, _ = await workflows.register(bench_spec(), tenant=TENANT)
             worker = Worker(store, queue, workflows, registry, WorkerSettings(max_runs=concurrency))
             relay = Relay(store, nc, stream=stream, subject_prefix=prefix, name=f"bench-{stream}")
             background = [

@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 import asyncpg
 from nats.aio.client import Client as NATS
 
+from service.config import ALL_SCOPES
 from service.infra.migrations import apply_migrations
 from service.infra.nats import ensure_stream, stream_config
+from service.store.keys import KeyStore
 
 
 @asynccontextmanager
@@ -37,3 +39,14 @@ async def scratch_stream(nc: NATS, label: str) -> AsyncIterator[tuple[str, str]]
         yield name, prefix
     finally:
         await js.delete_stream(name)
+
+
+async def admin_token(database_url: str, tenant: str = "default") -> str:
+    """A key of ``tenant`` with every scope, made for a benchmark's own service (auth stays on:
+    what is measured is what users get)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        _key, token = await KeyStore(pool).create(tenant=tenant, scopes=list(ALL_SCOPES), created_by="bench")
+    finally:
+        await pool.close()
+    return token

@@ -190,6 +190,7 @@ class EventStore:
         self._sql_read_all = (
             f"SELECT {cols} FROM {s}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
         )
+        self._sql_run_tenant = f"SELECT tenant FROM {s}.events WHERE run_id = $1 AND seq = 0"
         self._sql_read_filtered = (
             f"SELECT {cols} FROM {s}.events WHERE global_position > $1 AND tenant = $2 "
             "AND ($3::text IS NULL OR workflow_id = $3) AND ($4::text[] IS NULL OR type = ANY($4)) "
@@ -442,6 +443,12 @@ class EventStore:
             )
 
     # -- reading ---------------------------------------------------------------------------------
+
+    async def run_tenant(self, run_id: UUID) -> str | None:
+        """The tenant of a run (from its first event); None when no such run exists."""
+        async with self.pool.acquire() as conn:
+            tenant: str | None = await conn.fetchval(self._sql_run_tenant, run_id)
+        return tenant
 
     async def read_run(self, run_id: UUID, after_seq: int = -1, limit: int = 1_000_000) -> list[RawEnvelope]:
         """The run's events with ``seq > after_seq``, in seq order."""

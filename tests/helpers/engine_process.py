@@ -71,6 +71,12 @@ class ServeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def auth_headers(self) -> dict[str, str]:
+        """The admin token the first ``serve`` on this database wrote under the home."""
+        token = (Path(self._env["FLOWLEDGER_HOME"]) / "admin.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid

@@ -157,3 +157,17 @@ async def delete_stream(nats_url: str, name: str) -> None:
             await nc.jetstream().delete_stream(name)
     finally:
         await nc.close()
+
+
+def auth_headers(client: httpx.AsyncClient) -> dict[str, str]:
+    """The credential ``serve_app`` gave ``client``, for other clients of the same service
+    (a WebSocket, a raw socket)."""
+    return {"Authorization": client.headers["Authorization"]}
+
+
+def cli_env(client: httpx.AsyncClient) -> dict[str, str]:
+    """Environment for the ``flowledger`` client commands to reach ``client``'s service with its credential."""
+    return {
+        "FLOWLEDGER_API_URL": str(client.base_url),
+        "FLOWLEDGER_TOKEN": client.headers["Authorization"].removeprefix("Bearer "),
+    }

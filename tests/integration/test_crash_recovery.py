@@ -214,7 +214,7 @@ async def test_kill_9_with_200_runs_in_flight_then_restart(
     t0 = time.monotonic()
     first = spawn("first")
     await first.wait_ready()
-    async with httpx.AsyncClient(base_url=first.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=first.base_url, headers=first.auth_headers, timeout=30) as http:
         run_ids = await register_and_start(http, diamond(b_ms=1500, c_ms=3000), runs)
     posted_s = time.monotonic() - t0
 
@@ -326,7 +326,7 @@ async def test_two_instances_on_one_database_never_run_a_node_twice(
     one, two = spawn("one"), spawn("two")
     await asyncio.gather(one.wait_ready(), two.wait_ready())
     workers = {one.worker_id(): one.pid, two.worker_id(): two.pid}
-    async with httpx.AsyncClient(base_url=one.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=one.base_url, headers=one.auth_headers, timeout=30) as http:
         run_ids = await register_and_start(http, diamond(b_ms=200, c_ms=400), runs, waves=5)
     await wait_all_ended(db, run_ids, timeout=60)
     await asyncio.sleep(0.5)

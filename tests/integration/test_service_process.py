@@ -86,6 +86,13 @@ def test_embedded_default_starts_serves_and_stops_without_orphans(tmp_path: Path
         assert missing.headers["content-type"].startswith("application/problem+json")
         assert "/v1/nothing-here" in missing.json()["detail"]
         assert _processes_of(home), "the embedded servers should be running under the temp home"
+        # auth is on from the first start: the admin token is written for the client commands
+        token_file = home / "admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        runs = f"http://127.0.0.1:{port}/v1/runs"
+        assert httpx.get(runs).status_code == 401
+        token = token_file.read_text().strip()
+        assert httpx.get(runs, headers={"Authorization": f"Bearer {token}"}).status_code == 200
     finally:
         _interrupt(proc)
     assert proc.returncode == 0, proc.stdout.read().decode() if proc.stdout else ""
@@ -102,7 +109,10 @@ def test_embedded_default_starts_serves_and_stops_without_orphans(tmp_path: Path
     stream_ended = threading.Event()
 
     def listen() -> None:
-        with httpx.stream("GET", f"http://127.0.0.1:{port}/v1/stream", timeout=None) as response:
+        headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
+        with httpx.stream(
+            "GET", f"http://127.0.0.1:{port}/v1/stream", headers=headers, timeout=None
+        ) as response:
             assert response.status_code == 200
             for _ in response.iter_bytes():
                 pass

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests.helpers.api import assert_problem, wait_ended
 from tests.helpers.paths import EXAMPLES, FLOWLEDGER
+from tests.helpers.serving import cli_env
 
 
 def _wid() -> str:
@@ -173,7 +174,7 @@ async def test_invalid_specs_are_rejected_and_write_nothing(
 
 async def _cli(api: httpx.AsyncClient, *args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-    env.update(FLOWLEDGER_API_URL=str(api.base_url), FLOWLEDGER_LOG_LEVEL="warning")
+    env.update(cli_env(api), FLOWLEDGER_LOG_LEVEL="warning")
     proc = await asyncio.create_subprocess_exec(
         FLOWLEDGER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )

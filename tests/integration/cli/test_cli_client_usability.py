@@ -21,6 +21,7 @@ from service.infra.nats import connect_nats
 from tests.helpers.api import wait_ended
 from tests.helpers.paths import FLOWLEDGER
 from tests.helpers.servers import Servers
+from tests.helpers.serving import cli_env
 
 
 @dataclass
@@ -43,7 +44,7 @@ async def _flowledger(*args: str, env: dict[str, str] | None = None) -> Ran:
 
 
 async def _cli(api: httpx.AsyncClient, *args: str, **env: str) -> Ran:
-    return await _flowledger(*args, env={"FLOWLEDGER_API_URL": str(api.base_url), **env})
+    return await _flowledger(*args, env={**cli_env(api), **env})
 
 
 async def _finished_run(api: httpx.AsyncClient, *, workflow_id: str | None = None) -> tuple[str, str]:
@@ -115,12 +116,13 @@ async def test_workflows_add_detects_yaml_without_a_suffix(api: httpx.AsyncClien
 
 async def test_client_commands_find_the_service_by_its_http_port(api: httpx.AsyncClient) -> None:
     port = str(api.base_url.port)
+    token = {"FLOWLEDGER_TOKEN": cli_env(api)["FLOWLEDGER_TOKEN"]}
     ran = await _flowledger(
-        "workflows", "list", env={"FLOWLEDGER_HTTP_PORT": port, "FLOWLEDGER_HTTP_HOST": "0.0.0.0"}
+        "workflows", "list", env={"FLOWLEDGER_HTTP_PORT": port, "FLOWLEDGER_HTTP_HOST": "0.0.0.0", **token}
     )
     assert ran.code == 0, ran
     given = await _flowledger(
-        "--api-url", str(api.base_url), "workflows", "list", env={"FLOWLEDGER_HTTP_PORT": "1"}
+        "--api-url", str(api.base_url), "workflows", "list", env={"FLOWLEDGER_HTTP_PORT": "1", **token}
     )
     assert given.code == 0, given  # an explicit --api-url still wins
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers.api import wait_ended
 from tests.helpers.paths import FLOWLEDGER
+from tests.helpers.serving import cli_env
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Ran:
 
 async def _cli(api: httpx.AsyncClient, *args: str) -> Ran:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-    env.update(COLUMNS="80", FLOWLEDGER_API_URL=str(api.base_url))
+    env.update(cli_env(api), COLUMNS="80")
     proc = await asyncio.create_subprocess_exec(
         FLOWLEDGER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

@@ -14,6 +14,7 @@ from service.engine.nodes.config_values import dynamic_values, resolve_config
 from service.engine.nodes.expressions import ExpressionError
 from tests.helpers.api import assert_problem, wait_ended
 from tests.helpers.paths import EXAMPLES, FLOWLEDGER
+from tests.helpers.serving import cli_env
 
 
 def test_expressions_are_found_anywhere_and_resolved_over_the_document() -> None:
@@ -101,7 +102,7 @@ async def test_a_bad_expression_is_refused_at_registration(api: httpx.AsyncClien
 async def test_the_http_health_example_runs_as_written_on_any_port(api: httpx.AsyncClient) -> None:
     import asyncio
 
-    env = {"FLOWLEDGER_API_URL": str(api.base_url), "PATH": "/usr/bin:/bin"}
+    env = {**cli_env(api), "PATH": "/usr/bin:/bin"}
 
     async def cli(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(

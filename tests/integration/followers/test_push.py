@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from service.config import WorkerSettings
 from tests.helpers.api import sse, wait_ended
 from tests.helpers.servers import Servers
-from tests.helpers.serving import serve_app
+from tests.helpers.serving import auth_headers, serve_app
 from tests.helpers.workflows import steps
 
 
@@ -124,7 +124,7 @@ async def test_websocket_push_speaks_n8n(api: httpx.AsyncClient) -> None:
     run_id = await _start(
         api, {"nodes": [{"id": "t", "type": "transform", "config": {"expression": "inputs"}}]}, {"x": 1}
     )
-    async with websockets.connect(_ws_url(api)) as ws:
+    async with websockets.connect(_ws_url(api), additional_headers=auth_headers(api)) as ws:
         await ws.send(json.dumps({"type": "subscribe", "data": {"executionId": run_id}}))
         messages = await _ws_until_finished(ws)
     assert [m["type"] for m in messages] == [
@@ -145,7 +145,7 @@ async def test_websocket_push_speaks_n8n(api: httpx.AsyncClient) -> None:
     assert messages[4]["data"]["status"] == "success"
 
     # resume from a seq: only what came after it
-    async with websockets.connect(_ws_url(api, "tab-2")) as ws:
+    async with websockets.connect(_ws_url(api, "tab-2"), additional_headers=auth_headers(api)) as ws:
         await ws.send(json.dumps({"type": "resume", "data": {"executionId": run_id, "lastSeq": 2}}))
         resumed = await _ws_until_finished(ws)
     assert [m["type"] for m in resumed] == ["nodeExecuteAfter", "nodeExecuteAfterData", "executionFinished"]
@@ -153,7 +153,7 @@ async def test_websocket_push_speaks_n8n(api: httpx.AsyncClient) -> None:
 
 async def test_websocket_cancel_and_bad_messages(api: httpx.AsyncClient) -> None:
     run_id = await _start(api, steps(1, 10_000))
-    async with websockets.connect(_ws_url(api)) as ws:
+    async with websockets.connect(_ws_url(api), additional_headers=auth_headers(api)) as ws:
         await ws.send(json.dumps({"type": "cancel", "data": {"executionId": run_id}}))
         assert "subscribe" in json.loads(await ws.recv())["data"]["message"]
         await ws.send(json.dumps({"type": "dance"}))
@@ -178,7 +178,7 @@ async def test_websocket_cancel_and_bad_messages(api: httpx.AsyncClient) -> None
 
 async def test_websocket_without_push_ref_is_told_why(api: httpx.AsyncClient) -> None:
     url = str(api.base_url).replace("http://", "ws://") + "/v1/push"
-    async with websockets.connect(url) as ws:
+    async with websockets.connect(url, additional_headers=auth_headers(api)) as ws:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
@@ -203,6 +203,7 @@ class RawWebSocket:
         writer.write(
             (
                 f"GET /v1/push?pushRef={push_ref} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                f"Authorization: {api.headers['Authorization']}\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
         )
@@ -244,7 +245,9 @@ async def test_a_client_that_never_reads_is_cut_off_and_others_are_not_delayed(s
             await slow.send_json({"type": "subscribe", "data": {"executionId": run_id}})
         # The slow client now reads nothing; a fast one follows the same runs meanwhile.
         started = time.monotonic()
-        async with websockets.connect(_ws_url(api, "fast"), max_size=None) as fast:
+        async with websockets.connect(
+            _ws_url(api, "fast"), max_size=None, additional_headers=auth_headers(api)
+        ) as fast:
             for run_id in runs:
                 await fast.send(json.dumps({"type": "subscribe", "data": {"executionId": run_id}}))
             finished = 0
@@ -265,7 +268,9 @@ async def test_a_six_mib_output_is_trimmed_in_push_and_complete_over_rest(server
     async with serve_app(servers, own_database=True, worker=worker) as api:
         spec = {"nodes": [{"id": "big", "type": "transform", "config": {"expression": "inputs.blob"}}]}
         run_id = await _start(api, spec, {"blob": "z" * (6 * 1024 * 1024)})
-        async with websockets.connect(_ws_url(api), max_size=None) as ws:
+        async with websockets.connect(
+            _ws_url(api), max_size=None, additional_headers=auth_headers(api)
+        ) as ws:
             await ws.send(json.dumps({"type": "subscribe", "data": {"executionId": run_id}}))
             messages = await _ws_until_finished(ws, timeout=30)
         data_message = next(m for m in messages if m["type"] == "nodeExecuteAfterData")

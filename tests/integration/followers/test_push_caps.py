@@ -15,7 +15,7 @@ import websockets
 from service.config import WorkerSettings
 from tests.helpers.api import sse, wait_ended
 from tests.helpers.servers import Servers
-from tests.helpers.serving import serve_app
+from tests.helpers.serving import auth_headers, serve_app
 from tests.helpers.workflows import steps
 
 SIX_MIB = 6 * 1024 * 1024
@@ -52,7 +52,9 @@ async def test_a_big_output_is_trimmed_for_a_client_that_subscribes_after_the_ru
         run_id = await _start(api, spec, {"blob": "z" * SIX_MIB})
         await wait_ended(api, run_id, timeout=30)
 
-        async with websockets.connect(_ws_url(api, "late"), max_size=None) as ws:
+        async with websockets.connect(
+            _ws_url(api, "late"), max_size=None, additional_headers=auth_headers(api)
+        ) as ws:
             await ws.send(json.dumps({"type": "subscribe", "data": {"executionId": run_id}}))
             messages = await _messages_until_finished(ws, {run_id})
         data_message = next(m for m in messages if m["type"] == "nodeExecuteAfterData")
@@ -67,7 +69,7 @@ async def test_a_big_output_is_trimmed_for_a_client_that_subscribes_after_the_ru
 
 async def test_one_websocket_follows_several_runs_under_one_push_ref(api: httpx.AsyncClient) -> None:
     runs = {await _start(api, steps(2, 50)) for _ in range(3)}
-    async with websockets.connect(_ws_url(api, "one-tab")) as ws:
+    async with websockets.connect(_ws_url(api, "one-tab"), additional_headers=auth_headers(api)) as ws:
         for run_id in runs:
             await ws.send(json.dumps({"type": "subscribe", "data": {"executionId": run_id}}))
         messages = await _messages_until_finished(ws, runs)

@@ -23,11 +23,11 @@ import websockets
 from litestar import Litestar
 
 from service.api.app import create_app
-from service.config import Settings
+from service.config import ALL_SCOPES, Settings
 from tests.helpers.api import sse, wait_ended
 from tests.helpers.databases import scratch_database
 from tests.helpers.servers import Servers
-from tests.helpers.serving import delete_stream, free_port, serve
+from tests.helpers.serving import api_key, auth_headers, delete_stream, free_port, serve
 from tests.helpers.workflows import steps
 
 LIVE_S = 2.0
@@ -44,6 +44,9 @@ class Instance:
 async def _instance(settings: Settings) -> AsyncIterator[Instance]:
     app = create_app(settings)
     async with serve(app, settings.http_port) as api:
+        api.headers["Authorization"] = (
+            f"Bearer {await api_key(settings.database_url or '', 'default', ALL_SCOPES)}"
+        )
         yield Instance(api, app)
 
 
@@ -123,7 +126,7 @@ async def test_websocket_on_b_gets_execution_finished_of_a_run_started_through_a
         run_id = await _start(a.api, steps(4, 150))
         url = str(b.api.base_url).replace("http://", "ws://") + "/v1/push?pushRef=instance-b"
         messages: list[tuple[float, dict[str, Any]]] = []
-        async with websockets.connect(url) as ws:
+        async with websockets.connect(url, additional_headers=auth_headers(b.api)) as ws:
             await ws.send(json.dumps({"type": "subscribe", "data": {"executionId": run_id}}))
             async with asyncio.timeout(30):
                 while True:

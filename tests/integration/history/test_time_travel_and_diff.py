@@ -46,6 +46,7 @@ from service.history.time_travel import fold_at, state_at, view_of
 from service.infra.nats import HEADER_TRIMMED, connect_nats
 from tests.helpers.engine_harness import engine_on
 from tests.helpers.servers import Servers
+from tests.helpers.serving import auth_headers, cli_env
 from tests.helpers.strategies import random_runs
 
 # -- time travel == the engine's live state ---------------------------------------------------------
@@ -300,7 +301,8 @@ async def test_same_inputs_diff_equal_other_inputs_change_outputs_and_branch(
 
 @click.group()
 @click.option("--api-url")
-def _cli(api_url: str) -> None:
+@click.option("--token", envvar="FLOWLEDGER_TOKEN")
+def _cli(api_url: str, token: str | None) -> None:
     """Stands in for the flowledger group: the client commands read --api-url from the root."""
 
 
@@ -313,7 +315,7 @@ async def test_cli_diff_and_show_state(api: httpx.AsyncClient, runs: dict[str, A
     runner = CliRunner()
 
     def invoke(*args: str) -> Any:
-        return runner.invoke(_cli, ["--api-url", base, "diff", *args])
+        return runner.invoke(_cli, ["--api-url", base, "diff", *args], env=cli_env(api))
 
     # The CLI is synchronous and the server runs on this loop: call it from a thread.
     equal = await asyncio.to_thread(invoke, a, b)
@@ -327,7 +329,7 @@ async def test_cli_diff_and_show_state(api: httpx.AsyncClient, runs: dict[str, A
     assert missing.exit_code == 1 and "404" in missing.output
 
     def state(at_seq: int | None) -> tuple[dict[str, Any], str]:
-        with httpx.Client(base_url=base) as client, console.capture() as captured:
+        with httpx.Client(base_url=base, headers=auth_headers(api)) as client, console.capture() as captured:
             view = show_state(client, a, at_seq)
         return view, captured.get()
 
