@@ -19,6 +19,11 @@ ENV_HTTP_PORT = "FLOWLEDGER_HTTP_PORT"
 ENV_LOG_FORMAT = "FLOWLEDGER_LOG_FORMAT"
 ENV_LOG_LEVEL = "FLOWLEDGER_LOG_LEVEL"
 ENV_API_URL = "FLOWLEDGER_API_URL"
+ENV_MAX_JSON_DEPTH = "FLOWLEDGER_MAX_JSON_DEPTH"
+ENV_CORS_ORIGINS = "FLOWLEDGER_CORS_ORIGINS"
+
+DEFAULT_MAX_JSON_DEPTH = 64
+"""Levels of arrays/objects a request body, workflow spec or push message may nest."""
 
 DEFAULT_HOME = ".flowledger"
 
@@ -92,6 +97,49 @@ class AuthSettings:
     """How long a console session cookie lasts."""
 
 
+ENV_PYTHON_WORKERS = "FLOWLEDGER_PYTHON_WORKERS"
+ENV_PYTHON_MAX_CALLS = "FLOWLEDGER_PYTHON_MAX_CALLS"
+ENV_PYTHON_MEMORY_MB = "FLOWLEDGER_PYTHON_MEMORY_MB"
+ENV_PYTHON_CPU_SECONDS = "FLOWLEDGER_PYTHON_CPU_SECONDS"
+ENV_HTTP_ALLOW = "FLOWLEDGER_HTTP_ALLOW"
+ENV_HTTP_DENY = "FLOWLEDGER_HTTP_DENY"
+
+
+def _default_python_workers() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """How node code runs: the python worker pool and the http node's egress rules
+    (``flowledger serve --help`` names the flags)."""
+
+    python_workers: int = field(default_factory=_default_python_workers)
+    """Worker processes running ``python`` nodes (and isolated plugin nodes) at once."""
+    python_max_calls: int = 1000
+    """Calls a worker process serves before it is replaced by a fresh one."""
+    python_memory_mb: int = 1024
+    """Address-space limit of a worker process (a node's ``memory_mb`` overrides it); 0: none."""
+    python_cpu_seconds: int = 300
+    """CPU seconds one call may use (a node's ``cpu_seconds`` overrides it); 0: no limit."""
+    http_allow: tuple[str, ...] = ()
+    """Hosts (``api.example.com``, ``*.example.com``), addresses and CIDR blocks the ``http``
+    node may reach; empty: any not denied."""
+    http_deny: tuple[str, ...] = ()
+    """Hosts, addresses and CIDR blocks it may never reach (link-local and cloud metadata
+    addresses are denied by default, loopback too unless the service is bound to loopback)."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may cost the service."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    """Larger request bodies are refused with 413 before they are read whole."""
+    timeout_s: float = 30.0
+    """A request (not a stream) still unanswered after this long is answered 503."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service needs to start. ``None`` URLs mean: start the embedded server."""
@@ -120,9 +168,17 @@ class Settings:
     push_send_timeout_s: float = 5.0
     """How long a WebSocket client may leave its full queue unread before it is disconnected."""
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    nodes: NodeSettings = field(default_factory=NodeSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     secret_key: str | None = None
     """Encrypts stored secrets (``FLOWLEDGER_SECRET_KEY``); unset: ``<home>/secret.key``, created once."""
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    """Deeper request bodies, workflow specs and push messages are refused with a 400 (an ``error``
+    frame on the WebSocket) before they are decoded."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose browser pages may call the API and follow its streams (CORS); ``*`` for any.
+    Empty: none (no ``Access-Control-*`` headers at all)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -137,4 +193,11 @@ class Settings:
             http_port=int(env.get(ENV_HTTP_PORT, "8000")),
             log_format=env.get(ENV_LOG_FORMAT, "auto"),
             log_level=env.get(ENV_LOG_LEVEL, "info"),
+            max_json_depth=int(env.get(ENV_MAX_JSON_DEPTH, "") or DEFAULT_MAX_JSON_DEPTH),
+            cors_origins=parse_origins(env.get(ENV_CORS_ORIGINS, "")),
         )
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """``FLOWLEDGER_CORS_ORIGINS``: origins separated by commas or spaces (``scheme://host[:port]``)."""
+    return tuple(dict.fromkeys(o.rstrip("/") for o in value.replace(",", " ").split()))

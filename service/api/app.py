@@ -33,6 +33,7 @@ from service.api.auth import (
 )
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.history import history_router
+from service.api.limits import RequestTimeout, rate_limit
 from service.api.metrics import metrics_router
 from service.api.push import push_router
 from service.api.queries import queries_router
@@ -140,7 +141,12 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         ],
         lifespan=[lifespan],
         state=State({"auth_enabled": settings.auth.enabled}),
-        middleware=[DefineMiddleware(AuthMiddleware, exclude=["^/schema"])],
+        middleware=[
+            DefineMiddleware(RequestTimeout, limits=settings.limits),
+            *([limit.middleware] if (limit := rate_limit(settings.auth)) else []),
+            DefineMiddleware(AuthMiddleware, exclude=["^/schema"]),
+        ],
+        request_max_body_size=settings.limits.max_body_bytes,
         guards=[require_scope, require_own_runs],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig())],

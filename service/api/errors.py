@@ -59,6 +59,10 @@ def _http_problem(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         detail = f"no route for {request.method} {request.url.path}; the API is described at /schema"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; the API is described at /schema"
+    elif exc.status_code == 429:
+        reset = (exc.headers or {}).get("RateLimit-Reset", "60")
+        exc.headers = {**(exc.headers or {}), "Retry-After": str(max(1, int(reset)))}
+        detail = f"too many requests with this credential; retry after {exc.headers['Retry-After']} s"
     phrase = HTTPStatus(exc.status_code).phrase
     return ProblemDetailsException(
         status_code=exc.status_code, title=phrase, detail=detail, extra=exc.extra, headers=exc.headers

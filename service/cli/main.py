@@ -17,17 +17,22 @@ from service.cli.audit import audit, export_bundle, import_bundle_command, verif
 from service.cli.client import cancel, events, history, lineage, metrics, run, runs, workflows
 from service.cli.history import diff
 from service.cli.replay import replay
+from service.cli.serve_options import access_options, access_settings
 from service.config import (
     DEFAULT_HOME,
+    DEFAULT_MAX_JSON_DEPTH,
+    ENV_CORS_ORIGINS,
     ENV_DATABASE_URL,
     ENV_HOME,
     ENV_HTTP_HOST,
     ENV_HTTP_PORT,
     ENV_LOG_FORMAT,
     ENV_LOG_LEVEL,
+    ENV_MAX_JSON_DEPTH,
     ENV_NATS_URL,
     Settings,
     WorkerSettings,
+    parse_origins,
 )
 from service.logs import configure_logging
 
@@ -189,9 +194,28 @@ def cli(
     default=True,
     help="Execute runs in this process (off: API and relay only).",
 )
+@click.option(
+    "--max-json-depth",
+    envvar=ENV_MAX_JSON_DEPTH,
+    show_envvar=True,
+    default=DEFAULT_MAX_JSON_DEPTH,
+    type=click.IntRange(1, 500),
+    help="Levels of arrays/objects a request body, workflow spec or push message may nest (deeper: 400).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    envvar=ENV_CORS_ORIGINS,
+    show_envvar=True,
+    multiple=True,
+    help="An origin (scheme://host[:port]) whose browser pages may call the API and follow its "
+    "streams; repeat it, or list them in the variable, comma-separated; '*' for any. Default: none.",
+)
+@access_options
 @click.pass_context
 def serve(
     ctx: click.Context,
+    /,
     host: str,
     port: int,
     max_runs: int,
@@ -200,6 +224,9 @@ def serve(
     lease_seconds: float,
     output_cap_bytes: int,
     worker: bool,
+    max_json_depth: int,
+    cors_origins: tuple[str, ...],
+    **access: Any,
 ) -> None:
     """Serve the HTTP API, execute runs and relay events to NATS (Ctrl-C stops everything it started)."""
     import dataclasses
@@ -216,8 +243,16 @@ def serve(
         output_cap_bytes=output_cap_bytes,
     )
     settings = dataclasses.replace(
-        settings_of(ctx), http_host=host, http_port=port, worker=worker_settings, worker_enabled=worker
+        settings_of(ctx),
+        http_host=host,
+        http_port=port,
+        worker=worker_settings,
+        worker_enabled=worker,
+        max_json_depth=max_json_depth,
+        cors_origins=parse_origins(" ".join(cors_origins)),
     )
+    auth, limits = access_settings(host, access)
+    settings = dataclasses.replace(settings, auth=auth, limits=limits)
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
