@@ -15,6 +15,7 @@ import msgspec
 
 from schemas.envelope import EventEnvelope
 from schemas.events import (
+    WORKER_CRASHED,
     ForkOrigin,
     NodeError,
     NodeExecuteAfter,
@@ -80,6 +81,11 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
     cancel_requested: bool = False
     cancel_reason: str | None = None
     recoveries: int = 0
+    crashed_workers: int = 0
+    """Attempts that failed with ``worker_crashed``: the node's code took its worker process down."""
+    crashed_executors: int = 0
+    """Recoveries after an expired lease (``run_recovered`` with ``lease_expired``): the process
+    or executor running the run died. A graceful hand-back does not count."""
     error: str | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None
@@ -88,6 +94,11 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
     @property
     def ended(self) -> bool:
         return self.status in TERMINAL_RUN
+
+    @property
+    def crashes(self) -> int:
+        """How many times executing this run took down a worker process or its executor."""
+        return self.crashed_workers + self.crashed_executors
 
     def node(self, node_id: str) -> NodeState:
         return self.nodes.get(node_id) or NodeState(node_id)
@@ -123,6 +134,13 @@ def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> Run
     nodes = _apply_to_node(state, event.data, event.seq)
     if nodes is not None:
         base["nodes"] = nodes
+        body = event.data
+        if (
+            isinstance(body, NodeExecuteAfter)
+            and body.error is not None
+            and body.error.kind == WORKER_CRASHED
+        ):
+            base["crashed_workers"] = state.crashed_workers + 1
     else:
         base.update(_run_changes(state, event))
     return msgspec.structs.replace(state, **base)
@@ -144,7 +162,12 @@ def _run_changes(state: RunState, event: EventEnvelope) -> dict[str, Any]:
         case RunStarted():
             return {"status": "running", "started": True, "started_at": event.recorded_at}
         case RunRecovered():
-            return {"status": "running", "started": True, "recoveries": state.recoveries + 1}
+            return {
+                "status": "running",
+                "started": True,
+                "recoveries": state.recoveries + 1,
+                "crashed_executors": state.crashed_executors + (1 if body.lease_expired else 0),
+            }
         case RunWaiting():
             return {"status": "waiting"}
         case RunResumed():

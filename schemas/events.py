@@ -90,6 +90,11 @@ class OutputMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=F
     truncated: bool = True
 
 
+WORKER_CRASHED = "worker_crashed"
+"""``NodeError.kind`` of an attempt whose isolated worker process died (a signal, ``os._exit``,
+``sys.exit``, a memory or CPU-time limit); counts toward ``poison_run``."""
+
+
 class NodeExecuteAfterData(_Event, frozen=True, tag="node_execute_after_data"):
     node_id: Identifier
     attempt: int = 1
@@ -148,6 +153,11 @@ class RunCancelled(_Event, frozen=True, tag="run_cancelled"):
 class RunRecovered(_Event, frozen=True, tag="run_recovered"):
     worker_id: str = ""
     completed_nodes: list[str] = []
+    lease_expired: bool = False
+    """True when the run's previous holder stopped renewing its lease without giving the run
+    back: its process or its executor died. False after a graceful hand-back (a shutdown, a
+    database outage), and in events recorded before this field existed. Counts toward
+    ``poison_run``."""
 
 
 class RunFinished(_Event, frozen=True, tag="run_finished"):

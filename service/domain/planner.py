@@ -4,6 +4,8 @@ Normal execution and crash recovery use the same function: after a crash the
 recovered state simply has nodes that are ``running`` or ``retry_wait`` with
 no live task, and those are started again. Nodes whose ``node_execute_after``
 is in the log are terminal and never planned again.
+
+Poison runs are decided here too, for the same reason: see :func:`poison_reason`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,37 @@ from service.domain.workflow_spec import WorkflowGraph
 STOPPED_PREFIX, CANCELLED_PREFIX = HALT_SKIP_PREFIXES
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
+
+POISON_RUN = "poison_run"
+POISON_LIMIT = 3
+"""Crashes (see :func:`poison_reason`) after which a run is ended instead of run again."""
+
+
+def poison_reason(state: RunState) -> str | None:
+    """The run's error when executing it has taken down a worker process or its executor
+    ``POISON_LIMIT`` times; None otherwise.
+
+    Counted from the log alone (the fold's ``crashed_workers`` and ``crashed_executors``):
+    an attempt that failed with ``worker_crashed`` (its isolated worker died: a signal,
+    ``os._exit``, ``sys.exit``, a memory or CPU-time limit), and a ``run_recovered`` after an
+    expired lease (the process or executor that held the run died; a graceful hand-back on
+    shutdown does not count). The check lives in the planner because the planner is what
+    both execution and recovery consult before doing anything: a run that crashes its worker
+    a third time is ended instead of retried, and a run that keeps killing the service is
+    ended by the first executor that recovers it after the third time, instead of being run
+    (and crashing) again on every restart. A cancel requested meanwhile still wins.
+    """
+    if state.crashes < POISON_LIMIT:
+        return None
+    parts = []
+    if state.crashed_workers:
+        parts.append(f"{state.crashed_workers} worker crash(es)")
+    if state.crashed_executors:
+        parts.append(f"{state.crashed_executors} recovery(ies) after its executor died")
+    return (
+        f"{POISON_RUN}: executing this run took down a worker or its executor {state.crashes} times "
+        f"({', '.join(parts)}); it is not retried or recovered again"
+    )
 
 
 @dataclass(frozen=True)
@@ -58,8 +91,11 @@ def plan(graph: WorkflowGraph, state: RunState, active: Set[str] = frozenset()) 
 
     halt_reason: str | None = None
     outcome: Outcome = "failed"
+    poisoned = poison_reason(state)
     if state.cancel_requested:
         halt_reason, outcome = f"{CANCELLED_PREFIX} {state.cancel_reason}", "cancelled"
+    elif poisoned is not None:
+        halt_reason = f"{STOPPED_PREFIX} {POISON_RUN}"
     elif graph.spec.on_failure == "stop":
         failed = next((n for n in graph.topo_order if nodes[n].status == "failed"), None)
         if failed is not None:
@@ -76,7 +112,12 @@ def plan(graph: WorkflowGraph, state: RunState, active: Set[str] = frozenset()) 
         if cancel:
             return Plan(cancel=cancel, skip=tuple(s for s in skip if s[0] not in active))
         # A cancelled run's reason is the one given (its skipped nodes say "run cancelled: <it>").
-        error = state.cancel_reason if outcome == "cancelled" else _run_error(graph, nodes, halt_reason)
+        if outcome == "cancelled":
+            error = state.cancel_reason
+        elif poisoned is not None:
+            error = poisoned
+        else:
+            error = _run_error(graph, nodes, halt_reason)
         return Plan(skip=skip, finish=outcome, error=error)
 
     start: list[str] = []

@@ -31,6 +31,7 @@ from projections.run_state import RunState, apply
 from schemas.codec import to_typed
 from schemas.envelope import RawEnvelope
 from schemas.events import (
+    WORKER_CRASHED,
     Event,
     ForkOrigin,
     NodeError,
@@ -47,7 +48,7 @@ from schemas.events import (
     RunStarted,
 )
 from schemas.workflow import NodeSpec, RetryPolicy
-from service.domain.planner import Plan, plan
+from service.domain.planner import POISON_LIMIT, Plan, plan
 from service.domain.run_document import node_document
 from service.domain.workflow_spec import WorkflowGraph
 from service.engine.nodes.config_values import (
@@ -184,8 +185,13 @@ class RunExecutor:
             completed = [
                 n for n, s in self.state.nodes.items() if s.status in ("succeeded", "failed", "skipped")
             ]
-            await self._append([RunRecovered(worker_id=self.worker_id, completed_nodes=sorted(completed))])
-            self._log.info("run_recovered", completed=len(completed))
+            recovered = RunRecovered(
+                worker_id=self.worker_id,
+                completed_nodes=sorted(completed),
+                lease_expired=self.claim.lease_expired,
+            )
+            await self._append([recovered])
+            self._log.info("run_recovered", completed=len(completed), lease_expired=recovered.lease_expired)
         else:
             await self._append([RunStarted(worker_id=self.worker_id)])
         try:
@@ -463,7 +469,9 @@ class RunExecutor:
         error = NodeError(kind=failure.kind, message=failure.message, retryable=retryable)
         failed = _failed_attempt(node_id, node_type, attempt, duration, error)
         failures = self.state.node(node_id).failures + 1
-        if retryable and failures < policy.max_attempts and not self.state.cancel_requested:
+        # A crash that makes the run a poison run is not retried: the planner ends the run.
+        poisoned = failure.kind == WORKER_CRASHED and self.state.crashes + 1 >= POISON_LIMIT
+        if retryable and failures < policy.max_attempts and not self.state.cancel_requested and not poisoned:
             delay = backoff_ms(policy, failures)
             retry = NodeRetryScheduled(
                 node_id=node_id,

@@ -41,6 +41,9 @@ class Claim:
     workflow_id: str
     workflow_version: str
     claims: int
+    lease_expired: bool = False
+    """The run was taken from a holder whose lease expired (it died without giving the run
+    back), not new or handed back; recorded in ``run_recovered`` (it counts toward ``poison_run``)."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +66,22 @@ class RunQueue:
             "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING run_id"
         )
         self._sql_by_key = f"SELECT run_id FROM {s}.run_queue WHERE tenant = $1 AND workflow_id = $2 AND idempotency_key = $3"
+        # A row with a lease that is not NULL but past was held by a worker that stopped renewing
+        # it without releasing it (release and new rows have a NULL lease).
         self._sql_claim = f"""
-            UPDATE {s}.run_queue q
-               SET lease_owner = $1, lease_expires_at = clock_timestamp() + make_interval(secs => $2),
-                   status = 'running', claims = q.claims + 1
-             WHERE q.run_id IN (
-                   SELECT run_id FROM {s}.run_queue
+            WITH picked AS (
+                   SELECT run_id, lease_expires_at IS NOT NULL AS lease_expired FROM {s}.run_queue
                     WHERE status <> 'ended'
                       AND (lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())
                     ORDER BY queued_at
                     LIMIT $3
                     FOR UPDATE SKIP LOCKED)
-            RETURNING q.run_id, q.tenant, q.workflow_id, q.workflow_version, q.claims"""
+            UPDATE {s}.run_queue q
+               SET lease_owner = $1, lease_expires_at = clock_timestamp() + make_interval(secs => $2),
+                   status = 'running', claims = q.claims + 1
+              FROM picked
+             WHERE q.run_id = picked.run_id
+            RETURNING q.run_id, q.tenant, q.workflow_id, q.workflow_version, q.claims, picked.lease_expired"""
         # Ended rows count as held (their runs are just finishing) but keep no lease.
         self._sql_renew = (
             f"UPDATE {s}.run_queue SET lease_expires_at = CASE WHEN status = 'ended' THEN NULL "
@@ -151,7 +158,14 @@ class RunQueue:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self._sql_claim, worker_id, lease_s, limit)
         return [
-            Claim(r["run_id"], r["tenant"], r["workflow_id"], r["workflow_version"], r["claims"])
+            Claim(
+                r["run_id"],
+                r["tenant"],
+                r["workflow_id"],
+                r["workflow_version"],
+                r["claims"],
+                lease_expired=r["lease_expired"],
+            )
             for r in rows
         ]
 
