@@ -79,7 +79,8 @@ class Runtime:
         self.relay: Relay | None = None
         self.workflows: WorkflowStore
         self.queue: RunQueue
-        self.registry: NodeRegistry = default_registry()
+        # The http node reaches loopback by default only when this service is bound to it.
+        self.registry: NodeRegistry = default_registry(settings.nodes, service_host=settings.http_host)
         self.keys: KeyStore
         self._secrets: SecretStore | None = None
         self.admin_token_written: Path | None = None

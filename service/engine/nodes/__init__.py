@@ -6,7 +6,10 @@ registry; ``default_registry`` (here) puts the two together with the plugins.
 
 from __future__ import annotations
 
+from service.config import NodeSettings
 from service.engine.nodes.builtins import register_builtins
+from service.engine.nodes.egress import EgressPolicy
+from service.engine.nodes.isolated import IsolatedPool
 from service.engine.nodes.registry import (
     ENTRY_POINT_GROUP,
     Handler,
@@ -31,9 +34,25 @@ __all__ = [
 ]
 
 
-def default_registry() -> NodeRegistry:
-    """A fresh registry with every built-in node type and every ``flowledger.nodes`` plugin."""
-    registry = NodeRegistry()
+def default_registry(
+    settings: NodeSettings | None = None, *, service_host: str = "127.0.0.1"
+) -> NodeRegistry:
+    """A fresh registry with every built-in node type and every ``flowledger.nodes`` plugin.
+
+    ``settings`` size and limit the python worker pool and give the http node's egress rules;
+    ``service_host`` is where the service's API is bound: loopback addresses are reachable by
+    default only when that is a loopback address. ``ValueError`` for a malformed egress rule.
+    """
+    settings = settings or NodeSettings()
+    registry = NodeRegistry(
+        egress=EgressPolicy.from_settings(settings.http_allow, settings.http_deny, service_host=service_host),
+        isolated=IsolatedPool(
+            settings.python_workers,
+            max_calls=settings.python_max_calls,
+            memory_mb=settings.python_memory_mb,
+            cpu_seconds=settings.python_cpu_seconds,
+        ),
+    )
     register_builtins(registry)
     registry.load_entry_points()
     return registry

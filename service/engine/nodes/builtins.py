@@ -8,7 +8,6 @@ can be checked before a run starts (JMESPath syntax and function calls, the
 from __future__ import annotations
 
 import asyncio
-import copy
 import importlib
 import importlib.util
 import inspect
@@ -21,6 +20,7 @@ import msgspec
 from jmespath import exceptions as jmespath_errors
 
 from service.engine.nodes.expressions import compile_expression, evaluate, is_truthy
+from service.engine.nodes.http_transport import EgressDenied
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry, NodeType
 
 # -- configs -------------------------------------------------------------------
@@ -73,12 +73,24 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 _CALLABLE_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
+MIN_MEMORY_MB = 64
+"""A worker process needs about 50 MiB of address space before it runs any user code."""
+
+
 class PythonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     callable: str
+    memory_mb: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Address-space limit of the worker process (MiB; 0: none); unset: FLOWLEDGER_PYTHON_MEMORY_MB."""
+    cpu_seconds: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """CPU seconds the call may use (0: no limit); unset: FLOWLEDGER_PYTHON_CPU_SECONDS."""
 
     def __post_init__(self) -> None:
         if not _CALLABLE_PATH.match(self.callable):
             raise ValueError(f"callable must look like 'package.module:function', got {self.callable!r}")
+        if self.memory_mb and self.memory_mb < MIN_MEMORY_MB:
+            raise ValueError(
+                f"memory_mb must be 0 (no limit) or at least {MIN_MEMORY_MB}, got {self.memory_mb}"
+            )
 
 
 class FailConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -140,6 +152,9 @@ def make_http_handler(registry: NodeRegistry) -> Any:
                     json=config.json,
                     timeout=httpx.Timeout(seconds),
                 )
+        except EgressDenied as exc:
+            hop = "" if exc.host == httpx.URL(url).host else " (a redirect target)"
+            raise NodeFailure("egress_denied", f"{method} {url}: {exc}{hop}", retryable=False) from None
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise NodeFailure(
                 "http_timeout", f"{method} {url} timed out after {config.timeout_ms} ms", retryable=True
@@ -206,10 +221,13 @@ def _import_callable(path: str) -> Any:
 
 
 async def python(config: PythonConfig, ctx: NodeContext) -> Any:
-    """Calls ``callable(document)``; coroutine functions are awaited, others run in a worker thread."""
+    """Calls ``callable(document)`` in an isolated worker process; coroutine functions are awaited."""
+    # Runs in the worker process (the node type is isolated): importing and calling user code
+    # blocks nobody else, and the document is this process's own copy.
     try:
-        # Importing user code may be slow or block; keep it off the event loop.
-        func = await asyncio.to_thread(_import_callable, config.callable)
+        func = _import_callable(config.callable)
+    except MemoryError:
+        raise  # the worker's memory limit: a crash, not an import problem
     except Exception as exc:
         raise NodeFailure(
             "python_import",
@@ -222,13 +240,8 @@ async def python(config: PythonConfig, ctx: NodeContext) -> Any:
             f"{config.callable!r} is a {type(func).__name__}, not a callable",
             retryable=False,
         )
-    # User code gets its own copy: the document is shared with nodes running
-    # concurrently, and a thread mutating it would be a data race.
-    document = copy.deepcopy(ctx.document)
-    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
-        return await func(document)
-    result = await asyncio.to_thread(func, document)
-    if inspect.isawaitable(result):  # a plain function that returned a coroutine
+    result = func(ctx.document)
+    if inspect.isawaitable(result):  # a coroutine function (or one that returned a coroutine)
         result = await result
     return result
 
@@ -252,9 +265,15 @@ def builtin_node_types(registry: NodeRegistry) -> list[NodeType]:
         ("fail", FailConfig, fail),
     ]
     checks = {"python": python_callable_problem}
+    isolated = {"python"}
     return [
         NodeType(
-            name, config_type, handler, (inspect.getdoc(handler) or "").splitlines()[0], checks.get(name)
+            name,
+            config_type,
+            handler,
+            (inspect.getdoc(handler) or "").splitlines()[0],
+            checks.get(name),
+            isolated=name in isolated,
         )
         for name, config_type, handler in handlers
     ]

@@ -24,9 +24,12 @@ import httpx
 import msgspec
 import structlog
 
-from schemas.events import NodeError
+from schemas.events import WORKER_CRASHED, NodeError
 from service.engine.nodes.config_values import dynamic_values, redact
+from service.engine.nodes.egress import EgressPolicy
 from service.engine.nodes.expressions import ExpressionError
+from service.engine.nodes.http_transport import checked_client
+from service.engine.nodes.isolated import CallFailed, IsolatedPool, WorkerCrashed, callable_ref
 
 ENTRY_POINT_GROUP = "flowledger.nodes"
 
@@ -109,6 +112,12 @@ class NodeType:
     check: Callable[[Any], str | None] | None = None
     """Run on a parsed config when a workflow is registered (never at execution): a problem
     that would make every run fail (e.g. a python callable whose module does not exist), or None."""
+    isolated: bool = False
+    """Run the handler in a worker process of the registry's pool (``isolated.py``), not in the
+    service: what it does to its process (a crash, a memory or CPU-time limit) fails only the
+    attempt, with ``worker_crashed``. The handler and config type must be module-level (the
+    worker imports them by name); a config's ``memory_mb`` and ``cpu_seconds`` fields, when it
+    has them, override the pool's limits."""
 
 
 class UnknownNodeType(LookupError):
@@ -135,12 +144,15 @@ def _first_doc_line(obj: object) -> str:
 
 
 class NodeRegistry:
-    """Node types by name, plus the resources their handlers share (one HTTP client)."""
+    """Node types by name, plus the resources their handlers share: one HTTP client (connecting
+    only where ``egress`` allows) and the pool of worker processes of isolated node types."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, egress: EgressPolicy | None = None, isolated: IsolatedPool | None = None) -> None:
         self._types: dict[str, NodeType] = {}
         self._http_client: httpx.AsyncClient | None = None
         self._loaded_entry_points: set[tuple[str, str, str]] = set()
+        self.egress = egress or EgressPolicy()
+        self.isolated = isolated or IsolatedPool()
 
     # -- registration -------------------------------------------------------
 
@@ -169,6 +181,14 @@ class NodeRegistry:
             raise TypeError(f"handler of node type {name!r} is not callable")
         if inspect.isfunction(handler) and not inspect.iscoroutinefunction(handler):
             raise TypeError(f"handler {handler.__qualname__} of node type {name!r} must be an async function")
+        if node_type.isolated:
+            try:
+                callable_ref(handler)
+                callable_ref(config_type)
+            except ValueError as exc:
+                raise TypeError(
+                    f"isolated node type {name!r}: a worker process cannot import it: {exc}"
+                ) from None
         self._types[name] = node_type
 
     def node(self, name: str, config: type[msgspec.Struct], description: str = "") -> Callable[[H], H]:
@@ -231,15 +251,18 @@ class NodeRegistry:
     def http_client(self) -> httpx.AsyncClient:
         """The registry's shared HTTP client, created on first use; closed by :meth:`aclose`."""
         if self._http_client is None or self._http_client.is_closed:
-            # Redirects are followed as a browser or n8n would; per-request timeouts are set by the caller.
-            self._http_client = httpx.AsyncClient(follow_redirects=True)
+            # Redirects are followed as a browser or n8n would (each hop's connection is checked
+            # against the egress policy); per-request timeouts are set by the caller.
+            self._http_client = checked_client(self.egress)
         return self._http_client
 
     async def aclose(self) -> None:
-        """Release shared resources; the registry stays usable (a new client is made on demand)."""
+        """Release shared resources: the HTTP client and the worker processes; the registry stays
+        usable (a new client and new workers are made on demand)."""
         client, self._http_client = self._http_client, None
         if client is not None:
             await client.aclose()
+        await self.isolated.aclose()
 
     async def execute(self, name: str, config: msgspec.Struct, ctx: NodeContext) -> Any:
         """Run one attempt; returns its JSON-ready output or raises :class:`NodeFailure`.
@@ -258,6 +281,8 @@ class NodeRegistry:
                 f"got {type(config).__name__}",
                 retryable=False,
             )
+        if node_type.isolated:
+            return await self._execute_isolated(node_type, config, ctx)
         try:
             result = await node_type.handler(config, ctx)
         except NodeFailure:
@@ -298,6 +323,37 @@ class NodeRegistry:
                 f"node type {name!r} returned a value that is not JSON-serializable: {exc}",
                 retryable=False,
             ) from exc
+
+    async def _execute_isolated(self, node_type: NodeType, config: msgspec.Struct, ctx: NodeContext) -> Any:
+        """One attempt in a worker process; its output is already JSON (it came back as JSON)."""
+        name = node_type.name
+        try:
+            return await self.isolated.call(
+                callable_ref(node_type.handler),
+                callable_ref(node_type.config_type),
+                msgspec.to_builtins(config),
+                msgspec.to_builtins(ctx),
+                memory_mb=getattr(config, "memory_mb", None),
+                cpu_seconds=getattr(config, "cpu_seconds", None),
+            )
+        except WorkerCrashed as exc:
+            message = f"node {ctx.node_id}: {exc}"
+            fields = {"run_id": ctx.run_id, "node_id": ctx.node_id, "node_type": name, "attempt": ctx.attempt}
+            _log().warning("node worker crashed", error=message, **fields)
+            raise NodeFailure(WORKER_CRASHED, message, retryable=True) from None
+        except CallFailed as exc:
+            message = redact(exc.message, ctx.secrets)
+            if exc.traceback:  # an unexpected exception (not a NodeFailure): log where it came from
+                _log().warning(
+                    "node handler raised",
+                    run_id=ctx.run_id,
+                    node_id=ctx.node_id,
+                    node_type=name,
+                    attempt=ctx.attempt,
+                    error=f"{exc.kind}: {message}",
+                    traceback=redact(exc.traceback, ctx.secrets),
+                )
+            raise NodeFailure(exc.kind, message, retryable=exc.retryable) from None
 
     # -- plugins ------------------------------------------------------------
 
