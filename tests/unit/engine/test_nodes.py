@@ -7,9 +7,10 @@ imports real modules (``examples.python_nodes`` and this test module).
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
-import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jmespath
@@ -35,8 +36,10 @@ BUILTINS = ["branch", "delay", "fail", "http", "noop", "python", "transform"]
 
 
 @pytest.fixture
-def registry() -> NodeRegistry:
-    return default_registry()
+async def registry() -> AsyncIterator[NodeRegistry]:
+    registry = default_registry()
+    yield registry
+    await registry.aclose()  # its python worker processes
 
 
 def ctx(
@@ -242,7 +245,11 @@ def test_valid_configs_parse_to_their_typed_structs(registry: NodeRegistry) -> N
     fail = registry.parse_config("fail", {})
     assert msgspec.to_builtins(fail) == {"message": "failed on purpose", "times": None}
     python = registry.parse_config("python", {"callable": "examples.python_nodes:order_total"})
-    assert msgspec.to_builtins(python) == {"callable": "examples.python_nodes:order_total"}
+    assert msgspec.to_builtins(python) == {
+        "callable": "examples.python_nodes:order_total",
+        "memory_mb": None,
+        "cpu_seconds": None,
+    }
 
 
 # -- execute -------------------------------------------------------------------
@@ -466,13 +473,11 @@ async def test_fail_fails_the_first_times_attempts_then_succeeds(registry: NodeR
 
 
 # Callables for the python node tests below; importable as tests.unit.engine.test_nodes:<name>.
-CALLER_THREADS: list[int] = []
 
 
-def record_thread(document: dict[str, Any]) -> dict[str, Any]:
-    CALLER_THREADS.append(threading.get_ident())
+def record_process(document: dict[str, Any]) -> dict[str, Any]:
     document["inputs"]["mutated"] = True  # must not leak into the caller's document
-    return {"seen": sorted(document["inputs"])}
+    return {"seen": sorted(document["inputs"]), "pid": os.getpid()}
 
 
 class AsyncCallable:
@@ -484,13 +489,13 @@ async_callable = AsyncCallable()
 NOT_CALLABLE = 42
 
 
-async def test_python_runs_a_sync_function_in_a_worker_thread_on_a_copy(registry: NodeRegistry) -> None:
+async def test_python_runs_a_sync_function_in_a_worker_process_on_a_copy(registry: NodeRegistry) -> None:
     context = ctx("python", inputs={"a": 1})
     output = await run(
-        registry, "python", {"callable": "tests.unit.engine.test_nodes:record_thread"}, context
+        registry, "python", {"callable": "tests.unit.engine.test_nodes:record_process"}, context
     )
-    assert output == {"seen": ["a", "mutated"]}
-    assert CALLER_THREADS and CALLER_THREADS[-1] != threading.get_ident()
+    assert output == {"seen": ["a", "mutated"], "pid": output["pid"]}
+    assert output["pid"] != os.getpid()  # isolated: see tests/unit/engine/test_isolated.py
     assert context.document["inputs"] == {"a": 1}
 
 
