@@ -16,6 +16,7 @@ from service.cli.admin import projections
 from service.cli.audit import audit, export_bundle, import_bundle_command, verify_bundle_command
 from service.cli.client import cancel, events, history, lineage, metrics, run, runs, workflows
 from service.cli.history import diff
+from service.cli.node_options import node_options, node_settings
 from service.cli.replay import replay
 from service.cli.serve_options import access_options, access_settings
 from service.config import (
@@ -212,6 +213,7 @@ def cli(
     "streams; repeat it, or list them in the variable, comma-separated; '*' for any. Default: none.",
 )
 @access_options
+@node_options
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -252,7 +254,7 @@ def serve(
         cors_origins=parse_origins(" ".join(cors_origins)),
     )
     auth, limits = access_settings(host, access)
-    settings = dataclasses.replace(settings, auth=auth, limits=limits)
+    settings = dataclasses.replace(settings, auth=auth, limits=limits, nodes=node_settings(access))
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
