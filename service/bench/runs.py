@@ -1,6 +1,8 @@
 """``flowledger bench runs``: whole-path run throughput vs DBOS on the same PostgreSQL server.
 
-Ours, per run of a 5-node linear ``noop`` workflow: enqueue (queue row and
+Ours, per run of a 5-node linear ``noop`` workflow (``--node-type python``: 5 ``python``
+nodes calling ``json:dumps`` in the isolated worker processes, to measure what isolation
+costs): enqueue (queue row and
 ``run_queued`` in one transaction), execution by a ``Worker`` (every node's
 ``node_execute_before``, ``_after`` and ``_after_data`` durable before the next
 node starts), and the relay publishing every event to a fresh JetStream
@@ -59,13 +61,21 @@ STALL_S = 60.0
 TENANT = "bench"
 
 
-def bench_spec() -> WorkflowSpec:
-    """``n1 -> n2 -> ... -> n5``, every node a ``noop``."""
+NODE_TYPES = ("noop", "python")
+PYTHON_CALLABLE = "json:dumps"
+"""What a ``python`` bench node calls: trivial, so the figure is the cost of the worker process."""
+
+
+def bench_spec(node_type: str = "noop") -> WorkflowSpec:
+    """``n1 -> n2 -> ... -> n5``, every node a ``noop`` (or a ``python`` node: ``json:dumps``)."""
+    if node_type not in NODE_TYPES:
+        raise ValueError(f"--node-type must be one of {', '.join(NODE_TYPES)}, got {node_type!r}")
     ids = [f"n{i}" for i in range(1, NODES + 1)]
+    config = {"callable": PYTHON_CALLABLE} if node_type == "python" else {}
     return WorkflowSpec(
         id="bench-runs",
-        name="bench runs: 5 noop nodes in a line",
-        nodes=[NodeSpec(id=node_id, type="noop") for node_id in ids],
+        name=f"bench runs: 5 {node_type} nodes in a line",
+        nodes=[NodeSpec(id=node_id, type=node_type, config=config) for node_id in ids],
         edges=[EdgeSpec(from_=a, to=b) for a, b in pairwise(ids)],
     )
 
@@ -126,9 +136,15 @@ class _OurSide:
 
 
 async def _ours(
-    pool: asyncpg.Pool, database_url: str, nc: NATS, runs: int, concurrency: int, progress: Progress
+    pool: asyncpg.Pool,
+    database_url: str,
+    nc: NATS,
+    runs: int,
+    concurrency: int,
+    progress: Progress,
+    node_type: str = "noop",
 ) -> SideResult:
-    async with _our_side(pool, nc, concurrency) as side:
+    async with _our_side(pool, nc, concurrency, node_type) as side:
         enqueued = progress.add_task("flowledger: enqueued", total=runs)
         finished = progress.add_task("flowledger: finished", total=runs)
         relayed = progress.add_task("flowledger: relayed events", total=runs * EVENTS_PER_RUN)
@@ -148,7 +164,9 @@ async def _ours(
 
 
 @contextlib.asynccontextmanager
-async def _our_side(pool: asyncpg.Pool, nc: NATS, concurrency: int) -> AsyncIterator[_OurSide]:
+async def _our_side(
+    pool: asyncpg.Pool, nc: NATS, concurrency: int, node_type: str = "noop"
+) -> AsyncIterator[_OurSide]:
     """Start our side in a scratch schema and stream, the bench workflow registered and the
     relay active; stop it and drop the scratch schema and stream on exit."""
     async with scratch_schema(pool) as schema, scratch_stream(nc, "RUNS") as (stream, prefix):
@@ -159,7 +177,7 @@ async def _our_side(pool: asyncpg.Pool, nc: NATS, concurrency: int) -> AsyncIter
         try:
             queue = RunQueue(store, schema=schema)
             workflows = WorkflowStore(pool, schema=schema)
-            stored, _ = await workflows.register(bench_spec(), tenant=TENANT)
+            stored, _ = await workflows.register(bench_spec(node_type), tenant=TENANT)
             worker = Worker(store, queue, workflows, registry, WorkerSettings(max_runs=concurrency))
             relay = Relay(store, nc, stream=stream, subject_prefix=prefix, name=f"bench-{stream}")
             background = [
@@ -393,30 +411,40 @@ def dbos_available() -> bool:
 
 
 async def bench_runs(
-    settings: Settings, runs: int = 2000, concurrency: int = 100, baseline: bool = True
+    settings: Settings,
+    runs: int = 2000,
+    concurrency: int = 100,
+    baseline: bool = True,
+    node_type: str = "noop",
 ) -> RunsBenchResult:
     """Measure ours, then DBOS (when ``baseline`` and installed), and print them side by side."""
     if runs < 1 or concurrency < 1:
         raise ValueError("--runs and --concurrency must be at least 1")
+    bench_spec(node_type)  # refuses an unknown node type before anything starts
     with_dbos = baseline and dbos_available()
     async with running(settings, relay=False, worker=False) as runtime:
         assert runtime.pool is not None and runtime.nats is not None and runtime.database_url is not None
         with Progress(transient=True) as progress:
-            ours = await _ours(runtime.pool, runtime.database_url, runtime.nats, runs, concurrency, progress)
+            ours = await _ours(
+                runtime.pool, runtime.database_url, runtime.nats, runs, concurrency, progress, node_type
+            )
             theirs = (
                 await _dbos(runtime.pool, runtime.database_url, runs, concurrency, progress)
                 if with_dbos
                 else None
             )
     result = RunsBenchResult(ours, theirs)
-    _print(result, runs, concurrency, baseline)
+    _print(result, runs, concurrency, baseline, node_type)
     return result
 
 
-def _print(result: RunsBenchResult, runs: int, concurrency: int, baseline: bool) -> None:
+def _print(
+    result: RunsBenchResult, runs: int, concurrency: int, baseline: bool, node_type: str = "noop"
+) -> None:
     ours = result.ours
+    what = "noop" if node_type == "noop" else f"python ({PYTHON_CALLABLE}, isolated worker processes)"
     notes = [
-        f"{runs:,} runs of a {NODES}-node linear noop workflow, {concurrency} runs at once, "
+        f"{runs:,} runs of a {NODES}-node linear {what} workflow, {concurrency} runs at once, "
         f"{STARTERS} concurrent starters; ours includes relaying all {runs * EVENTS_PER_RUN:,} events "
         "to JetStream.",
         f"flowledger run latency (run_queued -> run_finished): p50 {ours.p50_ms:,.1f} ms, "
@@ -430,7 +458,11 @@ def _print(result: RunsBenchResult, runs: int, concurrency: int, baseline: bool)
         )
         print_comparisons(
             "flowledger bench runs",
-            [Comparison("runs end to end", ours.rate, dbos.rate, "DBOS, 5 steps", "runs/s", 3.0)],
+            [
+                Comparison(
+                    f"runs end to end ({node_type})", ours.rate, dbos.rate, "DBOS, 5 steps", "runs/s", 3.0
+                )
+            ],
             notes,
         )
         return

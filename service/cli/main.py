@@ -471,6 +471,13 @@ def _register_benches() -> None:
         concurrency=click.Option(
             ["--concurrency"], default=100, show_default=True, help="Runs executing at once, per side."
         ),
+        node_type=click.Option(
+            ["--node-type"],
+            type=click.Choice(["noop", "python"]),
+            default="noop",
+            show_default=True,
+            help="Our nodes: noop, or python (json:dumps in the isolated worker processes: the cost of isolation).",
+        ),
     )
 
     _bench_command(
