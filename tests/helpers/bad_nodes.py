@@ -47,6 +47,18 @@ def spin(document: dict[str, Any]) -> int:
     return count
 
 
+async def spin_async(document: dict[str, Any]) -> int:
+    """A coroutine function that burns CPU for ``inputs.seconds`` without ever awaiting: run on an
+    event loop, it would hold that loop the whole time."""
+    return spin(document)
+
+
+def hold_gil(document: dict[str, Any]) -> int:
+    """One C call that never releases the GIL (``sum`` over ``inputs.n`` numbers, about a second for
+    40 million): run in a thread of the service, it would stall the service's event loop."""
+    return sum(range(int(document["inputs"].get("n", 40_000_000))))
+
+
 def crash_once(document: dict[str, Any]) -> str:
     """``os._exit(1)`` the first time (it leaves ``inputs.marker`` behind), then ``"recovered"``."""
     marker = Path(document["inputs"]["marker"])

@@ -292,7 +292,7 @@ async def test_a_cpu_bound_python_node_does_not_stall_a_concurrent_delay_node(en
         wf(
             "busy",
             [
-                python_node("burn", {"callable": f"{BAD}:spin"}),
+                python_node("burn", {"callable": f"{BAD}:spin_async"}),  # never awaits
                 {"id": "tick", "type": "delay", "config": {"ms": 200}},
             ],
             [],
@@ -300,9 +300,12 @@ async def test_a_cpu_bound_python_node_does_not_stall_a_concurrent_delay_node(en
     )
     events = await engine.wait_ended(await engine.start("busy", {"seconds": 2.5}), timeout=60)
     assert events[-1].data.status == "succeeded"
-    durations = {e.data.node_id: e.data.duration_ms for e in events if isinstance(e.data, NodeExecuteAfter)}
-    assert durations["burn"] >= 2400
-    assert durations["tick"] < 1000, durations  # a stalled loop would have held it ~2.5 s
+    after = {e.data.node_id: e for e in events if isinstance(e.data, NodeExecuteAfter)}
+    assert after["burn"].data.duration_ms >= 2400
+    # Both started together; the delay finished (and was recorded) while the burn still ran.
+    # On a stalled loop it could not even have started its timer until the burn was over.
+    ahead = (after["burn"].recorded_at - after["tick"].recorded_at).total_seconds()
+    assert ahead > 1.5, f"the delay node ended only {ahead:.2f} s before the CPU-bound one"
 
 
 @pytest.mark.slow
@@ -310,13 +313,15 @@ async def test_the_service_keeps_serving_while_python_nodes_crash_and_burn(serve
     async with serve_app(servers, own_database=True, nodes=NodeSettings(python_workers=2)) as api:
         specs = [
             wf("crash", [python_node("bad", {"callable": f"{BAD}:segfault"}, max_attempts=2)], []),
-            wf("burn", [python_node("burn", {"callable": f"{BAD}:spin"})], []),
+            wf("burn", [python_node("burn", {"callable": f"{BAD}:hold_gil"})], []),
             wf("ok", [python_node("ok", {"callable": "examples.python_nodes:greeting"})], []),
         ]
         for spec in specs:
             assert (await api.post("/v1/workflows", json=spec)).status_code in (200, 201)
         crash = (await api.post("/v1/workflows/crash/runs", json={"inputs": {}})).json()["run_id"]
-        burn = (await api.post("/v1/workflows/burn/runs", json={"inputs": {"seconds": 2.0}})).json()["run_id"]
+        burn = (await api.post("/v1/workflows/burn/runs", json={"inputs": {"n": 80_000_000}})).json()[
+            "run_id"
+        ]
         ok = (await api.post("/v1/workflows/ok/runs", json={"inputs": {"name": "Ada"}})).json()["run_id"]
 
         slowest = 0.0
