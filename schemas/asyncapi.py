@@ -1,11 +1,15 @@
-"""The AsyncAPI 3.0 document of what Flowledger publishes on NATS (``schemas/asyncapi.json``).
+"""The AsyncAPI 3.0 document of Flowledger's messages (``schemas/asyncapi.json``): what it publishes
+on NATS, and the n8n-compatible WebSocket push channel of its HTTP API (``schemas.push``).
 
 Guarantees: ``asyncapi_document()`` is pure and deterministic (same rules as
 ``schemas.export``: sorted keys, normalised docstrings, readable component
 names). Payload schemas are generated from the same msgspec Structs as the
-envelope the relay encodes, so the document cannot describe a field the
-service does not send. The committed file is checked against this module by
-``tests/unit/test_asyncapi_current.py``; regenerate it with
+envelope the relay encodes (and, for the push channel, from the Structs in
+``schemas.push`` that the tests check every pushed message against), so the
+document cannot describe a field the service does not send. The committed
+file is checked against this module by
+``tests/unit/schemas/test_asyncapi_current.py`` (the push channel by
+``test_asyncapi_push.py`` beside it); regenerate it with
 ``flowledger schemas export``.
 
 Schemas are written in the AsyncAPI Schema format (a superset of JSON Schema
@@ -17,6 +21,8 @@ are distinct) with the tag -> schema map kept in ``x-discriminator-mapping``.
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +45,24 @@ from schemas.names import (
     STREAM_NAME,
     SUBJECT_PREFIX,
 )
+from schemas.push import (
+    CANCEL_SCOPE,
+    CLIENT_MESSAGES,
+    CLOSE_CODES,
+    PUSH_PATH,
+    PUSH_REF_MAX_LENGTH,
+    READ_SCOPE,
+    SERVER_MESSAGES,
+    SESSION_COOKIE,
+    PushQuery,
+    examples,
+)
 
 ASYNCAPI_VERSION = "3.0.0"
 EVENTS_SUBJECT_PREFIX = SUBJECT_PREFIX
+NATS_SERVER = "local"
+HTTP_SERVER = "localHttp"
+PUSH_CHANNEL = "push"
 
 _REF = "#/components/schemas/{name}"
 _DIGITS = r"^[0-9]+$"
@@ -145,10 +166,19 @@ def _asyncapi_dialect(value: Any) -> Any:
     return out
 
 
+_PUSH_TYPES: list[type[msgspec.Struct]] = [
+    PushQuery,
+    *CLIENT_MESSAGES.values(),
+    *(cls for pair in SERVER_MESSAGES.values() for cls in pair if cls is not None),
+]
+"""The push channel's Structs: their component schemas are named after the classes."""
+
+
 def _payload_schemas() -> dict[str, Any]:
-    """Component schemas of both envelopes and everything they reference, from the msgspec Structs."""
-    (event_ref, trimmed_ref), components = msgspec.json.schema_components(
-        [EventEnvelope, TrimmedEventEnvelope], ref_template=_REF
+    """Component schemas of both envelopes, the push channel's messages and everything they
+    reference, from the msgspec Structs (one generation, so a shared Struct is one component)."""
+    (event_ref, trimmed_ref, *_), components = msgspec.json.schema_components(
+        [EventEnvelope, TrimmedEventEnvelope, *_PUSH_TYPES], ref_template=_REF
     )
     # Generic Structs get names built from repr of their type arguments: unreadable and
     # different across Python versions, hence the rename (as in schemas.export).
@@ -200,6 +230,7 @@ def _channel(address_prefix: str, title: str, description: str, messages: list[s
         "address": f"{address_prefix}.{{tenant}}.{{workflow_id}}.{{run_id}}.{{type}}",
         "title": title,
         "description": description,
+        "servers": [{"$ref": f"#/servers/{NATS_SERVER}"}],
         "parameters": {name: {"$ref": f"#/components/parameters/{name}"} for name in _parameters()},
         "messages": {
             name[0].lower() + name[1:]: {"$ref": f"#/components/messages/{name}"} for name in messages
@@ -216,6 +247,64 @@ def _message(name: str, title: str, summary: str, headers: str, payload: str) ->
         "headers": {"$ref": _REF.format(name=headers)},
         "payload": {"$ref": _REF.format(name=payload)},
     }
+
+
+def _title(tag: str) -> str:
+    """``nodeExecuteAfterData`` -> ``Node execute after data``."""
+    return re.sub(r"(?<!^)([A-Z])", lambda m: " " + m.group(1).lower(), tag).capitalize()
+
+
+def _summary(cls: type[msgspec.Struct]) -> str:
+    """The first paragraph of a Struct's docstring, in Markdown."""
+    doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)[0]
+    return " ".join(doc.split()).replace("``", "`")
+
+
+def _push_message_key(tag: str) -> str:
+    return "Push" + tag[0].upper() + tag[1:]
+
+
+def _push_message(
+    tag: str,
+    whole: type[msgspec.Struct],
+    trimmed: type[msgspec.Struct] | None,
+    samples: list[tuple[str, str, msgspec.Struct]],
+) -> dict[str, Any]:
+    """A push message: its payload is the whole Struct, or exactly one of the whole and the trimmed."""
+    payload: dict[str, Any] = {"$ref": _REF.format(name=whole.__name__)}
+    if trimmed is not None:
+        payload = {"oneOf": [payload, {"$ref": _REF.format(name=trimmed.__name__)}]}
+    return {
+        "name": tag,
+        "title": _title(tag),
+        "summary": _summary(whole),
+        "contentType": "application/json",
+        "payload": payload,
+        "examples": [
+            {"name": name, "summary": summary, "payload": msgspec.to_builtins(message)}
+            for name, summary, message in samples
+        ],
+    }
+
+
+_PUSH_DESCRIPTION = f"""\
+The n8n-compatible push channel of the HTTP API: `GET {PUSH_PATH}?pushRef=<1 to {PUSH_REF_MAX_LENGTH}
+characters>`, upgraded to a WebSocket. Every frame, both ways, is one JSON text frame
+`{{"type": ..., "data": {{...}}}}`; runs are called executions, identified by their run id in
+`executionId`.
+
+A client `subscribe`s to runs (or `resume`s one after the last `seq` it processed) and receives each
+run's messages in `seq` order, from the stored log and then live, each exactly once, until the run
+ends with `executionFinished`. Several runs' messages interleave. Events with no n8n message
+(`run_queued`, `node_retry_scheduled`, `node_skipped`, `run_cancel_requested`, `run_resumed`) are
+not sent, so `seq` has gaps. A refused client message gets an `error` and the connection stays
+open. Every message but `error` may come trimmed (`trimmed: true`, `url`): GET `url` for the whole
+event.
+
+Credentials: `Authorization: Bearer <token>` or the console's session cookie, with the
+`{READ_SCOPE}` scope (`cancel` needs `{CANCEL_SCOPE}`); without them the upgrade is refused (HTTP 401
+or 403). The server's close codes are in `x-close-codes`: after 1001 or 4008, reconnect and `resume`
+each run from the last `seq` processed. See docs/push.md."""
 
 
 _TRIMMED_SUMMARY = (
@@ -275,6 +364,11 @@ def asyncapi_document() -> dict[str, Any]:
             "TrimmedEventEnvelope",
         ),
     }
+    samples = examples()
+    for tag, cls in CLIENT_MESSAGES.items():
+        messages[_push_message_key(tag)] = _push_message(tag, cls, None, samples[tag])
+    for tag, (whole, trimmed) in SERVER_MESSAGES.items():
+        messages[_push_message_key(tag)] = _push_message(tag, whole, trimmed, samples[tag])
     schemas = _payload_schemas()
     schemas["EventHeaders"] = _headers_schema(trimmed=False, replay=False)
     schemas["TrimmedEventHeaders"] = _headers_schema(trimmed=True, replay=False)
@@ -287,16 +381,38 @@ def asyncapi_document() -> dict[str, Any]:
         "replayEvents": _channel(REPLAY_SUBJECT_PREFIX, "Replayed run events", _REPLAY_DESCRIPTION, replayed),
     }
     channels["runEvents"]["x-jetstream-stream"] = STREAM_NAME
+    channels[PUSH_CHANNEL] = {
+        "address": PUSH_PATH,
+        "title": "Push (n8n-compatible WebSocket)",
+        "description": _PUSH_DESCRIPTION,
+        "servers": [{"$ref": f"#/servers/{HTTP_SERVER}"}],
+        "messages": {
+            tag: {"$ref": f"#/components/messages/{_push_message_key(tag)}"}
+            for tag in [*CLIENT_MESSAGES, *SERVER_MESSAGES]
+        },
+        "bindings": {
+            "ws": {
+                "method": "GET",
+                "query": {"$ref": _REF.format(name=PushQuery.__name__)},
+                "bindingVersion": "0.1.0",
+            }
+        },
+        "x-close-codes": {str(code): reason for code, reason in sorted(CLOSE_CODES.items())},
+    }
 
-    def send(channel: str, summary: str) -> dict[str, Any]:
+    def operation(action: str, channel: str, summary: str, names: list[str] | None = None) -> dict[str, Any]:
         return {
-            "action": "send",
+            "action": action,
             "channel": {"$ref": f"#/channels/{channel}"},
             "summary": summary,
             "messages": [
-                {"$ref": f"#/channels/{channel}/messages/{name}"} for name in channels[channel]["messages"]
+                {"$ref": f"#/channels/{channel}/messages/{name}"}
+                for name in (channels[channel]["messages"] if names is None else names)
             ],
         }
+
+    def send(channel: str, summary: str) -> dict[str, Any]:
+        return operation("send", channel, summary)
 
     return {
         "asyncapi": ASYNCAPI_VERSION,
@@ -304,21 +420,34 @@ def asyncapi_document() -> dict[str, Any]:
             "title": "Flowledger run events",
             "version": str(SCHEMA_VERSION),
             "description": (
-                "What Flowledger publishes on NATS. Generated from the msgspec Structs in the schemas "
-                "package; do not edit. Regenerate with `flowledger schemas export`. `version` is the "
-                "event body `schema_version`."
+                "What Flowledger publishes on NATS, and the n8n-compatible WebSocket push channel of "
+                "its HTTP API. Generated from the msgspec Structs in the schemas package; do not edit. "
+                "Regenerate with `flowledger schemas export`. `version` is the event body "
+                "`schema_version`."
             ),
         },
         "defaultContentType": "application/json",
         "servers": {
-            "local": {
+            NATS_SERVER: {
                 "host": "127.0.0.1:4222",
                 "protocol": "nats",
                 "description": (
                     "A local nats-server with JetStream: FLOWLEDGER_NATS_URL, or the embedded server "
                     "`flowledger serve` starts (its port is in FLOWLEDGER_HOME/nats/port)."
                 ),
-            }
+            },
+            HTTP_SERVER: {
+                "host": "127.0.0.1:8000",
+                "protocol": "ws",
+                "description": (
+                    "The HTTP API of `flowledger serve` (FLOWLEDGER_HTTP_HOST:FLOWLEDGER_HTTP_PORT), "
+                    "which serves the push channel; `wss` behind a TLS-terminating proxy."
+                ),
+                "security": [
+                    {"$ref": "#/components/securitySchemes/bearer"},
+                    {"$ref": "#/components/securitySchemes/sessionCookie"},
+                ],
+            },
         },
         "channels": channels,
         "operations": {
@@ -326,11 +455,45 @@ def asyncapi_document() -> dict[str, Any]:
             "publishReplayEvents": send(
                 "replayEvents", "Republishing sends a stored run's events again, in seq order."
             ),
+            "receivePushRequests": operation(
+                "receive",
+                PUSH_CHANNEL,
+                "A push client subscribes to runs, resumes, unsubscribes and cancels.",
+                list(CLIENT_MESSAGES),
+            ),
+            "sendPushMessages": operation(
+                "send",
+                PUSH_CHANNEL,
+                "The service sends the subscribed runs' messages, each run's in seq order, and an "
+                "`error` for each refused client message.",
+                list(SERVER_MESSAGES),
+            ),
         },
         "components": {
             "messages": messages,
             "parameters": _parameters(),
             "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "`Authorization: Bearer <token>`: a Flowledger API key (`flk_<key_id>_<secret>`) "
+                        f"or an accepted JWT. The push channel needs the `{READ_SCOPE}` scope; its "
+                        f"`cancel` needs `{CANCEL_SCOPE}`. Not checked under `serve --no-auth` "
+                        "(loopback only)."
+                    ),
+                },
+                "sessionCookie": {
+                    "type": "httpApiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": (
+                        "The console's session cookie, which carries an API key: what a browser on the "
+                        "console sends. Used when there is no Authorization header; same scopes."
+                    ),
+                },
+            },
         },
     }
 

@@ -96,13 +96,16 @@ def test_channels_describe_the_subjects_and_their_parameters() -> None:
     assert addresses == {
         "runEvents": "flowledger.events.{tenant}.{workflow_id}.{run_id}.{type}",
         "replayEvents": "flowledger.replay.{tenant}.{workflow_id}.{run_id}.{type}",
+        "push": "/v1/push",  # the WebSocket: tests/unit/schemas/test_asyncapi_push.py
     }
     assert document["channels"]["runEvents"]["x-jetstream-stream"] == nats_client.STREAM_NAME
     assert addresses["runEvents"].startswith(nats_client.SUBJECT_PREFIX + ".")
     for name, channel in document["channels"].items():
+        servers = [_resolve(document, server["$ref"])["protocol"] for server in channel["servers"]]
+        assert servers == (["ws"] if name == "push" else ["nats"]), name
         placeholders = re.findall(r"{(\w+)}", channel["address"])
-        assert sorted(placeholders) == sorted(channel["parameters"]), name
-        for parameter in channel["parameters"].values():
+        assert sorted(placeholders) == sorted(channel.get("parameters", {})), name
+        for parameter in channel.get("parameters", {}).values():
             assert _resolve(document, parameter["$ref"])["description"]
     live, replayed = (
         {m["$ref"].rsplit("/", 1)[1] for m in document["channels"][name]["messages"].values()}
@@ -112,7 +115,9 @@ def test_channels_describe_the_subjects_and_their_parameters() -> None:
     assert replayed == {"ReplayedRunEvent", "TrimmedReplayedRunEvent"}
     assert document["components"]["parameters"]["type"]["enum"] == list(EVENT_TYPE_BY_TAG)
     operations = document["operations"]
-    assert {op["action"] for op in operations.values()} == {"send"}
+    nats = {name: op for name, op in operations.items() if op["channel"]["$ref"] != "#/channels/push"}
+    assert {op["action"] for op in nats.values()} == {"send"}
+    assert {op["action"] for op in operations.values()} == {"send", "receive"}
     for op in operations.values():
         channel = op["channel"]["$ref"]
         for message in op["messages"]:  # an operation's messages must belong to its channel
