@@ -13,14 +13,14 @@ from typing import Any
 
 
 def order_total(document: dict[str, Any]) -> dict[str, Any]:
-    """Sum ``price * quantity`` over ``inputs.items`` (a plain function: runs in a worker thread)."""
+    """Sum ``price * quantity`` over ``inputs.items`` (a plain function, called in a python worker process)."""
     items = document["inputs"].get("items", [])
     total = sum(item["price"] * item.get("quantity", 1) for item in items)
     return {"total": round(total, 2), "count": len(items)}
 
 
 async def greeting(document: dict[str, Any]) -> str:
-    """Greet ``inputs.name`` (a coroutine function: awaited on the event loop)."""
+    """Greet ``inputs.name`` (a coroutine function, awaited on the worker process's event loop)."""
     await asyncio.sleep(0)
     return f"Hello, {document['inputs'].get('name', 'world')}!"
 

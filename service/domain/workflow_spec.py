@@ -25,6 +25,7 @@ import msgspec
 import yaml
 
 from schemas.workflow import EdgeSpec, NodeSpec, WorkflowSpec
+from service.domain.nesting import DEFAULT_MAX_DEPTH, TooDeep, check_json_depth, load_yaml
 
 __all__ = [
     "BRANCH_LABELS",
@@ -138,25 +139,34 @@ def _detect_format(data: bytes | str) -> Literal["json", "yaml"]:
     return "json" if first in (b"{", "{") else "yaml"
 
 
-def parse_spec(data: bytes | str, *, format: Literal["json", "yaml", "auto"] = "auto") -> WorkflowSpec:
+def parse_spec(
+    data: bytes | str,
+    *,
+    format: Literal["json", "yaml", "auto"] = "auto",
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> WorkflowSpec:
     """Decode a spec from JSON or YAML (same shape) into a typed, shape-checked ``WorkflowSpec``.
 
     Only the shape is checked here (types, id charset, unknown fields); graph and
     config rules are :func:`validate_spec`'s. ``"auto"`` picks JSON when the first
     non-space character is ``{`` and YAML otherwise. Any failure raises
-    :class:`InvalidWorkflow` with one ``parse_error`` naming the ``$.path``.
+    :class:`InvalidWorkflow` with one ``parse_error`` naming the ``$.path``; so does a spec
+    nesting more than ``max_depth`` levels of arrays/objects (refused before it is decoded).
     """
     fmt = _detect_format(data) if format == "auto" else format
     try:
         if fmt == "json":
+            check_json_depth(data, max_depth, "the workflow spec")
             return msgspec.json.decode(data, type=WorkflowSpec)
         try:
-            raw = yaml.safe_load(data)
+            raw = load_yaml(data, max_depth, "the workflow spec")
         except yaml.YAMLError as exc:
             raise InvalidWorkflow([SpecProblem("parse_error", _yaml_error_message(exc))]) from None
         if raw is None:
             raise InvalidWorkflow([SpecProblem("parse_error", "the workflow spec is empty")])
         return msgspec.convert(raw, WorkflowSpec, strict=True)
+    except TooDeep as exc:
+        raise InvalidWorkflow([SpecProblem("parse_error", str(exc))]) from None
     except msgspec.ValidationError as exc:  # wrong shape, from either format
         raise InvalidWorkflow([SpecProblem("parse_error", _validation_message(exc, fmt))]) from None
     except msgspec.DecodeError as exc:  # not JSON at all
