@@ -112,5 +112,13 @@ def encode_message(envelope_json: bytes) -> bytes | None:
         return None
     encoded = msgspec.json.encode(message)
     if len(encoded) > MAX_MESSAGE_BYTES:
-        encoded = msgspec.json.encode(trimmed_message(envelope, len(encoded)))
+        # The same message in its trimmed form, as if the relay had trimmed the body: a huge
+        # error still ends the run with executionFinished (not an output message).
+        pointer = {
+            "trimmed": True,
+            "type": envelope["type"],
+            "size_bytes": len(encoded),
+            "node_id": envelope["data"].get("node_id"),
+        }
+        encoded = msgspec.json.encode(push_message({**envelope, "data": pointer}))
     return encoded
