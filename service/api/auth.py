@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import jwt
+import msgspec
 import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -30,6 +31,7 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from schemas.events import Identifier
 from service.api.errors import problem
 from service.config import ALL_SCOPES, AuthSettings
 from service.store.keys import KeyStore, parse_token
@@ -38,6 +40,13 @@ log = structlog.get_logger(__name__)
 
 SCOPES: Final = ALL_SCOPES
 SESSION_COOKIE: Final = "flowledger_session"
+JWKS_CACHE_S: Final = 300.0
+"""How long a fetched JWKS is used before it is fetched again (a removed key is refused after at most this)."""
+JWKS_REFRESH_COOLDOWN_S: Final = 1.0
+"""An unknown kid fetches the JWKS again, at most once per this many seconds (tokens with made-up
+kids cannot make the service hammer the identity provider)."""
+JWKS_TIMEOUT_S: Final = 5.0
+"""A JWKS fetch gives up after this; the token is refused (401) meanwhile."""
 PUBLIC_OPT: Final = "exclude_from_auth"
 """The route ``opt`` key of the few public routes (health, readiness, the OpenAPI document, the
 console's static files): they return no tenant data."""
@@ -67,8 +76,19 @@ class Authenticator:
     def __init__(self, keys: KeyStore, settings: AuthSettings) -> None:
         self.keys = keys
         self.settings = settings
+        # The key set is cached (``lifespan``) and fetched again on an unknown kid, at most once per
+        # cooldown: a rotated key works within seconds. No per-kid cache: it would keep accepting a
+        # key the provider removed from the set (lru_cache, no expiry) for as long as the process lives.
         self._jwks = (
-            jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+            jwt.PyJWKClient(
+                settings.jwt_jwks_url,
+                cache_keys=False,
+                lifespan=JWKS_CACHE_S,
+                cooldown_duration=JWKS_REFRESH_COOLDOWN_S,
+                timeout=JWKS_TIMEOUT_S,
+            )
+            if settings.jwt_jwks_url
+            else None
         )
         self._public_key = _read_key(settings.jwt_public_key) if settings.jwt_public_key else None
 
@@ -117,6 +137,15 @@ class Authenticator:
         tenant = claims.get(s.jwt_tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise Unauthenticated(f"JWT refused: no {s.jwt_tenant_claim!r} claim naming the tenant")
+        try:
+            # The tenant is a NATS subject token of its events: "acme.x" would publish where
+            # subscribers allowed `<prefix>.acme.>` read (and a wildcard is no subject at all).
+            msgspec.convert(tenant, Identifier)
+        except msgspec.ValidationError:
+            raise Unauthenticated(
+                f"JWT refused: the {s.jwt_tenant_claim!r} claim is not a tenant id "
+                "(1 to 64 letters, digits, '_' or '-')"
+            ) from None
         raw = claims.get(s.jwt_scope_claim, "")
         scopes = (
             raw.split() if isinstance(raw, str) else [str(x) for x in raw] if isinstance(raw, list) else []
@@ -125,8 +154,12 @@ class Authenticator:
 
     async def _verification_key(self, token: str) -> tuple[Any, list[str]]:
         """The key and the only algorithms it may verify: HS256 with the shared secret, RS256 or
-        ES256 with a public key (so an HS256 token "signed" with the public key never passes)."""
+        ES256 with a public key (so an HS256 token "signed" with the public key never passes).
+        With both a secret and a public key or JWKS configured, an HS256 token is checked with
+        the secret (and only with it), any other with the public keys."""
         s = self.settings
+        if s.jwt_secret and jwt.get_unverified_header(token).get("alg") == "HS256":
+            return s.jwt_secret, ["HS256"]
         if self._jwks is not None:
             # PyJWKClient fetches over urllib (blocking) and refetches the set once on an unknown kid.
             jwk = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)

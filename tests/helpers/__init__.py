@@ -13,4 +13,5 @@
 - ``engine_process``: real ``flowledger serve`` processes (kill -9, restart) for the crash tests.
 - ``bad_nodes``: callables for ``python`` nodes that crash their worker (exit, segfault, memory, CPU); run only in worker processes, never imported by a test.
 - ``relay``: writing events, waiting for a relay, reading a whole stream back.
+- ``tenants``: API keys of a tenant in bulk, and a tenant's objects (a workflow, finished runs) for the auth tests.
 """
