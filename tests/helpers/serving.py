@@ -114,7 +114,8 @@ async def serve_app(
     """The service app (``create_app``) served on a free port, with a JetStream stream of its own.
 
     ``own_database``: a fresh database, so no other app's worker can take its runs.
-    ``overrides``: further ``Settings`` fields (``home`` defaults to the test session's).
+    ``overrides``: further ``Settings`` fields, or other values for the stream name, subject prefix
+    and ``home`` (the test session's by default).
     The client carries an admin key of the default tenant (``Authorization: Bearer``);
     ``api_key`` makes keys of other tenants or scopes for the same service.
     """
@@ -124,14 +125,15 @@ async def serve_app(
             database_url = await stack.enter_async_context(scratch_database(database_url, prefix="app"))
         token = uuid.uuid4().hex[:8]
         port = free_port()
-        settings = Settings(
-            database_url=database_url,
-            nats_url=servers.nats_url,
-            http_port=port,
-            nats_stream=f"API_{token}",  # its own stream: other logs on a shared NATS cannot interfere
-            nats_subject_prefix=f"api{token}.events",
-            **{"home": servers.home, **overrides},
-        )
+        defaults: dict[str, Any] = {
+            "database_url": database_url,
+            "nats_url": servers.nats_url,
+            "http_port": port,
+            "nats_stream": f"API_{token}",  # its own stream: other logs on a shared NATS cannot interfere
+            "nats_subject_prefix": f"api{token}.events",
+            "home": servers.home,
+        }
+        settings = Settings(**{**defaults, **overrides})
         stack.push_async_callback(delete_stream, servers.nats_url, settings.nats_stream)
         client = await stack.enter_async_context(serve(create_app(settings), port))
         client.headers["Authorization"] = f"Bearer {await api_key(database_url, 'default', ALL_SCOPES)}"
