@@ -93,6 +93,72 @@ class ReplayRun(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Run the fork under this version of the workflow (default: the parent's)."""
 
 
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["ok"]
+
+
+class ReadyState(msgspec.Struct, frozen=True):
+    status: Literal["ready", "starting", "unavailable"]
+    postgres: bool
+    migrations: bool
+    nats: bool
+    relay_active: bool
+    """This instance's relay holds the relay lock and publishes the log to NATS."""
+    relay_position: int | None
+    """The log position this instance's relay has published up to; null when it is not the
+    active relay here (a standby while another instance relays, or disabled): only the active
+    relay knows how far publishing has got."""
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """One invalid parameter or body field, as request validation reports it."""
+
+    message: str
+    key: str | None = None
+    """The parameter (or ``data`` for the body)."""
+    source: str | None = None
+    """Where it was sent: ``path``, ``query``, ``header``, ``cookie`` or ``body``."""
+
+
+class WorkflowProblem(msgspec.Struct, frozen=True):
+    """One defect of a workflow spec; ``code`` is stable, ``message`` is for people."""
+
+    code: str
+    message: str
+    node_id: str | None = None
+    edge: tuple[str, str] | None = None
+
+
+class ProblemDetails(msgspec.Struct, frozen=True, kw_only=True):
+    """An RFC 9457 problem document (``application/problem+json``): the body of every error.
+
+    ``title`` names the kind of problem, ``detail`` says what exactly is wrong and what to do.
+    Some problems add members (below); a client should ignore members it does not know.
+    """
+
+    status: int
+    """The HTTP status code."""
+    title: str
+    detail: str
+    type: str = "about:blank"
+    extra: list[FieldError] | None = None
+    """Request validation (400): every invalid parameter or body field."""
+    problems: list[WorkflowProblem] | None = None
+    """An invalid workflow (400): every defect found."""
+    max_depth: int | None = None
+    """A body nested too deeply (400): the limit, in levels of arrays/objects."""
+    valid_range: tuple[int, int] | None = None
+    """``at_seq`` out of range (400): the first and last seq of the run."""
+    at_seq: int | None = None
+    run_id: str | None = None
+    """The run concerned (a reused idempotency key's first run)."""
+    idempotency_key: str | None = None
+    run_status: str | None = None
+    """A run that has already ended (409): how it ended."""
+    readiness: ReadyState | None = None
+    """``/ready`` answering 503: what is up and what is not."""
+
+
 class ForkAccepted(msgspec.Struct, frozen=True):
     run_id: UUID
     status: Literal["queued"]

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import structlog
 from litestar import Litestar, Request, get
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -23,6 +24,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from schemas.api import Health, ReadyState
 from service.api.auth import (
     PUBLIC_OPT,
     Authenticator,
@@ -31,7 +33,16 @@ from service.api.auth import (
     require_own_runs,
     require_scope,
 )
-from service.api.errors import EXCEPTION_HANDLERS
+from service.api.bodies import MAX_DEPTH_STATE
+from service.api.contract import (
+    COMPONENTS,
+    PUBLIC,
+    SECURITY,
+    ContractPlugin,
+    StrictStructSchemaPlugin,
+    operation_id,
+)
+from service.api.errors import EXCEPTION_HANDLERS, problem_responses
 from service.api.history import history_router
 from service.api.limits import RequestTimeout, rate_limit
 from service.api.metrics import metrics_router
@@ -44,20 +55,14 @@ from service.runtime import STARTUP_ERRORS, Runtime
 log = structlog.get_logger(__name__)
 
 
-class Health(msgspec.Struct):
-    status: str
-
-
-class ReadyState(msgspec.Struct):
-    status: str
-    postgres: bool
-    migrations: bool
-    nats: bool
-    relay_active: bool
-    relay_position: int
-
-
-@get("/health", summary="Liveness: the process answers", sync_to_thread=False, opt={PUBLIC_OPT: True})
+@get(
+    "/health",
+    summary="Liveness: the process answers",
+    sync_to_thread=False,
+    opt={PUBLIC_OPT: True},
+    security=PUBLIC,
+    responses=problem_responses(public=True),
+)
 def health() -> Health:
     return Health(status="ok")
 
@@ -66,6 +71,11 @@ def health() -> Health:
     "/ready",
     opt={PUBLIC_OPT: True},
     summary="Readiness: Postgres, migrations and NATS are up and the background tasks alive (else 503)",
+    security=PUBLIC,
+    responses=problem_responses(
+        (503, "Not ready: `readiness` says what is up and what is not, `detail` what it waits for"),
+        public=True,
+    ),
 )
 async def ready(request: Request[Any, Any, Any]) -> ReadyState:
     runtime: Runtime = request.app.state.runtime
@@ -77,7 +87,7 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyState:
         migrations=r.migrations,
         nats=r.nats,
         relay_active=bool(relay and relay.status.active),
-        relay_position=relay.status.published_position if relay else 0,
+        relay_position=relay.status.published_position if relay and relay.status.active else None,
     )
     if not r.ready:
         missing = [name for name in ("postgres", "migrations", "nats") if not getattr(r, name)]
@@ -86,9 +96,25 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyState:
             status_code=HTTP_503_SERVICE_UNAVAILABLE,
             title="Service not ready",
             detail=detail,
-            extra=msgspec.to_builtins(state),
+            extra={"readiness": msgspec.to_builtins(state)},  # beside, not over, the problem's status
         )
     return state
+
+
+def cors(origins: tuple[str, ...]) -> CORSConfig | None:
+    """Browser pages on ``origins`` may call the API and follow its streams; none by default
+    (no ``Access-Control-*`` header at all). Credentials (the console cookie) go only to origins
+    named one by one, never to ``*``."""
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+        allow_credentials="*" not in origins,
+        expose_headers=["Retry-After", "WWW-Authenticate", "Location"],
+        max_age=600,
+    )
 
 
 def begin_shutdown(app: Litestar) -> None:
@@ -140,7 +166,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             history_router(),
         ],
         lifespan=[lifespan],
-        state=State({"auth_enabled": settings.auth.enabled}),
+        state=State({"auth_enabled": settings.auth.enabled, MAX_DEPTH_STATE: settings.max_json_depth}),
         middleware=[
             DefineMiddleware(RequestTimeout, limits=settings.limits),
             *([limit.middleware] if (limit := rate_limit(settings.auth)) else []),
@@ -149,8 +175,16 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         request_max_body_size=settings.limits.max_body_bytes,
         guards=[require_scope, require_own_runs],
         dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
-        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig())],
+        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig()), ContractPlugin(), StrictStructSchemaPlugin()],
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(title="Flowledger", version="0.1.0", path="/schema"),
+        cors_config=cors(settings.cors_origins),
+        openapi_config=OpenAPIConfig(
+            title="Flowledger",
+            version="0.1.0",
+            path="/schema",
+            components=COMPONENTS,
+            security=SECURITY,
+            operation_id_creator=operation_id,
+        ),
         logging_config=None,
     )

@@ -273,8 +273,8 @@ async def require_own_runs(
     answers exactly as a run that does not exist (404 "no run <id>"): nothing is confirmed."""
     runs = [connection.path_params[name] for name in RUN_PATH_PARAMS if name in connection.path_params]
     principal = connection.scope.get("user")  # unset on public routes
-    runtime = connection.app.state.runtime
-    if not runs or not isinstance(principal, Principal) or runtime.store is None:
+    runtime = connection.app.state.get("runtime")  # unset until the lifespan starts
+    if not runs or not isinstance(principal, Principal) or runtime is None or runtime.store is None:
         return  # no run named, a public route, or a starting service (its handler answers 503)
     for run_id in runs:
         tenant = await runtime.store.run_tenant(run_id)

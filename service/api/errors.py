@@ -4,18 +4,65 @@ with a ``detail`` a person can act on; errors are translated here, once, at the 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from schemas.api import ProblemDetails
+
 log = structlog.get_logger(__name__)
+
+PROBLEM_JSON: Final = "application/problem+json"
+
+PROBLEMS: Final[dict[int, str]] = {
+    400: "The request is invalid: `detail` names the parameter or body field and what is wrong "
+    "(`extra` lists each one when the request does not match this document)",
+    401: "No credential, or one that is unknown, revoked, expired or malformed "
+    "(send `Authorization: Bearer <API key or JWT>`)",
+    403: "The credential lacks the scope this operation needs",
+    404: "No such object for this tenant (another tenant's objects are answered the same way)",
+    409: "The object's current state does not allow this request",
+    413: "The request body is larger than the service accepts",
+    415: "The request body's Content-Type is not one this operation reads",
+    429: "Too many requests with this credential; retry after `Retry-After` seconds",
+    500: "The service failed; the error was logged (retrying may help)",
+    503: "The service is starting, a dependency is down, or the request took too long; retry later",
+}
+"""What each error status means, wherever it is declared (a route may say more)."""
+
+AUTHENTICATED: Final = (401, 403, 429, 500, 503)
+"""Every route behind a credential can answer these (the route guard, the rate limit, the
+request time limit and a service still starting)."""
+
+
+def problem_responses(*statuses: int | tuple[int, str], public: bool = False) -> dict[int, ResponseSpec]:
+    """The ``responses`` of a route: each status it can answer besides its success, as a problem
+    document (``application/problem+json``, schema ``ProblemDetails``).
+
+    ``statuses``: the route's own (a ``(status, description)`` pair says what it means there);
+    every route also declares 500 and 503, and one behind a credential (``public=False``) 401,
+    403 and 429.
+    """
+    described = dict(s if isinstance(s, tuple) else (s, PROBLEMS[s]) for s in statuses)
+    for status in (500,) if public else AUTHENTICATED:
+        described.setdefault(status, PROBLEMS[status])
+    return {
+        status: ResponseSpec(
+            data_container=ProblemDetails,
+            media_type=PROBLEM_JSON,
+            description=described[status],
+            generate_examples=False,
+        )
+        for status in sorted(described)
+    }
 
 
 def problem(status_code: int, title: str, detail: str, **extra: Any) -> ProblemDetailsException:
@@ -59,6 +106,8 @@ def _http_problem(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         detail = f"no route for {request.method} {request.url.path}; the API is described at /schema"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; the API is described at /schema"
+    elif isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        detail = "invalid request: " + "; ".join(_field_error(e) for e in exc.extra)
     elif exc.status_code == 429:
         reset = (exc.headers or {}).get("RateLimit-Reset", "60")
         exc.headers = {**(exc.headers or {}), "Retry-After": str(max(1, int(reset)))}
@@ -67,6 +116,17 @@ def _http_problem(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
     return ProblemDetailsException(
         status_code=exc.status_code, title=phrase, detail=detail, extra=exc.extra, headers=exc.headers
     ).to_response(request)
+
+
+def _field_error(error: Any) -> str:
+    """One entry of a validation error, naming the parameter or body field it concerns."""
+    if not isinstance(error, dict):
+        return str(error)
+    message, key = error.get("message", "invalid"), error.get("key")
+    source = getattr(error.get("source"), "value", error.get("source"))  # a ParamType, or a str
+    if source == "body" or key in (None, "data"):
+        return f"request body: {message}"
+    return f"{source} parameter {key!r}: {message}"
 
 
 def _malformed_run_id(path: str) -> str | None:

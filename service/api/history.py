@@ -17,7 +17,7 @@ from projections.run_state import fold
 from schemas.codec import to_typed
 from schemas.envelope import EventEnvelope
 from service.api.dependencies import provide_runtime
-from service.api.errors import problem
+from service.api.errors import problem, problem_responses
 from service.domain.run_diff import RunDiff, diff_runs
 from service.domain.workflow_spec import WorkflowGraph, build_graph
 from service.history.time_travel import RunStateView, SeqOutOfRange, state_at
@@ -48,6 +48,11 @@ async def _graph(runtime: Runtime, events: list[EventEnvelope]) -> WorkflowGraph
     "/runs/{run_id:uuid}/state",
     summary="The run's full state right after event at_seq (default: the latest): nodes, "
     "what each saw, and what would run next",
+    responses=problem_responses(
+        (400, "A parameter is invalid, or at_seq is past the run's last event (`valid_range`)"),
+        (404, "No such run"),
+        (409, "The workflow version the run executed is no longer stored"),
+    ),
 )
 async def run_state_at(
     runtime: NamedDependency[Runtime],
@@ -68,6 +73,11 @@ async def run_state_at(
     "/runs/{run_id:uuid}/diff/{other_run_id:uuid}",
     summary="Compare run other_run_id against run run_id node by node: status, attempts, "
     "duration, output (SHA-256, JSON paths) and branch",
+    responses=problem_responses(
+        400,
+        (404, "No such run (either of them)"),
+        (409, "The workflow version a run executed is no longer stored"),
+    ),
 )
 async def diff_two_runs(
     runtime: NamedDependency[Runtime], run_id: FromPath[UUID], other_run_id: FromPath[UUID]

@@ -15,7 +15,7 @@ from litestar.params import FromQuery
 
 from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
-from service.api.errors import problem
+from service.api.errors import problem, problem_responses
 from service.api.prometheus import ServiceMetrics
 from service.runtime import Runtime
 from service.store.metrics_sql import NodeTypeFigures, Quantiles, WorkflowFigures, read_figures
@@ -134,6 +134,7 @@ def provide_metrics(request: Request[Any, Any, Any], runtime: NamedDependency[Ru
 @get(
     "/v1/metrics/summary",
     summary="Per workflow and per (workflow, node type): counts, success rate, duration percentiles",
+    responses=problem_responses(400, (404, "No such workflow")),
 )
 async def metrics_summary(
     runtime: NamedDependency[Runtime],
@@ -167,6 +168,7 @@ async def metrics_summary(
     "/metrics",
     summary="Prometheus metrics (text format 0.0.4): the summary's figures and service gauges",
     media_type=PROMETHEUS_TEXT,
+    responses=problem_responses(),
 )
 async def prometheus_metrics(
     runtime: NamedDependency[Runtime],

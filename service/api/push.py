@@ -18,7 +18,8 @@ from litestar.response import Stream
 from schemas.events import EVENT_TYPE_BY_TAG
 from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
-from service.api.errors import problem
+from service.api.errors import problem, problem_responses
+from service.domain.nesting import TooDeep, check_json_depth
 from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
 from service.followers.push import HubClosing, Overflow, PushEvent, PushHub, all_events, run_events, sse_frame
 from service.followers.push_messages import encode_message
@@ -96,6 +97,10 @@ def _sse_response(frames: AsyncIterator[bytes]) -> Stream:
 @get(
     "/runs/{run_id:uuid}/stream",
     summary="SSE of the run's events (id = seq; Last-Event-ID resumes); ends with the run",
+    media_type="text/event-stream",
+    responses=problem_responses(
+        (400, "Last-Event-ID (or after_seq) is not a seq of this run"), (404, "No such run")
+    ),
 )
 async def stream_run(
     runtime: NamedDependency[Runtime],
@@ -106,8 +111,10 @@ async def stream_run(
 ) -> Stream:
     hub = _hub(runtime)
     assert runtime.store is not None
-    resume = _resume_point(
-        last_event_id if last_event_id is not None else after_seq, "Last-Event-ID", MAX_SEQ
+    resume = (
+        _resume_point(last_event_id, "Last-Event-ID", MAX_SEQ)
+        if last_event_id is not None
+        else _resume_point(after_seq, "after_seq", MAX_SEQ)
     )
     refusal = await _refuse_resume(runtime.store, run_id, resume, principal.tenant)
     if refusal is not None:
@@ -116,7 +123,14 @@ async def stream_run(
     return _sse_response(_sse(events, by_position=False))
 
 
-@get("/stream", summary="SSE of all runs' events (id = global position), filtered by workflow_id and type")
+@get(
+    "/stream",
+    summary="SSE of all runs' events (id = global position), filtered by workflow_id and type",
+    media_type="text/event-stream",
+    responses=problem_responses(
+        (400, "An unknown event type, or Last-Event-ID (or after_position) is not a position")
+    ),
+)
 async def stream_all(
     runtime: NamedDependency[Runtime],
     principal: NamedDependency[Principal],
@@ -137,9 +151,9 @@ async def stream_all(
         )
     resume = max(
         0,
-        _resume_point(
-            last_event_id if last_event_id is not None else after_position, "Last-Event-ID", MAX_POSITION
-        ),
+        _resume_point(last_event_id, "Last-Event-ID", MAX_POSITION)
+        if last_event_id is not None
+        else _resume_point(after_position, "after_position", MAX_POSITION),
     )
     events = all_events(
         hub,
@@ -290,7 +304,11 @@ class PushConnection:
             async for frame in self.socket.iter_data("text"):
                 try:
                     try:
+                        check_json_depth(frame, self.runtime.settings.max_json_depth, "a message")
                         message = msgspec.json.decode(frame)
+                    except TooDeep as exc:
+                        await self.reply("error", message=str(exc))
+                        continue
                     except msgspec.DecodeError as exc:
                         await self.reply("error", message=f"a message must be a JSON object: {exc}")
                         continue

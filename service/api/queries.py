@@ -15,11 +15,15 @@ from projections.node_executions import NodeExecution
 from projections.run_summaries import RunSummary
 from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
-from service.api.errors import problem
+from service.api.errors import problem, problem_responses
 from service.runtime import Runtime
 from service.store.read_models import BadCursor
 
 MAX_PAGE = 500
+CURSOR = QueryParameter(
+    pattern=r"^[A-Za-z0-9_-]{22}$",
+    description="The next_cursor of the previous page (22 characters); omit it for the first page",
+)
 
 
 class RunPage(msgspec.Struct, frozen=True):
@@ -74,6 +78,7 @@ def _limit(limit: int) -> int:
 @get(
     "/runs/{run_id:uuid}",
     summary="Run summary: status, progress, current/executed/failed/skipped nodes, times",
+    responses=problem_responses(400, (404, "No such run")),
 )
 async def get_run(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> RunSummary:
     summary = await runtime.read_models.summary(run_id)
@@ -82,7 +87,11 @@ async def get_run(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> 
     return summary
 
 
-@get("/runs", summary="Runs, newest first; filter by workflow_id and status; cursor pagination")
+@get(
+    "/runs",
+    summary="Runs, newest first; filter by workflow_id and status; cursor pagination",
+    responses=problem_responses(400),
+)
 async def list_runs(
     runtime: NamedDependency[Runtime],
     principal: NamedDependency[Principal],
@@ -90,8 +99,8 @@ async def list_runs(
     status: FromQuery[
         Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"] | None
     ] = None,
-    limit: Annotated[int, QueryParameter(ge=1)] = 50,
-    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, CURSOR] = None,
 ) -> RunPage:
     try:
         page = await runtime.read_models.list_runs(
@@ -107,7 +116,9 @@ async def list_runs(
 
 
 @get(
-    "/runs/{run_id:uuid}/lineage", summary="The run's DAG: nodes with status and figures, edges taken or not"
+    "/runs/{run_id:uuid}/lineage",
+    summary="The run's DAG: nodes with status and figures, edges taken or not",
+    responses=problem_responses(400, (404, "No such run")),
 )
 async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> Lineage:
     summary = await runtime.read_models.summary(run_id)
@@ -158,14 +169,18 @@ async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID])
     )
 
 
-@get("/workflows/{workflow_id:str}/nodes/{node_id:str}/history", summary="A node's executions across runs")
+@get(
+    "/workflows/{workflow_id:str}/nodes/{node_id:str}/history",
+    summary="A node's executions across runs",
+    responses=problem_responses(400, (404, "No such workflow, or no such node in it")),
+)
 async def node_history(
     runtime: NamedDependency[Runtime],
     principal: NamedDependency[Principal],
     workflow_id: FromPath[str],
     node_id: FromPath[str],
-    limit: Annotated[int, QueryParameter(ge=1)] = 50,
-    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, CURSOR] = None,
 ) -> NodeHistoryPage:
     try:
         page = await runtime.read_models.node_history(

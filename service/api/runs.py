@@ -8,6 +8,7 @@ from uuid import UUID
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from projections.run_state import RunState, RunStatus
@@ -27,8 +28,9 @@ from schemas.api import (
 )
 from schemas.codec import to_typed
 from service.api.auth import Principal
+from service.api.bodies import json_body, max_depth, spec_format
 from service.api.dependencies import provide_runtime
-from service.api.errors import problem
+from service.api.errors import problem, problem_responses
 from service.domain.run_document import fold_raw
 from service.domain.workflow_spec import InvalidWorkflow, check_spec, parse_spec, spec_warnings
 from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
@@ -56,17 +58,31 @@ def _run_links(run_id: UUID) -> dict[str, str]:
     status_code=201,
     summary="Register a workflow (JSON or YAML): 201 for a new version, 200 for one already stored "
     "(which becomes the current version again)",
+    responses={
+        200: ResponseSpec(
+            WorkflowRegistered,
+            description="This spec was already stored: nothing new, and it is the current version again",
+            generate_examples=False,
+        ),
+        **problem_responses(
+            (400, "The spec is not valid: `problems` lists every defect (parse errors name the $.path)"),
+            (413, f"The spec is larger than {MAX_SPEC_BYTES} bytes"),
+            415,
+        ),
+    },
 )
 async def register_workflow(
     request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], principal: NamedDependency[Principal]
 ) -> Response[WorkflowRegistered]:
+    fmt = spec_format(request)
     body = await request.body()
     if len(body) > MAX_SPEC_BYTES:
         raise problem(413, "Workflow too large", f"a workflow spec may be at most {MAX_SPEC_BYTES} bytes")
-    content_type = request.headers.get("content-type", "")
-    fmt = "yaml" if "yaml" in content_type else ("json" if "json" in content_type else "auto")
     try:
-        spec = check_spec(parse_spec(body, format=fmt), runtime.registry)  # type: ignore[arg-type]
+        spec = check_spec(
+            parse_spec(body, format=fmt, max_depth=max_depth(request)),
+            runtime.registry,  # type: ignore[arg-type]
+        )
     except InvalidWorkflow as exc:
         raise problem(
             400,
@@ -85,7 +101,11 @@ async def register_workflow(
     return Response(registered, status_code=201 if created else 200)
 
 
-@get("/workflows", summary="Registered workflows (latest version of each), by id")
+@get(
+    "/workflows",
+    summary="Registered workflows (latest version of each), by id",
+    responses=problem_responses(400),
+)
 async def list_workflows(
     runtime: NamedDependency[Runtime],
     principal: NamedDependency[Principal],
@@ -103,7 +123,11 @@ async def list_workflows(
     )
 
 
-@get("/workflows/{workflow_id:str}", summary="A workflow's latest (or ?version=) spec and its versions")
+@get(
+    "/workflows/{workflow_id:str}",
+    summary="A workflow's latest (or ?version=) spec and its versions",
+    responses=problem_responses(400, (404, "No such workflow (or version of it)")),
+)
 async def get_workflow(
     runtime: NamedDependency[Runtime],
     principal: NamedDependency[Principal],
@@ -125,6 +149,14 @@ async def get_workflow(
     "/workflows/{workflow_id:str}/runs",
     status_code=202,
     summary="Start a run (idempotent with idempotency_key)",
+    before_request=json_body(StartRun | None),
+    responses=problem_responses(
+        400,
+        (404, "No such workflow (or version of it)"),
+        (409, "The idempotency_key was first used with other inputs or another version"),
+        413,
+        415,
+    ),
 )
 async def start_run(
     runtime: NamedDependency[Runtime],
@@ -202,7 +234,11 @@ async def _run_state(runtime: Runtime, run_id: UUID) -> RunState:
     return fold_raw(events)
 
 
-@get("/runs/{run_id:uuid}/events", summary="The run's raw events in seq order (after_seq, limit)")
+@get(
+    "/runs/{run_id:uuid}/events",
+    summary="The run's raw events in seq order (after_seq, limit)",
+    responses=problem_responses(400, (404, "No such run")),
+)
 async def run_events(
     runtime: NamedDependency[Runtime],
     run_id: FromPath[UUID],
@@ -221,7 +257,13 @@ async def run_events(
 
 
 @post(
-    "/runs/{run_id:uuid}/cancel", status_code=202, summary="Request cancellation (409 when the run has ended)"
+    "/runs/{run_id:uuid}/cancel",
+    status_code=202,
+    summary="Request cancellation (409 when the run has ended)",
+    before_request=json_body(CancelRun | None),
+    responses=problem_responses(
+        400, (404, "No such run"), (409, "The run has already ended (`run_status` says how)"), 413, 415
+    ),
 )
 async def cancel_run(
     runtime: NamedDependency[Runtime],
@@ -243,6 +285,14 @@ async def cancel_run(
     "/runs/{run_id:uuid}/replay",
     status_code=202,
     summary="Fork a finished run: reuse results, re-run from a node",
+    before_request=json_body(ReplayRun | None),
+    responses=problem_responses(
+        (400, "The fork cannot be made as asked (e.g. a node the run's workflow does not have)"),
+        (404, "No such run, or no such version of its workflow"),
+        (409, "The run has not ended yet: fork it once it has"),
+        413,
+        415,
+    ),
 )
 async def replay_run(
     runtime: NamedDependency[Runtime],
