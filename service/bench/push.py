@@ -56,6 +56,7 @@ from rich.progress import Progress, TaskID
 from service.bench.report import Comparison, print_comparisons
 from service.bench.scratch import admin_token
 from service.config import Settings
+from service.engine.nodes import NodeContext, NodeType
 from service.runtime import running
 
 TARGET_P99_MS = 250.0
@@ -76,11 +77,17 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 # -- the gate (runs inside the service's worker, in this process) ---------------------------------
 
 _GATES: dict[str, asyncio.Event] = {}
+GATE_NODE_TYPE = "bench_gate"
 
 
-async def gate(document: dict[str, Any]) -> dict[str, bool]:
-    """A ``python`` node callable: waits until the bench opens the gate named by ``inputs.gate``."""
-    token = str((document.get("inputs") or {}).get("gate", ""))
+class GateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+async def gate(config: GateConfig, ctx: NodeContext) -> dict[str, bool]:
+    """A node type the bench registers in its service (in-process, so it sees ``_GATES``; python
+    nodes run in worker subprocesses): waits until the bench opens the gate ``inputs.gate``."""
+    token = str((ctx.document.get("inputs") or {}).get("gate", ""))
     opened = _GATES.get(token)
     if opened is None:
         return {"released": False}
@@ -89,6 +96,9 @@ async def gate(document: dict[str, Any]) -> dict[str, bool]:
     except TimeoutError:
         return {"released": False}
     return {"released": True}
+
+
+GATE = NodeType(GATE_NODE_TYPE, GateConfig, gate, "waits until the push bench opens its gate")
 
 
 def bench_spec(nodes: int, delay_ms: int) -> dict[str, Any]:
@@ -100,8 +110,8 @@ def bench_spec(nodes: int, delay_ms: int) -> dict[str, Any]:
         "nodes": [
             {
                 "id": "gate",
-                "type": "python",
-                "config": {"callable": "service.bench.push:gate"},
+                "type": GATE_NODE_TYPE,
+                "config": {},
                 "timeout_ms": int(GATE_TIMEOUT_S * 1000) + 60_000,
             },
             *({"id": node_id, "type": "delay", "config": {"ms": delay_ms}} for node_id in ids),
@@ -392,9 +402,10 @@ async def _serve(settings: Settings, database_url: str, nats_url: str) -> AsyncI
         http_port=port,
         worker=settings.worker,
     )
+    app = create_app(app_settings)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(app_settings),
+            app,
             host="127.0.0.1",
             port=port,
             log_config=None,
@@ -418,6 +429,8 @@ async def _serve(settings: Settings, database_url: str, nats_url: str) -> AsyncI
                     raise RuntimeError("the service did not become ready (with an active relay) within 60 s")
                 await asyncio.sleep(0.05)
             client.headers["Authorization"] = f"Bearer {await admin_token(database_url)}"
+            if GATE_NODE_TYPE not in app.state.runtime.registry:
+                app.state.runtime.registry.register(GATE)
             yield _Service(client, port, app_settings.nats_subject_prefix)
     finally:
         server.should_exit = True

@@ -67,7 +67,10 @@ def keys_create(ctx: click.Context, tenant: str, scopes: tuple[str, ...], expire
             )
             return key.key_id, token
 
-    key_id, token = run_async(main())
+    try:
+        key_id, token = run_async(main())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from None
     click.echo(f"created key {key_id} for tenant {tenant} ({', '.join(sorted(set(scopes)))})", err=True)
     click.echo("the token is shown only now:", err=True)
     click.echo(token)

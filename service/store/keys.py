@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ import asyncpg
 from schemas.names import DB_SCHEMA
 
 TOKEN_PREFIX = "flk_"
+TENANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,10 @@ class KeyStore:
     async def create(
         self, *, tenant: str, scopes: list[str], created_by: str, expires_at: datetime | None = None
     ) -> tuple[ApiKey, str]:
-        """A new key and its token (the only time the token exists)."""
+        """A new key and its token (the only time the token exists). The tenant must be a NATS
+        subject token (``[A-Za-z0-9_-]{1,64}``): it is part of every subject of its events."""
+        if not TENANT_NAME.match(tenant):
+            raise ValueError(f"a tenant is 1 to 64 letters, digits, _ or -; got {tenant!r}")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         async with self.pool.acquire() as conn:
