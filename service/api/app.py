@@ -50,6 +50,7 @@ from service.api.push import push_router
 from service.api.queries import queries_router
 from service.api.runs import runs_router
 from service.config import Settings
+from service.infra.listen import listen
 from service.runtime import STARTUP_ERRORS, Runtime
 
 log = structlog.get_logger(__name__)
@@ -125,6 +126,17 @@ def begin_shutdown(app: Litestar) -> None:
         asyncio.get_running_loop().call_soon_threadsafe(runtime.push.close_streams)
 
 
+async def forget_revoked(runtime: Runtime, authenticator: Authenticator) -> None:
+    """Drop a cached API key the moment any instance revokes it (NOTIFY), and every cached key
+    when the LISTEN had to be restored (a revocation may have been missed meanwhile)."""
+    assert runtime.pool is not None
+
+    def revoked(_conn: object, _pid: int, _channel: str, key_id: object) -> None:
+        authenticator.forget(str(key_id))
+
+    await listen(runtime.pool, {runtime.keys.notify_channel: revoked}, on_restored=authenticator.forget)
+
+
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
     """The service app. Dependencies start in the background so ``/ready`` can say 503 meanwhile;
     a start-up failure is logged as one line and reported through ``on_fatal``."""
@@ -138,7 +150,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             try:
                 await runtime.start()
                 if settings.auth.enabled:
-                    app.state.authenticator = Authenticator(runtime.keys, settings.auth)
+                    authenticator = app.state.authenticator = Authenticator(runtime.keys, settings.auth)
+                    background.append(asyncio.create_task(forget_revoked(runtime, authenticator)))
                 log.info("service_ready", http=f"http://{settings.http_host}:{settings.http_port}")
             except STARTUP_ERRORS as exc:
                 runtime.readiness.error = str(exc)
@@ -146,13 +159,15 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                 if on_fatal is not None:
                     on_fatal(str(exc))
 
+        background: list[asyncio.Task[None]] = []
         task = asyncio.create_task(bootstrap(), name="bootstrap")
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for pending in [task, *background]:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
             await runtime.stop()
 
     return Litestar(

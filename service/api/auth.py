@@ -14,9 +14,13 @@ tenant are 404s, decided where they are looked up, never here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+from uuid import UUID
 
 import jwt
 import msgspec
@@ -34,11 +38,15 @@ from litestar.middleware.authentication import AbstractAuthenticationMiddleware,
 from schemas.events import Identifier
 from service.api.errors import problem
 from service.config import ALL_SCOPES, AuthSettings
-from service.store.keys import KeyStore, parse_token
+from service.store.keys import ApiKey, KeyStore, parse_token
 
 log = structlog.get_logger(__name__)
 
 SCOPES: Final = ALL_SCOPES
+KEY_CACHE_S: Final = 60.0
+"""How long a verified API key is trusted without reading it again (revocations cut it short)."""
+LAST_USED_EVERY_S: Final = 60.0
+RUN_TENANTS_REMEMBERED: Final = 100_000
 SESSION_COOKIE: Final = "flowledger_session"
 JWKS_CACHE_S: Final = 300.0
 """How long a fetched JWKS is used before it is fetched again (a removed key is refused after at most this)."""
@@ -91,6 +99,19 @@ class Authenticator:
             else None
         )
         self._public_key = _read_key(settings.jwt_public_key) if settings.jwt_public_key else None
+        self._verified: dict[str, tuple[bytes, ApiKey, float]] = {}
+        """key id -> (digest of the token, the key, when verified): a key is read from the
+        database at most once per ``KEY_CACHE_S``; a revocation (NOTIFY) drops it at once."""
+        self._used_at: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop a cached key (all of them with None): it was revoked, or revocations may have been
+        missed while the LISTEN was down."""
+        if key_id is None:
+            self._verified.clear()
+        else:
+            self._verified.pop(key_id, None)
 
     async def principal(self, token: str) -> Principal:
         parsed = parse_token(token)
@@ -102,6 +123,21 @@ class Authenticator:
             "the bearer token is neither a Flowledger API key (flk_...) nor an accepted JWT"
         )
 
+    def _note_use(self, key_id: str, now: float) -> None:
+        """Record ``last_used_at`` at most once a minute per key, off the request's path."""
+        if now - self._used_at.get(key_id, -LAST_USED_EVERY_S) < LAST_USED_EVERY_S:
+            return
+        self._used_at[key_id] = now
+        task = asyncio.create_task(self._mark_used(key_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _mark_used(self, key_id: str) -> None:
+        try:
+            await self.keys.mark_used(key_id)
+        except Exception as exc:  # a lost "last used" time is not worth failing anything for
+            log.warning("key_last_used_not_recorded", key_id=key_id, error=str(exc))
+
     @property
     def jwt_enabled(self) -> bool:
         s = self.settings
@@ -110,9 +146,18 @@ class Authenticator:
     async def _from_key(self, key_id: str, token: str) -> Principal:
         parsed = parse_token(token)
         assert parsed is not None
-        key = await self.keys.verify(parsed)
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.monotonic()
+        cached = self._verified.get(key_id)
+        if cached is not None and now - cached[2] < KEY_CACHE_S and hmac.compare_digest(cached[0], digest):
+            key: ApiKey | None = cached[1]
+        else:
+            key = await self.keys.verify(parsed)
+            if key is not None and key.revoked_at is None:
+                self._verified[key_id] = (digest, key, now)
         if key is None:
             raise Unauthenticated("unknown API key (or a wrong secret for it)")
+        self._note_use(key_id, now)
         if key.revoked_at is not None:
             raise Unauthenticated(f"API key {key_id} was revoked")
         if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
@@ -276,8 +321,15 @@ async def require_own_runs(
     runtime = connection.app.state.get("runtime")  # unset until the lifespan starts
     if not runs or not isinstance(principal, Principal) or runtime is None or runtime.store is None:
         return  # no run named, a public route, or a starting service (its handler answers 503)
+    known: dict[UUID, str] = connection.app.state.setdefault("run_tenants", {})
     for run_id in runs:
-        tenant = await runtime.store.run_tenant(run_id)
+        tenant = known.get(run_id)
+        if tenant is None:
+            tenant = await runtime.store.run_tenant(run_id)
+            if tenant is not None:  # a run's tenant never changes: remember it (bounded)
+                if len(known) >= RUN_TENANTS_REMEMBERED:
+                    known.clear()
+                known[run_id] = tenant
         if tenant is not None and tenant != principal.tenant:
             raise problem(404, "Unknown run", f"no run {run_id}")  # as the handlers say it
 

@@ -84,9 +84,12 @@ class KeyStore:
         self._sql_list = (
             f"SELECT {columns} FROM {s}.api_keys WHERE ($1::text IS NULL OR tenant = $1) ORDER BY created_at"
         )
+        self.notify_channel = f"{schema}_keys"
+        """Revocations are announced here (payload: the key id), so verifiers drop cached keys."""
         self._sql_revoke = (
-            f"UPDATE {s}.api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp()) "
-            f"WHERE key_id = $1 RETURNING {columns}"
+            f"WITH revoked AS (UPDATE {s}.api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp()) "
+            f"WHERE key_id = $1 RETURNING {columns}) "
+            f"SELECT revoked.*, pg_notify('{self.notify_channel}', revoked.key_id) FROM revoked"
         )
         self._sql_used = f"UPDATE {s}.api_keys SET last_used_at = clock_timestamp() WHERE key_id = $1"
         self._sql_any = f"SELECT EXISTS (SELECT 1 FROM {s}.api_keys)"

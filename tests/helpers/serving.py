@@ -136,8 +136,11 @@ async def serve_app(
         settings = Settings(**{**defaults, **overrides})
         stack.push_async_callback(delete_stream, servers.nats_url, settings.nats_stream)
         client = await stack.enter_async_context(serve(create_app(settings), port))
-        client.headers["Authorization"] = f"Bearer {await api_key(database_url, 'default', ALL_SCOPES)}"
-        client.database_url = database_url  # type: ignore[attr-defined]  # for tests that make more keys
+        assert settings.database_url is not None
+        client.headers["Authorization"] = (
+            f"Bearer {await api_key(settings.database_url, 'default', ALL_SCOPES)}"
+        )
+        client.database_url = settings.database_url  # type: ignore[attr-defined]  # for tests that make more keys
         yield client
 
 
