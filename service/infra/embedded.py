@@ -1058,5 +1058,8 @@ class EmbeddedServers:
         _make_dir(self.home)
         url = server.start()
         self._servers.append(server)
-        log.info("embedded_server", kind=type(server).__name__, url=url, started_here=server.started_here)
+        # Started here: worth a line. Reused (a CLI command beside a running `serve`): debug only,
+        # so the commands' output stays theirs.
+        report = log.info if server.started_here else log.debug
+        report("embedded_server", kind=type(server).__name__, url=url, started_here=server.started_here)
         return url
