@@ -182,6 +182,8 @@ def _run_details(kind: str, data: Mapping[str, Any]) -> list[str]:
             parts.append(f"version {data.get('workflow_version', '?')}")
             if data.get("parent_run_id"):
                 parts.append(f"parent {data['parent_run_id']}")
+            if data.get("actor"):
+                parts.append(f"by {data['actor']}")
         case "run_started" | "run_recovered":
             if data.get("worker_id"):
                 parts.append(f"worker {data['worker_id']}")

@@ -137,3 +137,4 @@ async def test_events_show_when_each_was_recorded(api: httpx.AsyncClient) -> Non
     ran = await _cli(api, "events", run_id)
     assert ran.code == 0
     assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3} ", line) for line in ran.out.splitlines()), ran.out
+    assert re.search(r"run queued version \w+ by key:\w+", ran.out.splitlines()[0]), ran.out  # who started it
