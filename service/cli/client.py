@@ -118,9 +118,7 @@ _NODE_MARKS = {"node_execute_before": "▶", "node_retry_scheduled": "↻"}
 def follow_line(event: dict[str, Any]) -> str | None:
     """How ``run --follow`` shows one event (rich markup), or None for events it leaves out."""
     kind, data = event["type"], event["data"]
-    if kind == "node_execute_after_data" or (
-        kind == "node_execute_before" and data.get("reused_from")
-    ):
+    if kind == "node_execute_after_data" or (kind == "node_execute_before" and data.get("reused_from")):
         return None  # a fork's reused node is shown once, with its node_execute_after
     text = escape(describe_event(kind, data))
     match kind:
