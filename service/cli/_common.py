@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -139,6 +139,22 @@ def status_markup(status: str) -> str:
     """A run or node status, coloured for rich."""
     colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(status)
     return f"[{colour}]{status}[/{colour}]" if colour else status
+
+
+OptionTable = list[tuple[tuple[str, ...], dict[str, Any]]]
+"""Options of a command as data: (names, click.option keyword arguments)."""
+
+
+def options_from(table: OptionTable) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding every option of ``table`` (each with its environment variable and default
+    shown in ``--help``); the command receives them as keyword arguments."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for names, kwargs in reversed(table):
+            command = click.option(*names, **{"show_envvar": True, "show_default": True, **kwargs})(command)
+        return command
+
+    return decorate
 
 
 # -- the one describer of events -------------------------------------------------------------------

@@ -3,11 +3,11 @@ rules. Each option is also an environment variable of the same meaning."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import click
 
+from service.cli._common import OptionTable, options_from
 from service.config import (
     ENV_HTTP_ALLOW,
     ENV_HTTP_DENY,
@@ -20,7 +20,6 @@ from service.config import (
 from service.engine.nodes.builtins import MIN_MEMORY_MB
 from service.engine.nodes.egress import parse_rules
 
-F = Callable[..., Any]
 _DEFAULTS = NodeSettings()
 
 
@@ -37,7 +36,7 @@ def _memory(ctx: click.Context, param: click.Parameter, value: int) -> int:
     return value
 
 
-_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+_OPTIONS: OptionTable = [
     (
         ("--python-workers",),
         dict(
@@ -103,11 +102,8 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
-def node_options(command: F) -> F:
-    """Decorate ``serve`` with the node options (they arrive as keyword arguments)."""
-    for names, kwargs in reversed(_OPTIONS):
-        command = click.option(*names, **{"show_envvar": True, "show_default": True, **kwargs})(command)
-    return command
+node_options = options_from(_OPTIONS)
+"""Decorates ``serve`` with the node options (they arrive as keyword arguments)."""
 
 
 def node_settings(options: dict[str, Any]) -> NodeSettings:

@@ -4,16 +4,14 @@ and request limits. Each option is also an environment variable of the same mean
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from typing import Any
 
 import click
 
+from service.cli._common import OptionTable, options_from
 from service.config import AuthSettings, RequestLimits
 
-F = Callable[..., Any]
-
-_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+_OPTIONS: OptionTable = [
     (
         ("--auth/--no-auth",),
         dict(
@@ -88,11 +86,8 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
-def access_options(command: F) -> F:
-    """Decorate ``serve`` with the access options (they arrive as keyword arguments)."""
-    for names, kwargs in reversed(_OPTIONS):
-        command = click.option(*names, show_envvar=True, show_default=True, **kwargs)(command)
-    return command
+access_options = options_from(_OPTIONS)
+"""Decorates ``serve`` with the access options (they arrive as keyword arguments)."""
 
 
 def is_loopback(host: str) -> bool:
