@@ -354,7 +354,10 @@ class _Reading:
         if isinstance(meta, BundleHeader):
             self.report(number, "a second bundle header")
             return
-        assert isinstance(meta, BundleRun)  # a digest line was handled above
+        if isinstance(meta, BundleDigest):  # shaped unlike the digest line this module writes
+            self.digest_line = number
+            self.report(number, "the digest line is not in canonical form: it was edited")
+            return
         self._open_section(number, meta)
 
     def _read_header(self, number: int, meta: BundleHeader | BundleRun | BundleDigest) -> None:

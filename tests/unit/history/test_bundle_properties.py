@@ -433,3 +433,14 @@ def test_each_kind_of_tampering_of_a_fixed_bundle_fails() -> None:
     for bad in tampered:
         assert bad != data
         assert _verify(bad).problems
+
+
+def test_a_reformatted_digest_line_is_reported_not_a_crash() -> None:
+    """A digest line re-spaced by an editor (``{"bundle": "digest", ...}``) used to trip an
+    assertion; it is a problem of the bundle like any other edit."""
+    chain = _fixed_run([QUEUED, RunStarted(), BEFORE, AFTER, DATA, FINISHED])
+    lines = _lines(_bundle([RunExport(BundleRun(UUID(int=7), "acme", "wf", "v1"), chain)]))
+    respaced = lines[-1].replace(b'{"bundle":"digest"', b'{"bundle": "digest"')
+    assert respaced != lines[-1]
+    check = _verify(b"".join([*lines[:-1], respaced]))
+    assert any("digest line is not in canonical form" in p.problem for p in check.problems), check.problems
