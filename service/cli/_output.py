@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from service.cli._common import console, status_markup
 
@@ -57,9 +58,24 @@ def print_items(
         print_table([[c.text(item) for c in columns] for item in items], columns, title=title)
 
 
-def print_table(rows: Iterable[Sequence[str]], columns: Sequence[Column], *, title: str = "") -> None:
-    """A rich table on a terminal; plain aligned columns, never wrapped, anywhere else."""
+def print_table(
+    rows: Iterable[Sequence[str]], columns: Sequence[Column], *, title: str = "", markup: bool = False
+) -> None:
+    """A rich table on a terminal; plain aligned columns, never wrapped, anywhere else.
+
+    ``markup``: the cells are rich markup already (colours, escaped text); off a terminal only
+    their text is printed."""
     rows = list(rows)
+    if markup and not console.is_terminal:
+        rows = [[Text.from_markup(cell).plain for cell in row] for row in rows]
+    elif markup:
+        table = Table(title=title or None)
+        for c in columns:
+            table.add_column(c.header, justify="right" if c.right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
     if console.is_terminal:
         table = Table(title=title or None)
         for c in columns:

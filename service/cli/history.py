@@ -14,9 +14,9 @@ from uuid import UUID
 import click
 import httpx
 from rich.markup import escape
-from rich.table import Table
 
 from service.cli._common import RUN_ID, api_client, call_api, console, run_async, status_markup
+from service.cli._output import Column, print_table
 from service.config import Settings
 from service.followers.republish import DEFAULT_REPLAY_PREFIX
 
@@ -72,15 +72,7 @@ def show_state(
     console.print(line)
     if view["error"]:
         console.print(f"[red]error[/red]: {escape(view['error'])}")
-    table = Table()
-    table.add_column("node", no_wrap=True)
-    table.add_column("type")
-    table.add_column("status", no_wrap=True)
-    table.add_column("att", justify="right")
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("saw")
-    table.add_column("output")
-    table.add_column("error / reason")
+    rows = []
     for node_id, n in view["nodes"].items():
         error = n["error"]
         reason = f"{error['kind']}: {error['message']}" if error else (n["skip_reason"] or "")
@@ -88,17 +80,19 @@ def show_state(
             output = f"<{n['marker']['size_bytes']} bytes, sha256 {n['marker']['sha256'][:12]}>"
         else:
             output = _short(n["output"], 40) if n["status"] == "succeeded" else ""
-        table.add_row(
-            node_id,
-            n["node_type"],
-            status_markup(n["status"]) + (" [cyan]▶ ready[/cyan]" if n["ready"] else ""),
-            str(n["attempts"]),
-            _ms(n["duration_ms"]) if n["status"] in ("succeeded", "failed") else "",
-            _saw(n["inputs"]),
-            output,
-            _short(reason, 50),
+        rows.append(
+            [
+                escape(node_id),
+                escape(n["node_type"]),
+                status_markup(n["status"]) + (" [cyan]▶ ready[/cyan]" if n["ready"] else ""),
+                str(n["attempts"]),
+                _ms(n["duration_ms"]) if n["status"] in ("succeeded", "failed") else "",
+                _saw(n["inputs"]),
+                output,
+                _short(reason, 50),
+            ]
         )
-    console.print(table)
+    print_table(rows, STATE_COLUMNS, markup=True)
     for node_id, n in view["nodes"].items():
         if n["inputs"] is not None and (n["ready"] or n["status"] == "running"):
             console.print(f"{node_id} sees: {_short(n['inputs'], 400)}")
@@ -157,26 +151,22 @@ def render_diff(body: dict[str, Any]) -> None:
         console.print("inputs differ:")
         for change in body["inputs_changes"]:
             console.print(f"  {_json_change(change)}")
-    table = Table()
-    table.add_column("node", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("att", justify="right")
-    table.add_column("duration")
-    table.add_column("output")
-    table.add_column("branch")
+    rows = []
     for n in body["nodes"]:
         mark = _MARKS[n["presence"]] if n["presence"] != "both" else ("=" if n["equal"] else "≠")
         status = _pair(n["status_a"], n["status_b"])
         branch = _pair(n["branch_a"], n["branch_b"]) if n["branch_a"] or n["branch_b"] else ""
-        table.add_row(
-            f"{mark} {n['node_id']}",
-            status if n["status_a"] == n["status_b"] else f"[yellow]{status}[/yellow]",
-            _pair(n["attempts_a"], n["attempts_b"]),
-            _duration_change(n),
-            _OUTPUT_STYLE[n["output"]],
-            f"[red]{escape(branch)}[/red]" if n["branch_changed"] else escape(branch),
+        rows.append(
+            [
+                f"{mark} {escape(n['node_id'])}",
+                status if n["status_a"] == n["status_b"] else f"[yellow]{status}[/yellow]",
+                _pair(n["attempts_a"], n["attempts_b"]),
+                _duration_change(n),
+                _OUTPUT_STYLE[n["output"]],
+                f"[red]{escape(branch)}[/red]" if n["branch_changed"] else escape(branch),
+            ]
         )
-    console.print(table)
+    print_table(rows, DIFF_COLUMNS, markup=True)
     for n in body["nodes"]:
         node = f"[bold]{n['node_id']}[/bold]"
         for side in ("a", "b"):
@@ -260,3 +250,11 @@ def republish_command(settings: Settings, run_id: UUID | str, prefix: str = DEFA
     except (UnknownRun, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(f"republished {count} events of run {run_id} to {prefix}.*.*.{run_id}.<type>")
+
+
+def _header(*names: str) -> tuple[Column, ...]:
+    return tuple(Column(name, str, right=name in ("att", "duration")) for name in names)
+
+
+STATE_COLUMNS = _header("node", "type", "status", "att", "duration", "saw", "output", "error / reason")
+DIFF_COLUMNS = _header("node", "status", "att", "duration", "output", "branch")
