@@ -38,7 +38,7 @@ from litestar.middleware.authentication import AbstractAuthenticationMiddleware,
 from schemas.events import Identifier
 from service.api.errors import problem
 from service.config import ALL_SCOPES, AuthSettings
-from service.store.keys import ApiKey, KeyStore, parse_token
+from service.store.keys import ApiKey, KeyStore, ParsedToken, parse_token
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +116,7 @@ class Authenticator:
     async def principal(self, token: str) -> Principal:
         parsed = parse_token(token)
         if parsed is not None:
-            return await self._from_key(parsed.key_id, token)
+            return await self._from_key(parsed, token)
         if token.count(".") == 2 and self.jwt_enabled:
             return await self._from_jwt(token)
         raise Unauthenticated(
@@ -143,9 +143,8 @@ class Authenticator:
         s = self.settings
         return bool(s.jwt_secret or s.jwt_public_key or s.jwt_jwks_url)
 
-    async def _from_key(self, key_id: str, token: str) -> Principal:
-        parsed = parse_token(token)
-        assert parsed is not None
+    async def _from_key(self, parsed: ParsedToken, token: str) -> Principal:
+        key_id = parsed.key_id
         digest = hashlib.sha256(token.encode()).digest()
         now = time.monotonic()
         cached = self._verified.get(key_id)

@@ -19,7 +19,7 @@ from service.cli._output import Column, format_option, print_items
 from service.config import ALL_SCOPES
 from service.infra.keyfile import load_secret_key
 from service.runtime import log_database
-from service.store.keys import KeyStore
+from service.store.keys import KeyStore, tenant_problem
 from service.store.secrets import SecretStore, UnknownSecret
 
 SCOPE_CHOICES = ALL_SCOPES
@@ -57,6 +57,8 @@ def keys() -> None:
 @click.pass_context
 def keys_create(ctx: click.Context, tenant: str, scopes: tuple[str, ...], expires: str | None) -> None:
     """Create a key for TENANT with the given scopes; prints its token once (store it now)."""
+    if (problem := tenant_problem(tenant)) is not None:  # before connecting: a typo is reported at once
+        raise click.BadParameter(problem, param_hint="--tenant")
     expires_at = datetime.now(UTC) + parse_duration(expires) if expires else None
     settings = settings_of(ctx)
 
@@ -67,10 +69,7 @@ def keys_create(ctx: click.Context, tenant: str, scopes: tuple[str, ...], expire
             )
             return key.key_id, token
 
-    try:
-        key_id, token = run_async(main())
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tenant") from None
+    key_id, token = run_async(main())
     click.echo(f"created key {key_id} for tenant {tenant} ({', '.join(sorted(set(scopes)))})", err=True)
     click.echo("the token is shown only now:", err=True)
     click.echo(token)

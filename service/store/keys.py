@@ -42,6 +42,13 @@ class ParsedToken:
     secret: str
 
 
+def tenant_problem(tenant: str) -> str | None:
+    """Why ``tenant`` cannot name a tenant (it is a NATS subject token of every event), or None."""
+    if TENANT_NAME.match(tenant):
+        return None
+    return f"a tenant is 1 to 64 letters, digits, _ or -; got {tenant!r}"
+
+
 def parse_token(token: str) -> ParsedToken | None:
     """The parts of an API key token, or None when ``token`` is not shaped like one."""
     if not token.startswith(TOKEN_PREFIX):
@@ -99,8 +106,8 @@ class KeyStore:
     ) -> tuple[ApiKey, str]:
         """A new key and its token (the only time the token exists). The tenant must be a NATS
         subject token (``[A-Za-z0-9_-]{1,64}``): it is part of every subject of its events."""
-        if not TENANT_NAME.match(tenant):
-            raise ValueError(f"a tenant is 1 to 64 letters, digits, _ or -; got {tenant!r}")
+        if (problem := tenant_problem(tenant)) is not None:
+            raise ValueError(problem)
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         async with self.pool.acquire() as conn:
