@@ -35,11 +35,43 @@ class WorkflowVersion(msgspec.Struct, frozen=True):
     created_at: datetime
 
 
+class NodePlacement(msgspec.Struct, frozen=True):
+    x: float
+    """Centre of the node's box, from the left edge of the drawing."""
+    y: float
+    """Centre of the node's box, from the top edge of the drawing."""
+    layer: int
+    """0 for nodes nothing points to; every edge goes to a higher layer."""
+
+
+class EdgeRoute(msgspec.Struct, frozen=True):
+    from_: str = msgspec.field(name="from")
+    to: str = msgspec.field()
+    points: list[tuple[float, float]] = []
+    """The polyline from the source's centre to the target's, through the bends that keep it off
+    the nodes of the layers it crosses."""
+
+
+class DagLayout(msgspec.Struct, frozen=True):
+    """Where to draw a workflow's DAG (layered, crossing-reduced; top to bottom). Coordinates are
+    in the same units as ``node_width``/``node_height``, origin at the top left, all >= 0."""
+
+    width: float
+    height: float
+    node_width: float
+    node_height: float
+    nodes: dict[str, NodePlacement]
+    edges: list[EdgeRoute]
+    """One per edge of the spec, in its order."""
+
+
 class WorkflowDetail(msgspec.Struct, frozen=True):
     id: str
     version: str
     spec: WorkflowSpec
     versions: list[WorkflowVersion]
+    layout: DagLayout
+    """Where to draw this version's DAG (the console draws it as is)."""
 
 
 class WorkflowPage(msgspec.Struct, frozen=True):

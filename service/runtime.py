@@ -31,7 +31,7 @@ from service.followers.push import PushHub
 from service.followers.relay import Relay
 from service.infra.db import DatabaseUnavailable, create_pool, ping
 from service.infra.embedded import EmbeddedServerError, EmbeddedServers
-from service.infra.keyfile import load_secret_key, write_admin_token
+from service.infra.keyfile import SecretKeyError, load_secret_key, write_admin_token
 from service.infra.migrations import MigrationError, apply_migrations
 from service.infra.nats import MessagingUnavailable, connect_nats, ensure_stream, stream_config
 from service.retry import supervised
@@ -46,7 +46,13 @@ from service.urls import mask_url
 log = structlog.get_logger(__name__)
 
 
-STARTUP_ERRORS = (DatabaseUnavailable, MessagingUnavailable, EmbeddedServerError, MigrationError)
+STARTUP_ERRORS = (
+    DatabaseUnavailable,
+    MessagingUnavailable,
+    EmbeddedServerError,
+    MigrationError,
+    SecretKeyError,
+)
 """Failures with a one-line, human-actionable message: shown as such, never as a traceback."""
 
 
@@ -162,12 +168,15 @@ class Runtime:
         log.info("admin_token_written", path=str(path), tenant=DEFAULT_TENANT)
         return path
 
+    async def secret_key(self) -> bytes:
+        """The service's secret key (``FLOWLEDGER_SECRET_KEY`` or ``<home>/secret.key``, made once)."""
+        return await asyncio.to_thread(load_secret_key, self.settings.secret_key, self.settings.home)
+
     async def reveal_secrets(self, tenant: str, names: set[str]) -> dict[str, str]:
         """The tenant's secrets ``names``, decrypted (the key is loaded on first use)."""
         if self._secrets is None:
             assert self.pool is not None
-            key = await asyncio.to_thread(load_secret_key, self.settings.secret_key, self.settings.home)
-            self._secrets = SecretStore(self.pool, key)
+            self._secrets = SecretStore(self.pool, await self.secret_key())
         return await self._secrets.reveal(tenant, names)
 
     async def live_readiness(self) -> Readiness:

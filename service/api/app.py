@@ -34,6 +34,7 @@ from service.api.auth import (
     require_scope,
 )
 from service.api.bodies import MAX_DEPTH_STATE
+from service.api.console import console_router
 from service.api.contract import (
     COMPONENTS,
     PUBLIC,
@@ -49,6 +50,8 @@ from service.api.metrics import metrics_router
 from service.api.push import push_router
 from service.api.queries import queries_router
 from service.api.runs import runs_router
+from service.api.session import session_router
+from service.api.session_cookie import SessionSealer
 from service.config import Settings
 from service.infra.listen import listen
 from service.runtime import STARTUP_ERRORS, Runtime
@@ -150,6 +153,9 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             try:
                 await runtime.start()
                 if settings.auth.enabled:
+                    app.state.sessions = SessionSealer(
+                        await runtime.secret_key(), settings.auth.session_ttl_s
+                    )
                     authenticator = app.state.authenticator = Authenticator(runtime.keys, settings.auth)
                     background.append(asyncio.create_task(forget_revoked(runtime, authenticator)))
                 log.info("service_ready", http=f"http://{settings.http_host}:{settings.http_port}")
@@ -179,6 +185,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             metrics_router(),
             push_router(),
             history_router(),
+            session_router(),
+            console_router(),
         ],
         lifespan=[lifespan],
         state=State({"auth_enabled": settings.auth.enabled, MAX_DEPTH_STATE: settings.max_json_depth}),

@@ -37,6 +37,7 @@ from litestar.middleware.authentication import AbstractAuthenticationMiddleware,
 
 from schemas.events import Identifier
 from service.api.errors import problem
+from service.api.session_cookie import SESSION_COOKIE, CsrfRefused, SessionInvalid, SessionSealer
 from service.config import ALL_SCOPES, AuthSettings
 from service.store.keys import ApiKey, KeyStore, ParsedToken, parse_token
 
@@ -47,7 +48,6 @@ KEY_CACHE_S: Final = 60.0
 """How long a verified API key is trusted without reading it again (revocations cut it short)."""
 LAST_USED_EVERY_S: Final = 60.0
 RUN_TENANTS_REMEMBERED: Final = 100_000
-SESSION_COOKIE: Final = "flowledger_session"
 JWKS_CACHE_S: Final = 300.0
 """How long a fetched JWKS is used before it is fetched again (a removed key is refused after at most this)."""
 JWKS_REFRESH_COOLDOWN_S: Final = 1.0
@@ -225,14 +225,33 @@ def _read_key(value: str) -> str:
 
 
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    """The credential of a request: the ``Authorization: Bearer`` header, else the session cookie."""
+    """The credential of a request: the ``Authorization: Bearer`` header, else the one sealed in
+    the console's session cookie (which must be valid, unexpired and, for a change, carry the
+    CSRF token)."""
     header = connection.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
         return token.strip()
-    return connection.cookies.get(SESSION_COOKIE) or None
+    cookie = connection.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    sealer: SessionSealer | None = connection.app.state.get("sessions")
+    if sealer is None:
+        raise ServiceUnavailableException(
+            detail="the service is still starting; sessions cannot be checked yet"
+        )
+    try:
+        token = sealer.open(cookie)
+        sealer.check_csrf(
+            connection.scope["type"], str(connection.scope.get("method", "GET")), connection.headers, cookie
+        )
+    except SessionInvalid as exc:
+        raise Unauthenticated(str(exc)) from None
+    except CsrfRefused as exc:
+        raise PermissionDeniedException(detail=str(exc)) from None
+    return token
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):
@@ -259,6 +278,9 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
 ANONYMOUS = Principal("default", frozenset(SCOPES), "anonymous")
 """Who calls when authentication is off (``serve --no-auth``, allowed on loopback only)."""
 
+ANY_SCOPE: Final = ""
+"""The "scope" of a route any valid credential may call (who am I)."""
+
 ROUTE_SCOPES: Final[dict[str, str]] = {
     # handler name -> the scope it needs; a handler missing here is closed to everyone
     "list_workflows": "workflows:read",
@@ -279,6 +301,8 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "push_channel": "runs:read",
     "metrics_summary": "runs:read",
     "prometheus_metrics": "admin",
+    "audit_run": "audit",
+    "get_session": ANY_SCOPE,
 }
 """One table of who may do what, beside the guard that enforces it (the BOLA matrix test checks
 every operation of the OpenAPI document against it)."""
@@ -300,7 +324,7 @@ def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseR
     needed = ROUTE_SCOPES.get(handler.handler_name)
     if needed is None:
         raise PermissionDeniedException(detail="this route declares no scope; it is closed")
-    if not principal.may(needed):
+    if needed != ANY_SCOPE and not principal.may(needed):
         have = ", ".join(sorted(principal.scopes)) or "none"
         raise PermissionDeniedException(
             detail=f"this route needs the {needed!r} scope; the credential has: {have}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import msgspec
 from litestar import Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
@@ -20,6 +21,7 @@ from service.api.dependencies import provide_runtime
 from service.api.errors import problem, problem_responses
 from service.domain.run_diff import RunDiff, diff_runs
 from service.domain.workflow_spec import WorkflowGraph, build_graph
+from service.history.audit import AuditProblem, audit_runs
 from service.history.time_travel import RunStateView, SeqOutOfRange, state_at
 from service.runtime import Runtime
 from service.store.workflow_store import UnknownWorkflow
@@ -89,9 +91,41 @@ async def diff_two_runs(
     return diff_runs(fold(events_a), fold(events_b), graph_a, graph_b)
 
 
+class RunAudit(msgspec.Struct, frozen=True):
+    """The verification of one run's events: hash chain, schema, legality, queue row."""
+
+    run_id: UUID
+    ok: bool
+    events: int
+    head_hash: str
+    """The hash of the run's last event: the value to compare with an exported copy."""
+    problems: list[AuditProblem]
+
+
+@get(
+    "/runs/{run_id:uuid}/audit",
+    summary="Verify the run's log: the hash chain, every event's schema and order, and its queue row",
+    responses=problem_responses(400, (404, "No such run")),
+)
+async def audit_run(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> RunAudit:
+    assert runtime.store is not None and runtime.pool is not None
+    last = await runtime.store.read_run(run_id)
+    if not last:
+        raise problem(404, "Unknown run", f"no run {run_id}")
+    async with runtime.pool.acquire() as conn:
+        report = await audit_runs(runtime.store, conn, [run_id])
+    return RunAudit(
+        run_id=run_id,
+        ok=report.clean,
+        events=report.events,
+        head_hash=last[-1].hash,
+        problems=report.problems,
+    )
+
+
 def history_router() -> Router:
     return Router(
         path="/v1",
-        route_handlers=[run_state_at, diff_two_runs],
+        route_handlers=[run_state_at, diff_two_runs, audit_run],
         dependencies={"runtime": Provide(provide_runtime)},
     )

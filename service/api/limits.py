@@ -22,6 +22,7 @@ from litestar.types import (
     Send,
 )
 
+from service.api.session_cookie import SESSION_COOKIE
 from service.config import AuthSettings, RequestLimits
 
 UNLIMITED_PATHS = ("/health", "/ready")
@@ -30,7 +31,7 @@ STREAM_SUFFIXES = ("/stream", "/push")
 
 def _caller(request: Request[Any, Any, Any]) -> str:
     """The credential (hashed: the token never sits in a store key), else the client address."""
-    credential = request.headers.get("authorization") or request.cookies.get("flowledger_session")
+    credential = request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE)
     if credential:
         return "cred:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
     return "addr:" + get_remote_address(request)

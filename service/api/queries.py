@@ -13,9 +13,11 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from projections.node_executions import NodeExecution
 from projections.run_summaries import RunSummary
+from schemas.api import DagLayout
 from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem, problem_responses
+from service.api.layouts import layout_of_version
 from service.runtime import Runtime
 from service.store.read_models import BadCursor
 
@@ -67,6 +69,8 @@ class Lineage(msgspec.Struct, frozen=True):
     parent_run_id: str | None
     nodes: list[LineageNode]
     edges: list[LineageEdge]
+    layout: DagLayout
+    """Where to draw the DAG: the workflow version's layered layout."""
 
 
 def _limit(limit: int) -> int:
@@ -166,6 +170,7 @@ async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID])
         parent_run_id=summary.parent_run_id,
         nodes=nodes,
         edges=edges,
+        layout=await layout_of_version(summary.tenant, summary.workflow_id, summary.workflow_version, spec),
     )
 
 

@@ -31,6 +31,7 @@ from service.api.auth import Principal
 from service.api.bodies import json_body, max_depth, spec_format
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem, problem_responses
+from service.api.layouts import layout_of_version
 from service.domain.run_document import fold_raw
 from service.domain.workflow_spec import InvalidWorkflow, check_spec, parse_spec, spec_warnings
 from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
@@ -142,7 +143,10 @@ async def get_workflow(
         WorkflowVersion(v, at)
         for v, at in await runtime.workflows.versions(workflow_id, tenant=principal.tenant)
     ]
-    return WorkflowDetail(id=workflow_id, version=stored.version, spec=stored.spec, versions=versions)
+    layout = await layout_of_version(principal.tenant, workflow_id, stored.version, stored.spec)
+    return WorkflowDetail(
+        id=workflow_id, version=stored.version, spec=stored.spec, versions=versions, layout=layout
+    )
 
 
 @post(

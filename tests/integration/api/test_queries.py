@@ -155,3 +155,33 @@ async def test_node_history_across_runs_newest_first(api: httpx.AsyncClient) -> 
             await asyncio.sleep(0.025)
     assert [i["run_id"] for i in items] == list(reversed(runs))
     assert all(i["status"] == "succeeded" and i["attempts"] == 2 and i["error_kind"] is None for i in items)
+
+
+async def test_lineage_and_the_workflow_carry_the_same_layered_layout(api: httpx.AsyncClient) -> None:
+    wid = _wid()
+    await _register(api, {"id": wid, **BRANCHY})
+    run_id = await _start(api, wid, {"items": [1], "big": True})
+    await _summary_when(api, run_id, lambda b: b["status"] == "succeeded")
+    layout = (await api.get(f"/v1/runs/{run_id}/lineage")).json()["layout"]
+    assert (await api.get(f"/v1/workflows/{wid}")).json()["layout"] == layout
+    layers = {node_id: placed["layer"] for node_id, placed in layout["nodes"].items()}
+    assert layers == {"items": 0, "check": 1, "big": 2, "small": 2, "flaky": 3}
+    assert [(e["from"], e["to"]) for e in layout["edges"]] == [(e["from"], e["to"]) for e in BRANCHY["edges"]]
+    assert layout["width"] > 0 and layout["height"] > 0 and layout["node_width"] > 0
+
+
+async def test_a_run_audit_verifies_its_chain(api: httpx.AsyncClient) -> None:
+    wid = _wid()
+    await _register(api, {"id": wid, **BRANCHY})
+    run_id = await _start(api, wid, {"items": [1], "big": True})
+    await _summary_when(api, run_id, lambda b: b["status"] == "succeeded")
+    events = (await api.get(f"/v1/runs/{run_id}/events")).json()["items"]
+    audit = (await api.get(f"/v1/runs/{run_id}/audit")).json()
+    assert audit == {
+        "run_id": run_id,
+        "ok": True,
+        "events": len(events),
+        "head_hash": events[-1]["hash"],
+        "problems": [],
+    }
+    assert_problem(await api.get(f"/v1/runs/{uuid.uuid4()}/audit"), 404)
