@@ -66,6 +66,15 @@ _OPTIONS: OptionTable = [
         ),
     ),
     (
+        ("--session-ttl",),
+        dict(
+            envvar="FLOWLEDGER_SESSION_TTL",
+            default=8 * 3600,
+            type=click.IntRange(60),
+            help="Seconds a web console session lasts before the user signs in again.",
+        ),
+    ),
+    (
         ("--max-body-bytes",),
         dict(
             envvar="FLOWLEDGER_MAX_BODY_BYTES",
@@ -116,6 +125,7 @@ def access_settings(host: str, options: dict[str, Any]) -> tuple[AuthSettings, R
         jwt_tenant_claim=options["jwt_tenant_claim"],
         jwt_scope_claim=options["jwt_scope_claim"],
         rate_limit_per_minute=options["rate_limit"],
+        session_ttl_s=options["session_ttl"],
     )
     limits = RequestLimits(max_body_bytes=options["max_body_bytes"], timeout_s=options["request_timeout"])
     return auth, limits
