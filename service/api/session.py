@@ -105,9 +105,12 @@ async def get_session(request: Request[Any, Any, Any], principal: NamedDependenc
     opt={PUBLIC_OPT: True},
     security=PUBLIC,
     responses=problem_responses(public=True),
+    response_cookies=[
+        Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/", httponly=True, samesite="strict")
+    ],
 )
-async def sign_out(request: Request[Any, Any, Any]) -> Response[None]:
-    return Response(None, status_code=204, cookies=[_cookie("", 0, request)])
+async def sign_out() -> None:
+    return None
 
 
 def session_router() -> Router:
