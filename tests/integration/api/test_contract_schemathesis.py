@@ -40,7 +40,9 @@ REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "schemathesis.toml"
 EXAMPLES = 5
 """Generated cases per operation and phase: enough to cross every declared status path."""
-STATEFUL_EXAMPLES = 80
+STATEFUL_EXAMPLES = 120
+"""Enough walks that one follows register -> start -> cancel whatever the timing (a walk's path
+depends on the answers it gets, so on how fast runs end on a loaded machine)."""
 STATEFUL_STEPS = 15
 
 
@@ -176,5 +178,9 @@ def test_the_links_chain_a_workflow_a_run_and_a_cancel(service: str) -> None:
         elif isinstance(event, (events.NonFatalError, events.FatalError)):
             problems.append(f"error: {event.info.message if hasattr(event, 'info') else event!r}")
     assert not problems, problems
-    chain = {("register_workflow", 201), ("start_run", 202), ("cancel_run", 202)}
+    chain = {("register_workflow", 201), ("start_run", 202)}
     assert chain <= succeeded, f"never succeeded: {sorted(chain - succeeded)}; seen: {sorted(seen)}"
+    # The cancel link reached a real run: accepted, or too late for a run that had already ended.
+    assert {("cancel_run", 202), ("cancel_run", 409)} & seen, (
+        f"the cancel link was never followed: {sorted(seen)}"
+    )
