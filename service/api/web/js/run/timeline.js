@@ -139,6 +139,11 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
     svg.append(axis);
 
     const bars = s("g", { class: "tl-bars" });
+    const labels = new Map(); // row -> [{x, text, cls, limit}]
+    const addLabel = (row, lx, text, cls, limit) => {
+      if (!labels.has(row)) labels.set(row, []);
+      labels.get(row).push({ x: lx, text, cls, limit });
+    };
     for (const b of backoffs) {
       const row = rowOf.get(b.node);
       const y = AXIS + row * ROW + 7;
@@ -148,11 +153,7 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
       const title = s("title", {});
       title.textContent = `${b.node}: retry backoff after attempt ${b.attempt}, ${formatDuration(b.delay)}`;
       g.append(title, s("rect", { x: x(b.start).toFixed(1), y: String(y), width: w.toFixed(1), height: String(ROW - 14), fill: `url(#tl${id}-hatch)`, rx: "2" }));
-      if (w > 60) {
-        const t = s("text", { class: "tl-backoff-label", x: (x(b.start) + 4).toFixed(1), y: String(y + ROW / 2 - 3) });
-        t.textContent = `wait ${formatDuration(b.delay)}`;
-        g.append(t);
-      }
+      addLabel(row, x(b.start) + 4, `wait ${formatDuration(b.delay)}`, "tl-backoff-label", x(b.start) + w - 2);
       bars.append(g);
     }
     for (const a of attempts) {
@@ -179,9 +180,7 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
         const cx = x0 + w;
         g.append(s("path", { class: "tl-fail-mark", d: `M${(cx - 4).toFixed(1)},${y + 5} l8,8 m0,-8 l-8,8` }));
       }
-      const text = s("text", { class: "tl-duration", x: (x0 + w + (status === "failed" || status === "cancelled" ? 10 : 4)).toFixed(1), y: String(y + ROW / 2) });
-      text.textContent = `${a.attempt > 1 ? `#${a.attempt} ` : ""}${formatDuration(took)}`;
-      g.append(text);
+      addLabel(row, x0 + w + (status === "failed" || status === "cancelled" ? 10 : 4), `${a.attempt > 1 ? `#${a.attempt} ` : ""}${formatDuration(took)}`, "tl-duration", WIDTH);
       g.addEventListener("click", () => onSelect && onSelect(a.node));
       g.addEventListener("keydown", (ev) => {
         if (ev.key === "Enter" || ev.key === " ") {
@@ -199,12 +198,27 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
       const title = s("title", {});
       title.textContent = `${sk.node} skipped${sk.reason ? `: ${sk.reason}` : ""}`;
       g.append(title, s("path", { d: `M${x(sk.at).toFixed(1)},${y + 6} v${ROW - 12}` }));
-      const t = s("text", { class: "tl-duration", x: (x(sk.at) + 5).toFixed(1), y: String(y + ROW / 2 + 4) });
-      t.textContent = "skipped";
-      g.append(t);
+      addLabel(row, x(sk.at) + 5, "skipped", "tl-duration tl-skip-label", WIDTH);
       bars.append(g);
     }
     svg.append(bars);
+
+    // Labels last, over the bars; in a crowded row a label that would overlap the one to its
+    // right is left out (the bar's tooltip and aria-label still say it): the last attempt's wins.
+    const labelLayer = s("g", { class: "tl-labels", "aria-hidden": "true" });
+    for (const [row, list] of labels) {
+      list.sort((p, q) => q.x - p.x);
+      let nextStart = WIDTH + 2;
+      for (const l of list) {
+        const w = l.text.length * 6.2;
+        if (l.x + w > Math.min(nextStart - 4, l.limit)) continue;
+        const t = s("text", { class: l.cls, x: l.x.toFixed(1), y: String(AXIS + row * ROW + ROW / 2) });
+        t.textContent = l.text;
+        labelLayer.append(t);
+        nextStart = l.x;
+      }
+    }
+    svg.append(labelLayer);
 
     if (cursor !== null && start !== null) {
       const cx = Math.min(Math.max(x(cursor), LABEL_W), WIDTH - RIGHT);
