@@ -132,8 +132,9 @@ export async function render(main, { params, query, ctx }) {
   }
 
   let summaryTimer = null;
+  let summaryTries = 0;
   function refreshSummary() {
-    if (summaryTimer !== null) return;
+    if (summaryTimer !== null || disposed) return;
     summaryTimer = setTimeout(async () => {
       summaryTimer = null;
       try {
@@ -141,8 +142,9 @@ export async function render(main, { params, query, ctx }) {
         if (disposed) return;
         summary = next;
         paintHeader();
-        // the read model follows the log: ask again until it has caught up with the end
-        if (fold.ended && !["succeeded", "failed", "cancelled"].includes(summary.status)) refreshSummary();
+        // the summary is a read model a moment behind the log: ask again until it caught up
+        if ((summary.last_seq ?? lastSeq) < lastSeq && ++summaryTries < 40) refreshSummary();
+        else summaryTries = 0;
       } catch {
         /* the next event asks again */
       }
@@ -409,5 +411,6 @@ export async function render(main, { params, query, ctx }) {
   paintInspector();
   openStream();
   if (!following || selected) loadState();
+  if ((summary.last_seq ?? lastSeq) < lastSeq) refreshSummary();
   return cleanup;
 }

@@ -104,7 +104,7 @@ function durationCell(ms) {
 /** Diff with another run: an input and a node-by-node table from GET /diff/{other}. */
 export function diffPanel(api, runId) {
   const out = h("div", { class: "diff-result", "aria-live": "polite" });
-  const input = h("input", { id: "diff-other", name: "other", type: "text", required: "", autocomplete: "off", spellcheck: "false", placeholder: "run id (UUID)", pattern: "\\s*[0-9a-fA-F-]{36}\\s*" });
+  const input = h("input", { id: "diff-other", name: "other", type: "text", required: "", autocomplete: "off", spellcheck: "false", placeholder: "run id (UUID)" });
   const button = h("button", { type: "submit", text: "Diff" });
   const form = h(
     "form",

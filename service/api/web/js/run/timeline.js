@@ -180,7 +180,7 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
         const cx = x0 + w;
         g.append(s("path", { class: "tl-fail-mark", d: `M${(cx - 4).toFixed(1)},${y + 5} l8,8 m0,-8 l-8,8` }));
       }
-      addLabel(row, x0 + w + (status === "failed" || status === "cancelled" ? 10 : 4), `${a.attempt > 1 ? `#${a.attempt} ` : ""}${formatDuration(took)}`, "tl-duration", WIDTH);
+      addLabel(row, x0 + w + (status === "failed" || status === "cancelled" ? 10 : 4), `${a.attempt > 1 ? `#${a.attempt} ` : ""}${formatDuration(took)}${a.reused ? " (reused)" : ""}`, "tl-duration", WIDTH);
       g.addEventListener("click", () => onSelect && onSelect(a.node));
       g.addEventListener("keydown", (ev) => {
         if (ev.key === "Enter" || ev.key === " ") {
@@ -224,10 +224,18 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
       const cx = Math.min(Math.max(x(cursor), LABEL_W), WIDTH - RIGHT);
       svg.append(s("line", { class: "tl-cursor", x1: cx.toFixed(1), x2: cx.toFixed(1), y1: String(AXIS - 4), y2: String(height) }));
     }
+    // a redraw keeps the keyboard focus on the same bar
+    const active = element.contains(document.activeElement) ? document.activeElement : null;
+    const focusKey = active ? [active.getAttribute("data-node-id"), active.getAttribute("data-attempt")] : null;
     if (attempts.length === 0 && skips.length === 0) {
       element.replaceChildren(h("p", { class: "muted", text: "No node has started yet." }));
     } else {
       element.replaceChildren(svg);
+      if (focusKey) {
+        for (const g of svg.querySelectorAll(".tl-attempt")) {
+          if (g.getAttribute("data-node-id") === focusKey[0] && g.getAttribute("data-attempt") === focusKey[1]) g.focus();
+        }
+      }
     }
 
     // running bars grow: redraw twice a second while one is open (no API call)
