@@ -7,7 +7,7 @@ import { formatDuration, formatTime, h, shortId } from "../dom.js";
 import { cancelButton, diffPanel, verifyAction } from "../run/actions.js";
 import { normalizeStatus, renderDag } from "../run/dag.js";
 import { renderInspector } from "../run/inspector.js";
-import { applyEvent, edgeFigures, emptyFold, fetchAllEvents, stateNodeForEdges, TERMINAL } from "../run/model.js";
+import { applyEvent, edgeFigures, emptyFold, fetchAllEvents, stateNodeForEdges, TERMINAL, viewStatus } from "../run/model.js";
 import { renderSlider } from "../run/slider.js";
 import { renderTimeline } from "../run/timeline.js";
 
@@ -181,7 +181,7 @@ export async function render(main, { params, query, ctx }) {
       dag.element.setAttribute("data-view-seq", String(lastSeq));
       dag.element.setAttribute("data-live", "true");
     } else if (viewState && viewState.at_seq === viewSeq) {
-      for (const id of nodeOrder) dag.setStatus(id, viewState.nodes[id] ? viewState.nodes[id].status : "pending");
+      for (const id of nodeOrder) dag.setStatus(id, viewStatus(viewState.nodes[id]));
       lineage.edges.forEach((edge, i) => dag.setEdge(i, edgeFigures(edge, stateNodeForEdges(viewState.nodes[edge.from]))));
       graphWhen.textContent = `as of seq ${viewSeq}`;
       dag.element.setAttribute("data-view-seq", String(viewSeq));

@@ -4,6 +4,7 @@
 
 import { formatDuration, h, shortId } from "../dom.js";
 import { normalizeStatus } from "./dag.js";
+import { viewStatus } from "./model.js";
 
 const COLLAPSE_BYTES = 2048;
 
@@ -49,7 +50,7 @@ export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onClose
     section.append(h("p", { class: "muted", text: loading ? "Loading…" : `No node ${nodeId} in this run.` }));
     return section;
   }
-  const state = normalizeStatus(view.status);
+  const state = normalizeStatus(viewStatus(view));
   section.append(
     h(
       "p",

@@ -50,7 +50,7 @@ export function applyEvent(fold, envelope) {
       break;
     }
     case "node_execute_after": {
-      const n = set(d.node_id, d.status === "succeeded" ? "succeeded" : "failed", d.node_type);
+      const n = set(d.node_id, afterStatus(d.status, d.error), d.node_type);
       n.itemCount = d.item_count || 0;
       break;
     }
@@ -101,6 +101,19 @@ export function applyEvent(fold, envelope) {
       break;
   }
   return changed;
+}
+
+/** A node attempt that failed because the run was cancelled or stopped (error kind
+ * `cancelled`) is shown as cancelled, live and in time travel alike. */
+export function afterStatus(status, error) {
+  if (status === "succeeded") return "succeeded";
+  return error && error.kind === "cancelled" ? "cancelled" : status || "failed";
+}
+
+/** The console's status of a `/state` node view. */
+export function viewStatus(view) {
+  if (!view) return "pending";
+  return view.status === "failed" ? afterStatus("failed", view.error) : view.status;
 }
 
 /** An edge is taken when its source succeeded and, for a `when` edge, chose that label. */

@@ -3,6 +3,7 @@
 // (node_retry_scheduled + delay_ms) hatched, skips as a tick, durations labelled, a time axis.
 
 import { formatDuration, h, s } from "../dom.js";
+import { afterStatus } from "./model.js";
 
 const ROW = 28;
 const AXIS = 26;
@@ -41,7 +42,7 @@ export function spansOf(events) {
       }
       open.delete(key);
       span.end = t;
-      span.status = d.status;
+      span.status = afterStatus(d.status, d.error);
       span.durationMs = d.duration_ms;
       span.error = d.error ? `${d.error.kind}: ${d.error.message}` : null;
       span.reused = span.reused || Boolean(d.reused_from);
