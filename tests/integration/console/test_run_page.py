@@ -1,0 +1,345 @@
+"""The console's run page (``/runs/<id>``) in a real Chromium against the real service: the DAG
+follows a live run within a second of its events, the time-travel slider shows exactly what
+``/state?at_seq=N`` says, ``?seq=N`` opens there, and Cancel, Fork, Diff and Verify work from the
+page; another tenant's run is "not found"."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import httpx
+from playwright.async_api import Page, expect
+
+from tests.helpers.api import wait_ended
+from tests.helpers.serving import api_key
+from tests.integration.console.conftest import PageErrors, shoot
+
+NOT_FOUND_LOG = r"Failed to load resource.*404"
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def _register(api: httpx.AsyncClient, spec: dict[str, Any]) -> str:
+    answer = await api.post("/v1/workflows", json=spec)
+    assert answer.status_code in (200, 201), answer.text
+    return str(spec["id"])
+
+
+async def _start(api: httpx.AsyncClient, workflow_id: str, inputs: dict[str, Any] | None = None) -> str:
+    answer = await api.post(f"/v1/workflows/{workflow_id}/runs", json={"inputs": inputs or {}})
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["run_id"])
+
+
+def _demo_spec() -> dict[str, Any]:
+    """A branch, a node that fails once and is retried, a fan-in."""
+    return {
+        "id": _unique("console-demo"),
+        "nodes": [
+            {"id": "check", "type": "branch", "config": {"expression": "inputs.amount > `100`"}},
+            {
+                "id": "flaky",
+                "type": "fail",
+                "config": {"message": "service busy", "times": 1},
+                "retry": {"max_attempts": 3, "initial_backoff_ms": 150},
+            },
+            {"id": "review", "type": "transform", "config": {"expression": "{route: 'manual review'}"}},
+            {"id": "approve", "type": "transform", "config": {"expression": "{route: 'auto-approved'}"}},
+            {"id": "notify", "type": "transform", "config": {"expression": "nodes.review || nodes.approve"}},
+        ],
+        "edges": [
+            {"from": "check", "to": "flaky"},
+            {"from": "check", "to": "review", "when": "true"},
+            {"from": "check", "to": "approve", "when": "false"},
+            {"from": "flaky", "to": "notify"},
+            {"from": "review", "to": "notify"},
+            {"from": "approve", "to": "notify"},
+        ],
+    }
+
+
+def _console_status(view: dict[str, Any]) -> str:
+    """The page's name for a ``/state`` node status: ``retry_wait`` is "retrying", an attempt
+    that failed because the run was cancelled or stopped (kind ``cancelled``) is "cancelled"."""
+    if view["status"] == "retry_wait":
+        return "retrying"
+    if view["status"] == "failed" and (view.get("error") or {}).get("kind") == "cancelled":
+        return "cancelled"
+    return str(view["status"])
+
+
+async def _dag_statuses(page: Page) -> dict[str, str]:
+    statuses: dict[str, str] = await page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('.dag [data-node-id]')]
+              .map((el) => [el.getAttribute('data-node-id'), el.getAttribute('data-status')]))"""
+    )
+    return statuses
+
+
+async def _open_run(page: Page, run_id: str, query: str = "") -> None:
+    await page.goto(f"/runs/{run_id}{query}")
+    await page.get_by_role("heading", name=re.compile(r"^Run ")).first.wait_for()
+    await page.locator(".dag [data-node-id]").first.wait_for()
+
+
+def _epoch_ms(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000
+
+
+async def test_the_dag_follows_a_live_run_within_a_second(
+    signed_in: Page, api: httpx.AsyncClient, page_errors: PageErrors
+) -> None:
+    page = signed_in
+    workflow = await _register(
+        api,
+        {
+            "id": _unique("console-live"),
+            "nodes": [
+                {"id": "start", "type": "noop"},
+                {"id": "wait", "type": "delay", "config": {"ms": 1500}},
+                {"id": "done", "type": "transform", "config": {"expression": "nodes.wait"}},
+            ],
+            "edges": [{"from": "start", "to": "wait"}, {"from": "wait", "to": "done"}],
+        },
+    )
+    run_id = await _start(api, workflow)
+    await _open_run(page, run_id)
+    wait_node = page.get_by_role("button", name="node wait (delay): running")
+    await wait_node.wait_for(timeout=5000)
+    # when did the DOM say succeeded? (the browser's clock is this machine's, like the server's)
+    await page.evaluate(
+        """() => {
+            const el = document.querySelector('.dag [data-node-id="wait"]');
+            window.__succeededAt = null;
+            new MutationObserver(() => {
+                if (window.__succeededAt === null && el.getAttribute('data-status') === 'succeeded') {
+                    window.__succeededAt = Date.now();
+                }
+            }).observe(el, {attributes: true, attributeFilter: ['data-status']});
+        }"""
+    )
+    await shoot(page, "run-live")
+    await expect(page.locator('.dag [data-node-id="done"]')).to_have_attribute("data-status", "succeeded")
+    events = await wait_ended(api, run_id)
+    after = next(e for e in events if e["type"] == "node_execute_after" and e["data"]["node_id"] == "wait")
+    seen_at = await page.evaluate("window.__succeededAt")
+    assert seen_at is not None
+    lag_ms = seen_at - _epoch_ms(after["recorded_at"])
+    assert lag_ms < 1000, f"the page showed wait succeeded {lag_ms:.0f} ms after the event"
+    # the run ended: the header says so, the slider reaches the last event, the timeline has every attempt
+    await expect(page.locator(".run-head .status")).to_have_text("succeeded")
+    await expect(page.get_by_label("Event seq")).to_have_attribute("max", str(events[-1]["seq"]))
+    await expect(page.locator(".tl-attempt")).to_have_count(3)
+    await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    assert await _dag_statuses(page) == {"start": "succeeded", "wait": "succeeded", "done": "succeeded"}
+
+
+async def test_the_slider_shows_the_state_the_api_gives_for_each_seq(
+    signed_in: Page, api: httpx.AsyncClient
+) -> None:
+    page = signed_in
+    workflow = await _register(api, _demo_spec())
+    run_id = await _start(api, workflow, {"amount": 250})
+    events = await wait_ended(api, run_id)
+    last = events[-1]["seq"]
+    retry_seq = next(e["seq"] for e in events if e["type"] == "node_retry_scheduled")
+    picks = [0, 2, retry_seq, (retry_seq + last) // 2, last - 1]
+
+    async def assert_at(seq: int) -> None:
+        await expect(page.locator(".dag")).to_have_attribute("data-view-seq", str(seq))
+        state = (await api.get(f"/v1/runs/{run_id}/state", params={"at_seq": seq})).json()
+        want = {node_id: _console_status(view) for node_id, view in state["nodes"].items()}
+        assert await _dag_statuses(page) == want, f"at seq {seq}"
+        await expect(page.locator(".seq-readout")).to_contain_text(f"seq {seq}")
+        await expect(page.locator(".seq-readout")).to_contain_text(state["event_type"])
+
+    # ?seq=N opens the page there
+    await _open_run(page, run_id, f"?seq={retry_seq}")
+    await expect(page.get_by_label("Event seq")).to_have_value(str(retry_seq))
+    await assert_at(retry_seq)
+    assert await page.get_by_role("button", name="node flaky (fail): retrying").count() == 1
+
+    slider = page.get_by_label("Event seq")
+    for seq in picks:
+        await slider.fill(str(seq))
+        await assert_at(seq)
+        assert re.search(rf"[?&]seq={seq}(&|$)", page.url), page.url
+    await shoot(page, "run-mid-slider")
+
+    # the keyboard moves it one event at a time
+    await slider.focus()
+    await page.keyboard.press("ArrowRight")
+    await assert_at(picks[-1] + 1 if picks[-1] + 1 <= last else last)
+    # dragging fast: the latest position wins
+    for seq in (1, 5, 3):
+        await slider.fill(str(seq))
+    await assert_at(3)
+    # the end follows live again, and the URL drops seq
+    await page.get_by_role("button", name=re.compile("Jump to the latest event")).click()
+    await expect(page.locator(".dag")).to_have_attribute("data-live", "true")
+    assert "seq=" not in page.url
+    assert set((await _dag_statuses(page)).values()) <= {"succeeded", "skipped"}
+
+
+async def test_the_inspector_shows_a_node_as_it_was_and_the_url_carries_it(
+    signed_in: Page, api: httpx.AsyncClient
+) -> None:
+    page = signed_in
+    workflow = await _register(api, _demo_spec())
+    run_id = await _start(api, workflow, {"amount": 250})
+    events = await wait_ended(api, run_id)
+    first_after = next(
+        e["seq"] for e in events if e["type"] == "node_execute_after" and e["data"]["node_id"] == "flaky"
+    )
+    await _open_run(page, run_id, f"?seq={first_after}&node=flaky")
+    inspector = page.locator("section.inspector")
+    await expect(inspector.get_by_role("heading", name="Node flaky")).to_be_visible()
+    await expect(inspector).to_contain_text(f"right after event {first_after}")
+    await expect(inspector).to_contain_text("service busy")
+    await expect(inspector.locator(".status")).to_have_text("failed")
+    # select another node with the keyboard
+    await page.get_by_role("button", name=re.compile(r"^node review \(transform\)")).focus()
+    await page.keyboard.press("Enter")
+    await expect(inspector.get_by_role("heading", name="Node review")).to_be_visible()
+    assert "node=review" in page.url
+    await page.get_by_label("Event seq").fill(str(events[-1]["seq"]))
+    await expect(inspector).to_contain_text("manual review")
+    await expect(inspector).to_contain_text("As it is now")
+    await shoot(page, "run-inspector")
+
+
+async def test_cancel_from_the_page_ends_the_run(signed_in: Page, api: httpx.AsyncClient) -> None:
+    page = signed_in
+    workflow = await _register(
+        api,
+        {
+            "id": _unique("console-cancel"),
+            "nodes": [
+                {"id": "long", "type": "delay", "config": {"ms": 60000}},
+                {"id": "after", "type": "noop"},
+            ],
+            "edges": [{"from": "long", "to": "after"}],
+        },
+    )
+    run_id = await _start(api, workflow)
+    await _open_run(page, run_id)
+    await page.get_by_role("button", name="node long (delay): running").wait_for()
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.get_by_role("button", name="Cancel run").click()
+    await expect(page.locator(".run-head .status")).to_have_text("cancelled", timeout=5000)
+    await expect(page.locator('.dag [data-node-id="long"]')).to_have_attribute("data-status", "cancelled")
+    await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    events = await wait_ended(api, run_id, timeout=5)
+    assert events[-1]["type"] == "run_cancelled"
+    assert any(e["type"] == "run_cancel_requested" for e in events)
+
+
+async def test_fork_from_a_node_with_an_override_opens_the_child_run(
+    signed_in: Page, api: httpx.AsyncClient
+) -> None:
+    page = signed_in
+    workflow = await _register(api, _demo_spec())
+    parent = await _start(api, workflow, {"amount": 250})
+    await wait_ended(api, parent)
+    await _open_run(page, parent, "?node=review")
+    inspector = page.locator("section.inspector")
+    await inspector.get_by_text("Fork from this node").click()
+    await inspector.get_by_label("Output override for review (JSON, optional)").fill("{not json")
+    await inspector.get_by_role("button", name="Fork from review").click()
+    await expect(inspector).to_contain_text("not valid JSON")
+    await inspector.get_by_label("Output override for review (JSON, optional)").fill('{"route": "forced"}')
+    await inspector.get_by_role("button", name="Fork from review").click()
+    await page.wait_for_url(re.compile(r"/runs/(?!" + parent + r")[0-9a-f-]{36}"))
+    child = page.url.split("/runs/")[1].split("?")[0]
+    await expect(page.get_by_role("link", name=f"parent run {parent}")).to_be_visible()
+    await wait_ended(api, child)
+    await expect(page.locator(".run-head .status")).to_have_text("succeeded")
+    state = (await api.get(f"/v1/runs/{child}/state")).json()
+    assert state["parent_run_id"] == parent
+    assert state["nodes"]["review"]["output"] == {"route": "forced"}
+    assert state["nodes"]["notify"]["output"] == {"route": "forced"}
+    assert state["nodes"]["check"]["reused_from"]["run_id"] == parent
+    # the child's inspector names where a reused node came from
+    await page.get_by_role("button", name=re.compile(r"^node check \(branch\)")).click()
+    await expect(page.locator("section.inspector")).to_contain_text("Reused from")
+
+
+async def test_diff_and_verify_show_their_results(signed_in: Page, api: httpx.AsyncClient) -> None:
+    page = signed_in
+    workflow = await _register(api, _demo_spec())
+    high = await _start(api, workflow, {"amount": 250})
+    low = await _start(api, workflow, {"amount": 20})
+    events = await wait_ended(api, high)
+    await wait_ended(api, low)
+    await _open_run(page, high)
+    await page.get_by_label("Other run id").fill(low)
+    await page.get_by_role("button", name="Diff", exact=True).click()
+    table = page.get_by_role("table")
+    await expect(table).to_be_visible()
+    await expect(table.locator("tbody tr")).to_have_count(5)
+    await expect(table.locator('tr[data-node-id="check"]')).to_contain_text("branch true → false")
+    await expect(table.locator('tr[data-node-id="approve"]')).to_contain_text("skipped")
+    await page.get_by_role("button", name="Verify chain").click()
+    await expect(page.locator(".audit-result")).to_have_text(f"✓ chain verified: {len(events)} events")
+    await shoot(page, "run-diff")
+    # a run id that does not exist: said in the diff panel
+    await page.get_by_label("Other run id").fill(str(uuid.uuid4()))
+    await page.get_by_role("button", name="Diff", exact=True).click()
+    await expect(page.locator(".diff-result")).to_contain_text("not found")
+
+
+async def test_another_tenants_run_is_not_found(
+    signed_in: Page, api: httpx.AsyncClient, page_errors: PageErrors
+) -> None:
+    page_errors.allow(NOT_FOUND_LOG)
+    page = signed_in
+    tenant = _unique("other")
+    token = await api_key(
+        api.database_url,  # type: ignore[attr-defined]
+        tenant,
+        ["workflows:read", "workflows:write", "runs:read", "runs:write"],
+    )
+    async with httpx.AsyncClient(
+        base_url=str(api.base_url), headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as other:
+        workflow = await _register(
+            other, {"id": _unique("secret"), "nodes": [{"id": "only", "type": "noop"}], "edges": []}
+        )
+        run_id = await _start(other, workflow)
+        await wait_ended(other, run_id)
+    for missing in (run_id, str(uuid.uuid4())):
+        await page.goto(f"/runs/{missing}")
+        await expect(page.get_by_role("heading", name="Run not found")).to_be_visible()
+        await expect(page.get_by_role("alert")).to_contain_text(missing)
+        assert await page.locator(".dag").count() == 0
+    assert all(re.search(NOT_FOUND_LOG, e) for e in page_errors.seen), page_errors.seen
+
+
+async def test_the_run_page_works_at_390_px(signed_in: Page, api: httpx.AsyncClient) -> None:
+    page = signed_in
+    workflow = await _register(api, _demo_spec())
+    run_id = await _start(api, workflow, {"amount": 20})
+    await wait_ended(api, run_id)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await _open_run(page, run_id, "?node=flaky")
+    await expect(page.locator("section.inspector").get_by_role("heading", name="Node flaky")).to_be_visible()
+    started = time.monotonic()
+    while (
+        await page.evaluate("document.documentElement.scrollWidth") > 391 and time.monotonic() - started < 2
+    ):
+        await asyncio.sleep(0.05)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 391
+    # panels stack: the inspector is below the graph, not beside it
+    graph = await page.locator("section.graph").bounding_box()
+    inspector = await page.locator("section.inspector").bounding_box()
+    assert graph and inspector and inspector["y"] >= graph["y"] + graph["height"] - 1
+    await page.get_by_label("Event seq").fill("3")
+    await expect(page.locator(".dag")).to_have_attribute("data-view-seq", "3")
+    await shoot(page, "run-narrow")
