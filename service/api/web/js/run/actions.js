@@ -150,7 +150,7 @@ function diffTable(diff) {
   const other = h("a", { href: `/runs/${diff.run_b}`, text: shortId(diff.run_b) });
   const table = h(
     "table",
-    { class: "diff-table" },
+    { class: "data diff-table" },
     h("caption", {}, `Node by node: this run (${shortId(diff.run_a)}) and `, other),
     h(
       "thead",

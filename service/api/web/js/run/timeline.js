@@ -223,6 +223,8 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
 
     if (cursor !== null && start !== null) {
       const cx = Math.min(Math.max(x(cursor), LABEL_W), WIDTH - RIGHT);
+      // what had not happened yet at the travelled-to event is veiled
+      svg.append(s("rect", { class: "tl-future", x: cx.toFixed(1), y: String(AXIS - 4), width: (WIDTH - cx).toFixed(1), height: String(height - AXIS + 4) }));
       svg.append(s("line", { class: "tl-cursor", x1: cx.toFixed(1), x2: cx.toFixed(1), y1: String(AXIS - 4), y2: String(height) }));
     }
     // a redraw keeps the keyboard focus on the same bar
