@@ -139,12 +139,16 @@ export function renderDag(layout, nodes, edges, { onSelect } = {}) {
   function applyEdge(index, { taken, items } = {}) {
     const e = edgeEls[index];
     if (!e) return;
-    if (taken !== undefined) e.edge.taken = Boolean(taken);
+    if (taken !== undefined && taken !== null) e.edge.taken = Boolean(taken);
     if (items !== undefined) e.edge.items = items || 0;
-    e.g.classList.toggle("dag-edge-taken", e.edge.taken);
-    e.g.classList.toggle("dag-edge-idle", !e.edge.taken);
-    e.g.setAttribute("data-taken", String(e.edge.taken));
-    e.path.setAttribute("marker-end", `url(#dag${id}-arrow-${e.edge.taken ? "taken" : "idle"})`);
+    // no `taken` at all (a workflow's graph, not a run's): a plain edge, neither taken nor idle
+    const plain = e.edge.taken === undefined || e.edge.taken === null;
+    e.g.classList.toggle("dag-edge-plain", plain);
+    e.g.classList.toggle("dag-edge-taken", !plain && e.edge.taken);
+    e.g.classList.toggle("dag-edge-idle", !plain && !e.edge.taken);
+    if (plain) e.g.removeAttribute("data-taken");
+    else e.g.setAttribute("data-taken", String(e.edge.taken));
+    e.path.setAttribute("marker-end", `url(#dag${id}-arrow-${plain || e.edge.taken ? "taken" : "idle"})`);
     e.label.textContent = edgeLabel(e.edge);
   }
 
