@@ -114,9 +114,10 @@ export async function render(main, { params, query, ctx }) {
     badge.textContent = status;
     badge.setAttribute("data-status", status);
     progress.value = summary.progress || 0;
-    progressText.textContent = ` ${summary.progress || 0}% (${summary.node_count} node${summary.node_count === 1 ? "" : "s"})`;
+    progressText.textContent = ` ${summary.progress || 0}%`;
+    progress.setAttribute("aria-label", `progress: ${summary.progress || 0}% of ${summary.node_count} node${summary.node_count === 1 ? "" : "s"} settled`);
     const items = [
-      ["Workflow", h("a", { href: `/workflows/${encodeURIComponent(summary.workflow_id)}`, text: summary.workflow_id }), h("span", { class: "muted", text: ` version ${summary.workflow_version}` })],
+      ["Workflow", h("a", { href: `/workflows/${encodeURIComponent(summary.workflow_id)}`, text: summary.workflow_id }), " ", h("span", { class: "muted version", text: `version ${summary.workflow_version}` })],
       ["Progress", progress, progressText],
       ["Queued", summary.queued_at ? formatTime(summary.queued_at) : "—"],
       ["Started", summary.started_at ? formatTime(summary.started_at) : "—"],
@@ -127,7 +128,9 @@ export async function render(main, { params, query, ctx }) {
     if (summary.parent_run_id) items.push(["Forked from", h("a", { href: `/runs/${summary.parent_run_id}`, text: `run ${shortId(summary.parent_run_id)}`, "aria-label": `parent run ${summary.parent_run_id}` })]);
     if (summary.error) items.push(["Error", h("span", { class: "error", text: summary.error })]);
     facts.replaceChildren();
-    for (const [term, ...values] of items) facts.append(h("div", {}, h("dt", { text: term }), h("dd", {}, ...values)));
+    for (const [term, ...values] of items) {
+      facts.append(h("div", { class: term === "Workflow" || term === "Error" ? "fact-wide" : null }, h("dt", { text: term }), h("dd", {}, ...values)));
+    }
     if (fold.ended) cancel.hide();
   }
 

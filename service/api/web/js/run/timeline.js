@@ -8,7 +8,8 @@ import { afterStatus } from "./model.js";
 const ROW = 28;
 const AXIS = 26;
 const LABEL_W = 150;
-const WIDTH = 960;
+const MIN_WIDTH = 560;
+const DEFAULT_WIDTH = 960;
 const RIGHT = 70;
 
 let instances = 0;
@@ -80,6 +81,11 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
   let selected = null;
   let cursor = null;
   let timer = null;
+  let drawnWidth = 0;
+  const resize = new ResizeObserver(() => {
+    if (element.clientWidth && element.clientWidth !== drawnWidth) draw();
+  });
+  resize.observe(element);
 
   function draw() {
     const { attempts, backoffs, skips, start, end, ended } = spansOf(current);
@@ -89,6 +95,9 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
     let t1 = Math.max(end ?? t0, ...backoffs.map((b) => b.start + b.delay));
     if (running) t1 = Math.max(t1, now);
     const spanMs = Math.max(t1 - t0, 1);
+    // drawn at the container's width in CSS pixels (text stays 12 px); narrower windows scroll
+    const WIDTH = Math.max(element.clientWidth || DEFAULT_WIDTH, MIN_WIDTH);
+    drawnWidth = element.clientWidth;
     const chartW = WIDTH - LABEL_W - RIGHT;
     const x = (t) => LABEL_W + ((t - t0) / spanMs) * chartW;
     const order = [...rows];
@@ -268,6 +277,7 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
       draw();
     },
     destroy() {
+      resize.disconnect();
       if (timer !== null) clearInterval(timer);
       timer = null;
     },
