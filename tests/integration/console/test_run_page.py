@@ -229,10 +229,43 @@ async def test_the_inspector_shows_a_node_as_it_was_and_the_url_carries_it(
     await page.keyboard.press("Enter")
     await expect(inspector.get_by_role("heading", name="Node review")).to_be_visible()
     assert "node=review" in page.url
+    # arrow keys move between the DAG's nodes
+    await page.get_by_role("button", name=re.compile(r"^node check \(branch\)")).focus()
+    await page.keyboard.press("ArrowDown")
+    focused = await page.evaluate("document.activeElement.getAttribute('data-node-id')")
+    assert focused in {"flaky", "review", "approve"}
     await page.get_by_label("Event seq").fill(str(events[-1]["seq"]))
     await expect(inspector).to_contain_text("manual review")
     await expect(inspector).to_contain_text("As it is now")
     await shoot(page, "run-inspector")
+
+
+async def test_a_large_output_is_collapsed_with_its_size(console: Page, api: httpx.AsyncClient) -> None:
+    page = console
+    workflow = await _register(
+        api,
+        {
+            "id": _unique("console-big"),
+            "nodes": [{"id": "big", "type": "transform", "config": {"expression": "inputs.blob"}}],
+            "edges": [],
+        },
+    )
+    run_id = await _start(api, workflow, {"blob": ["x" * 60] * 80})
+    await wait_ended(api, run_id)
+    output_bytes = (await api.get(f"/v1/runs/{run_id}/state")).json()["nodes"]["big"]["output_bytes"]
+    assert output_bytes > 2048
+    await _open_run(page, api, run_id)
+    node = page.get_by_role("button", name="node big (transform): succeeded")
+    await node.focus()
+    await page.keyboard.press(" ")
+    inspector = page.locator("section.inspector")
+    summary = inspector.locator("details.json-details summary", has_text="Output")
+    await expect(summary).to_have_text(re.compile(r"^Output \(\d+\.\d KB\)$"))
+    output = inspector.get_by_label("Output", exact=True)
+    await expect(output).to_be_hidden()
+    await summary.click()
+    await expect(output).to_be_visible()
+    await expect(output).to_contain_text("x" * 60)
 
 
 async def test_cancel_from_the_page_ends_the_run(console: Page, api: httpx.AsyncClient) -> None:

@@ -169,6 +169,14 @@ export async function render(main, { params, query, ctx }) {
     dag.element,
   );
   const graphWhen = graphPanel.querySelector(".graph-when");
+  let streamState = "live"; // "live" | "reconnecting" (EventSource retries by itself)
+  function paintWhen(text) {
+    const live = following && !fold.ended;
+    graphWhen.classList.toggle("live", live);
+    if (live) graphWhen.setAttribute("data-state", streamState);
+    else graphWhen.removeAttribute("data-state");
+    graphWhen.textContent = text ?? (live ? (streamState === "live" ? "live" : "reconnecting…") : following ? "" : `as of seq ${viewSeq}`);
+  }
 
   const timeline = renderTimeline(nodeOrder, events, { onSelect: (nodeId) => selectNode(nodeId) });
   cleanups.push(() => timeline.destroy());
@@ -180,13 +188,13 @@ export async function render(main, { params, query, ctx }) {
     if (following) {
       for (const id of nodeOrder) dag.setStatus(id, fold.nodes.get(id)?.status || "pending");
       lineage.edges.forEach((edge, i) => dag.setEdge(i, edgeFigures(edge, fold.nodes.get(edge.from))));
-      graphWhen.textContent = fold.ended ? "" : "live";
+      paintWhen();
       dag.element.setAttribute("data-view-seq", String(lastSeq));
       dag.element.setAttribute("data-live", "true");
     } else if (viewState && viewState.at_seq === viewSeq) {
       for (const id of nodeOrder) dag.setStatus(id, viewStatus(viewState.nodes[id]));
       lineage.edges.forEach((edge, i) => dag.setEdge(i, edgeFigures(edge, stateNodeForEdges(viewState.nodes[edge.from]))));
-      graphWhen.textContent = `as of seq ${viewSeq}`;
+      paintWhen();
       dag.element.setAttribute("data-view-seq", String(viewSeq));
       dag.element.setAttribute("data-live", "false");
     }
@@ -264,7 +272,7 @@ export async function render(main, { params, query, ctx }) {
       timeline.setCursor(following ? null : Date.parse(doc.recorded_at));
     } catch (err) {
       if (disposed || token !== stateToken) return;
-      graphWhen.textContent = `could not load seq ${seq}: ${problemText(err)}`;
+      paintWhen(`could not load seq ${seq}: ${problemText(err)}`);
     }
   }
 
@@ -342,7 +350,7 @@ export async function render(main, { params, query, ctx }) {
     if (TERMINAL.has(type)) {
       if (closeStream) closeStream();
       closeStream = null;
-      graphWhen.textContent = following ? "" : graphWhen.textContent;
+      if (following) paintWhen();
       paintInspector(); // the fork form opens up
     }
   }
@@ -375,11 +383,18 @@ export async function render(main, { params, query, ctx }) {
         }
         if (env && typeof env === "object" && env.seq !== undefined) onEnvelope(env);
       },
+      onOpen() {
+        streamState = "live";
+        if (following) paintWhen();
+      },
       onError() {
         if (fold.ended && closeStream) {
           closeStream();
           closeStream = null;
+          return;
         }
+        streamState = "reconnecting";
+        if (following) paintWhen();
       },
     });
   }

@@ -19,19 +19,19 @@ export function formatBytes(n) {
 }
 
 /** A JSON value as a <pre>, inside a closed <details> (with its size) when over ~2 KB. */
-export function jsonBlock(label, value) {
+export function jsonBlock(label, value, recordedBytes) {
   const text = JSON.stringify(value, null, 2) ?? "null";
-  const size = byteSize(JSON.stringify(value) ?? "null");
+  const size = recordedBytes || byteSize(JSON.stringify(value) ?? "null");
   const pre = h("pre", { class: "json", tabindex: "0", "aria-label": label, text });
   if (size > COLLAPSE_BYTES) {
     return h(
       "details",
       { class: "json-details" },
-      h("summary", { text: `${label} (${formatBytes(size)}, collapsed)` }),
+      h("summary", { text: `${label} (${formatBytes(size)})` }),
       pre,
     );
   }
-  return h("div", { class: "json-block" }, h("h4", { text: label }), pre);
+  return h("div", { class: "json-block" }, h("h4", { text: `${label} (${formatBytes(size)})` }), pre);
 }
 
 function row(dl, term, ...values) {
@@ -100,7 +100,7 @@ export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onClose
       h("p", { class: "muted" }, `Output: ${formatBytes(view.marker.size_bytes)}, too large to store (sha256 `, h("code", { text: view.marker.sha256.slice(0, 16) }), "…)."),
     );
   } else if (view.status === "succeeded" || view.output !== null) {
-    section.append(jsonBlock(`Output (${formatBytes(view.output_bytes || byteSize(JSON.stringify(view.output ?? null)))})`, view.output ?? null));
+    section.append(jsonBlock("Output", view.output ?? null, view.output_bytes));
   }
 
   // Fork from this node
