@@ -155,7 +155,7 @@ export async function render(main, { query, ctx }) {
     h("div", { class: "page-head" }, h("h1", { text: "Metrics" })),
     h(
       "form",
-      { class: "filters", role: "search", "aria-label": "Choose a workflow", onsubmit: (e) => e.preventDefault() },
+      { class: "filters", role: "search", "aria-label": "Filter metrics", onsubmit: (e) => e.preventDefault() },
       h("div", { class: "field" }, h("label", { for: "metrics-workflow", text: "Workflow" }), select),
     ),
     freshness,

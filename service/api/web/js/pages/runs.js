@@ -70,6 +70,10 @@ export async function render(main, { query, ctx }) {
     RUN_STATUSES.map((st) => h("option", { value: st, text: st })),
   );
   statusSelect.value = status;
+  if (workflowId) {
+    workflowSelect.append(h("option", { value: workflowId, text: workflowId }));
+    workflowSelect.value = workflowId;
+  }
 
   function urlFor(changes) {
     const params = new URLSearchParams();
@@ -78,9 +82,9 @@ export async function render(main, { query, ctx }) {
     const qs = params.toString();
     return qs ? `/runs?${qs}` : "/runs";
   }
-  const onFilter = () => ctx.navigate(urlFor({ workflow_id: workflowSelect.value, status: statusSelect.value }), { keepFocus: true });
-  workflowSelect.addEventListener("change", onFilter);
-  statusSelect.addEventListener("change", onFilter);
+  // Each control changes only its own filter (the other one's options may still be loading).
+  workflowSelect.addEventListener("change", () => ctx.navigate(urlFor({ workflow_id: workflowSelect.value }), { keepFocus: true }));
+  statusSelect.addEventListener("change", () => ctx.navigate(urlFor({ status: statusSelect.value }), { keepFocus: true }));
 
   const liveTag = h("span", { class: "live", "data-state": "connecting", role: "status", text: "connecting…" });
   const head = h("div", { class: "page-head" }, h("h1", { text: "Runs" }), liveTag);
@@ -109,9 +113,9 @@ export async function render(main, { query, ctx }) {
     api("/v1/workflows", { query: { limit: 500 } }).catch(() => ({ items: [] })),
     api("/v1/runs", { query: { workflow_id: workflowId || undefined, status: status || undefined, cursor: cursor || undefined, limit: PAGE_SIZE } }),
   ]);
-  const ids = workflows.items.map((w) => w.id);
-  if (workflowId && !ids.includes(workflowId)) ids.unshift(workflowId);
+  const ids = workflows.items.map((w) => w.id).filter((id) => id !== workflowId);
   for (const id of ids) workflowSelect.append(h("option", { value: id, text: id }));
+  if (workflowId) [...workflowSelect.options].sort((a, b) => (a.value === "" ? -1 : b.value === "" ? 1 : a.value.localeCompare(b.value))).forEach((o) => workflowSelect.append(o));
   workflowSelect.value = workflowId;
 
   // ---- table
