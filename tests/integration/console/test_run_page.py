@@ -12,12 +12,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from playwright.async_api import Page, expect
 
 from tests.helpers.api import wait_ended
 from tests.helpers.serving import api_key
+from tests.helpers.stored_runs import tamper_row
 from tests.integration.console.conftest import PageErrors, shoot, sign_in, token_of
 
 NOT_FOUND_LOG = r"Failed to load resource.*404"
@@ -345,6 +347,23 @@ async def test_diff_and_verify_show_their_results(
     await page.get_by_role("button", name="Verify chain").click()
     await expect(page.locator(".audit-result")).to_have_text(f"✓ chain verified: {len(events)} events")
     await shoot(page, "run-diff")
+    # a stored event changed behind the log's back: Verify lists the problem
+    tampered = await _start(api, workflow, {"amount": 20, "tag": "w1"})
+    await wait_ended(api, tampered)
+    conn = await asyncpg.connect(api.database_url)  # type: ignore[attr-defined]
+    try:
+        await tamper_row(conn, "flowledger", uuid.UUID(tampered), 0)
+    finally:
+        await conn.close()
+    audit = (await api.get(f"/v1/runs/{tampered}/audit")).json()
+    assert not audit["ok"]
+    await _open_run(page, api, tampered)
+    await page.get_by_role("button", name="Verify chain").click()
+    result = page.locator(".audit-result")
+    await expect(result).to_contain_text("chain verification failed")
+    await expect(result.get_by_role("listitem")).to_have_count(len(audit["problems"]))
+    await expect(result.get_by_role("listitem").first).to_contain_text(audit["problems"][0]["problem"])
+    await shoot(page, "run-verify-failed")
     # a run id that does not exist: said in the diff panel
     await page.get_by_label("Other run id").fill(str(uuid.uuid4()))
     await page.get_by_role("button", name="Diff", exact=True).click()
