@@ -12,6 +12,7 @@ const STATUS_EVENTS = new Set(["run_queued", "run_started", "run_recovered", "ru
 const COALESCE_MS = 200;
 const LAG_RETRY_MS = 400;
 const PAGE_SIZE = 50;
+const COLUMNS = ["Run", "Workflow", "Status", "Progress", "Current nodes", "Started", "Duration"];
 
 function progressCell(run) {
   const value = Math.max(0, Math.min(100, Number(run.progress) || 0));
@@ -35,7 +36,7 @@ function durationText(run) {
 
 function runRow(run) {
   const current = run.current_nodes || [];
-  return h(
+  const row = h(
     "tr",
     { "data-run-id": run.run_id },
     h("td", {}, h("a", { href: `/runs/${encodeURIComponent(run.run_id)}`, title: run.run_id }, h("code", { text: shortId(run.run_id) }))),
@@ -46,6 +47,9 @@ function runRow(run) {
     h("td", { title: run.started_at || run.queued_at || "" }, formatTime(run.started_at || run.queued_at)),
     h("td", { class: "num" }, durationText(run)),
   );
+  // Column names for the narrow layout, where each row is a card (console.css).
+  [...row.children].forEach((td, i) => td.setAttribute("data-label", COLUMNS[i]));
+  return row;
 }
 
 function labelled(id, label, control) {
@@ -130,7 +134,7 @@ export async function render(main, { query, ctx }) {
       h(
         "tr",
         {},
-        ["Run", "Workflow", "Status", "Progress", "Current nodes", "Started", "Duration"].map((c, i) => h("th", { scope: "col", class: i === 6 ? "num" : null, text: c })),
+        COLUMNS.map((c, i) => h("th", { scope: "col", class: i === 6 ? "num" : null, text: c })),
       ),
     ),
     tbody,
