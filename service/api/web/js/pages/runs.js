@@ -223,8 +223,12 @@ export async function render(main, { query, ctx }) {
       },
       onError(_event, source) {
         if (closed) return;
-        liveTag.dataset.state = source.readyState === EventSource.CLOSED ? "off" : "reconnecting";
-        liveTag.textContent = source.readyState === EventSource.CLOSED ? "not live: reload the page" : "reconnecting…";
+        const gone = source.readyState === EventSource.CLOSED;
+        liveTag.dataset.state = gone ? "off" : "reconnecting";
+        liveTag.textContent = gone ? "not live: reload the page" : "reconnecting…";
+        // The browser gives up on a refused stream (e.g. a 401): if the session has ended, this
+        // call's 401 sends the user to sign in.
+        if (gone) api("/v1/session").catch(() => {});
       },
       onEvent(type, env) {
         if (!env || typeof env !== "object" || !env.run_id) return;
