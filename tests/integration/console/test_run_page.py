@@ -163,6 +163,36 @@ async def test_the_dag_follows_a_live_run_within_a_second(
     assert await _dag_statuses(page) == {"start": "succeeded", "wait": "succeeded", "done": "succeeded"}
 
 
+async def test_a_retry_shows_live_and_its_backoff_in_the_timeline(
+    console: Page, api: httpx.AsyncClient
+) -> None:
+    page = console
+    workflow = await _register(
+        api,
+        {
+            "id": _unique("console-retry"),
+            "nodes": [
+                {"id": "gate", "type": "delay", "config": {"ms": 800}},
+                {
+                    "id": "flaky",
+                    "type": "fail",
+                    "config": {"message": "service busy", "times": 1},
+                    "retry": {"max_attempts": 2, "initial_backoff_ms": 1500},
+                },
+            ],
+            "edges": [{"from": "gate", "to": "flaky"}],
+        },
+    )
+    run_id = await _start(api, workflow)
+    await _open_run(page, api, run_id)
+    await page.get_by_role("button", name="node flaky (fail): retrying").wait_for(timeout=5000)
+    await expect(page.locator('.tl-attempt.tl-failed[data-node-id="flaky"]')).to_have_count(1)
+    await expect(page.locator('.tl-backoff[data-node-id="flaky"]')).to_have_count(1)
+    await page.get_by_role("button", name="node flaky (fail): succeeded").wait_for(timeout=5000)
+    await expect(page.locator('.tl-attempt[data-node-id="flaky"]')).to_have_count(2)
+    await expect(page.get_by_role("button", name="flaky attempt 2: succeeded", exact=False)).to_have_count(1)
+
+
 async def test_the_slider_shows_the_state_the_api_gives_for_each_seq(
     console: Page, api: httpx.AsyncClient
 ) -> None:

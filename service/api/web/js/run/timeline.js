@@ -82,6 +82,7 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
   let cursor = null;
   let timer = null;
   let drawnWidth = 0;
+  let frame = null;
   const resize = new ResizeObserver(() => {
     if (element.clientWidth && element.clientWidth !== drawnWidth) draw();
   });
@@ -263,8 +264,14 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
   return {
     element,
     update(next) {
+      // many events in a burst: one redraw per frame
       current = next;
-      draw();
+      if (frame === null) {
+        frame = requestAnimationFrame(() => {
+          frame = null;
+          draw();
+        });
+      }
     },
     select(nodeId) {
       selected = nodeId;
@@ -278,6 +285,7 @@ export function renderTimeline(rows, events, { onSelect } = {}) {
     },
     destroy() {
       resize.disconnect();
+      if (frame !== null) cancelAnimationFrame(frame);
       if (timer !== null) clearInterval(timer);
       timer = null;
     },
