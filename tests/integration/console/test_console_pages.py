@@ -158,6 +158,10 @@ async def test_the_runs_list_shows_a_run_started_elsewhere_live(
     await expect(page.get_by_role("status").filter(has_text="live")).to_be_visible()
     await page.evaluate("window.__sameDocument = true")
 
+    summaries: list[str] = []
+    page.on(
+        "request", lambda r: summaries.append(r.url) if re.search(r"/v1/runs/[0-9a-f-]{36}$", r.url) else None
+    )
     run_id = await _start(api, workflow)
     row = _row(page, run_id)
     await expect(row).to_be_visible(timeout=5000)
@@ -167,6 +171,10 @@ async def test_the_runs_list_shows_a_run_started_elsewhere_live(
     await expect(row.locator("[data-status]")).to_have_attribute("data-status", "succeeded", timeout=10_000)
     await expect(row.locator("progress")).to_have_attribute("value", "100")
     assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    # a burst of events is one fetch of the summary (per 200 ms), not one per event
+    events = await wait_ended(api, run_id)
+    fetched = [u for u in summaries if u.endswith(run_id)]
+    assert 1 <= len(fetched) < len(events) - 2, (len(fetched), len(events))
     # newest first: the new run is the first row
     assert await page.locator("tbody tr").first.get_attribute("data-run-id") == run_id
     await shoot(page, "runs")
@@ -360,3 +368,58 @@ async def test_every_page_has_a_title_a_heading_and_no_errors(
     )
     await expect(page.get_by_role("heading", name="Page not found", level=1)).to_be_visible()
     await shoot(page, "not-found")
+
+
+async def test_runs_pages_with_next_and_newer(signed_in: Page, api: httpx.AsyncClient) -> None:
+    page = signed_in
+    workflow = await _register(api, _branch_spec())
+    runs = [await _start(api, workflow, {"amount": n}) for n in range(5)]
+    for run_id in runs:
+        await wait_ended(api, run_id)
+    newest_first = runs[::-1]
+    rows = page.locator("tbody tr")
+
+    async def shown() -> list[str]:
+        await expect(rows.first).to_be_visible()
+        return [str(await r.get_attribute("data-run-id")) for r in await rows.all()]
+
+    await page.goto(f"/runs?workflow_id={workflow}&limit=2")
+    assert await shown() == newest_first[:2]
+    pages = page.get_by_role("navigation", name="Pages of runs")
+    await pages.get_by_role("link", name="Next").click()
+    await expect(rows.first).to_have_attribute("data-run-id", newest_first[2])
+    assert await shown() == newest_first[2:4]
+    await pages.get_by_role("link", name="Next").click()
+    await expect(rows.first).to_have_attribute("data-run-id", newest_first[4])
+    assert await shown() == newest_first[4:]
+    await expect(pages.get_by_role("link", name="Next")).to_have_count(0)
+    await pages.get_by_role("link", name="Newer").click()
+    await expect(rows.first).to_have_attribute("data-run-id", newest_first[2])
+    await pages.get_by_role("link", name="Newer").click()
+    await expect(rows.first).to_have_attribute("data-run-id", newest_first[0])
+    await expect(pages.get_by_role("link", name="Newer")).to_have_count(0)
+    assert "limit=2" in page.url and "cursor" not in page.url
+
+
+async def test_a_workflow_page_shows_each_version(signed_in: Page, api: httpx.AsyncClient) -> None:
+    page = signed_in
+    spec = _branch_spec()
+    workflow = await _register(api, spec)
+    first = (await api.get(f"/v1/workflows/{workflow}")).json()["version"]
+    spec["nodes"].append({"id": "audit", "type": "noop"})
+    spec["edges"].append({"from": "notify", "to": "audit"})
+    await _register(api, spec)
+    await page.goto(f"/workflows/{workflow}")
+    await expect(page.locator(".dag [data-node-id]")).to_have_count(5)
+    versions = page.get_by_role("list", name="Versions, newest first")
+    await expect(versions.get_by_role("listitem")).to_have_count(2)
+    await versions.get_by_role("link", name=first).click()
+    await expect(page).to_have_url(re.compile(f"version={first}$"))
+    await expect(page.locator(".dag [data-node-id]")).to_have_count(4)
+    await expect(versions.get_by_role("link", name=first)).to_have_attribute("aria-current", "true")
+    await expect(page.get_by_text("(not the current version)")).to_be_visible()
+    # a run started here runs the version shown
+    await page.get_by_role("button", name="Start run").click()
+    await expect(page).to_have_url(RUN_URL)
+    run = (await api.get(f"/v1/runs/{page.url.rsplit('/', 1)[1]}")).json()
+    assert run["workflow_version"] == first

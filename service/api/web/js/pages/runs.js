@@ -64,6 +64,8 @@ export async function render(main, { query, ctx }) {
   const cursor = query.get("cursor") || "";
   const newer = (query.get("newer") || "").split(",").filter(Boolean); // cursors of the pages before
   const firstPage = !cursor;
+  const asked = Number.parseInt(query.get("limit") || "", 10);
+  const limit = asked >= 1 && asked <= 500 ? asked : PAGE_SIZE; // ?limit= (shareable, like the filters)
 
   // ---- filters
   const workflowSelect = h("select", { id: "filter-workflow", name: "workflow_id" }, h("option", { value: "", text: "All workflows" }));
@@ -81,7 +83,7 @@ export async function render(main, { query, ctx }) {
 
   function urlFor(changes) {
     const params = new URLSearchParams();
-    const merged = { workflow_id: workflowId, status, cursor: "", newer: "", ...changes };
+    const merged = { workflow_id: workflowId, status, limit: limit === PAGE_SIZE ? "" : String(limit), cursor: "", newer: "", ...changes };
     for (const [key, value] of Object.entries(merged)) if (value) params.set(key, value);
     const qs = params.toString();
     return qs ? `/runs?${qs}` : "/runs";
@@ -115,7 +117,7 @@ export async function render(main, { query, ctx }) {
 
   const [workflows, page] = await Promise.all([
     api("/v1/workflows", { query: { limit: 500 } }).catch(() => ({ items: [] })),
-    api("/v1/runs", { query: { workflow_id: workflowId || undefined, status: status || undefined, cursor: cursor || undefined, limit: PAGE_SIZE } }),
+    api("/v1/runs", { query: { workflow_id: workflowId || undefined, status: status || undefined, cursor: cursor || undefined, limit } }),
   ]);
   const ids = workflows.items.map((w) => w.id).filter((id) => id !== workflowId);
   for (const id of ids) workflowSelect.append(h("option", { value: id, text: id }));
