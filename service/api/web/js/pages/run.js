@@ -101,7 +101,7 @@ export async function render(main, { params, query, ctx }) {
   let viewState = null; // the /state document shown (at viewSeq, or the latest when following)
 
   // ---------------------------------------------------------------- header
-  const badge = h("span", { class: "status", "aria-label": "run status" });
+  const badge = h("span", { class: "status" });
   const facts = h("dl", { class: "facts run-facts" });
   const progress = h("progress", { max: "100", value: "0", "aria-label": "progress" });
   const progressText = h("span", { class: "muted" });
@@ -117,7 +117,7 @@ export async function render(main, { params, query, ctx }) {
     progressText.textContent = ` ${summary.progress || 0}%`;
     progress.setAttribute("aria-label", `progress: ${summary.progress || 0}% of ${summary.node_count} node${summary.node_count === 1 ? "" : "s"} settled`);
     const items = [
-      ["Workflow", h("a", { href: `/workflows/${encodeURIComponent(summary.workflow_id)}`, text: summary.workflow_id }), " ", h("span", { class: "muted version", text: `version ${summary.workflow_version}` })],
+      ["Workflow", h("a", { href: `/workflows/${encodeURIComponent(summary.workflow_id)}`, text: summary.workflow_id }), " ", h("a", { class: "muted version", href: `/workflows/${encodeURIComponent(summary.workflow_id)}?version=${encodeURIComponent(summary.workflow_version)}`, text: `version ${summary.workflow_version}` })],
       ["Progress", progress, progressText],
       ["Queued", summary.queued_at ? formatTime(summary.queued_at) : "—"],
       ["Started", summary.started_at ? formatTime(summary.started_at) : "—"],
@@ -210,16 +210,22 @@ export async function render(main, { params, query, ctx }) {
       return;
     }
     const view = viewState && viewState.nodes ? viewState.nodes[selected] : undefined;
-    const focusedInside = inspectorSlot.contains(document.activeElement) ? document.activeElement : null;
-    const keepText = inspectorSlot.querySelector("textarea")?.value;
-    const keepOpen = inspectorSlot.querySelector("details.fork")?.open;
+    // a redraw of the same node keeps what the user was doing in it (focus, override text)
+    const same = inspectorSlot.querySelector(".inspector")?.getAttribute("data-node-id") === selected;
+    const focusedInside = same && inspectorSlot.contains(document.activeElement) ? document.activeElement : null;
+    const keepText = same ? inspectorSlot.querySelector("textarea")?.value : null;
+    const keepOpen = same ? inspectorSlot.querySelector("details.fork")?.open : false;
     inspectorSlot.replaceChildren(
       renderInspector(selected, view, {
         runEnded: fold.ended,
         atSeq: following ? null : viewSeq,
         loading: viewState === null,
         onFork: forkFrom,
-        onClose: () => selectNode(null),
+        onClose: () => {
+          const was = selected;
+          selectNode(null);
+          dag.focus(was);
+        },
       }),
     );
     const ta = inspectorSlot.querySelector("textarea");
