@@ -23,7 +23,6 @@ from tests.helpers.stored_runs import tamper_row
 from tests.integration.console.conftest import PageErrors, shoot, sign_in, token_of
 
 NOT_FOUND_LOG = r"Failed to load resource.*404"
-FAVICON = r"404 \(Not Found\) \(http://[^)]*/favicon\.ico\)"
 SESSION_PROBE = r"status of 401 \(Unauthorized\) \(http://[^)]*/v1/session\)"
 
 
@@ -90,10 +89,9 @@ async def _dag_statuses(page: Page) -> dict[str, str]:
 
 @pytest.fixture
 def console(page: Page, page_errors: PageErrors) -> Page:
-    """``page``, where the browser's own lines about the session probe before signing in (a 401
-    of ``GET /v1/session``) and about ``/favicon.ico`` (the shell has none yet) are expected."""
+    """``page``, where the browser's own line about the session probe before signing in (a 401
+    of ``GET /v1/session``) is expected."""
     page_errors.allow(SESSION_PROBE)
-    page_errors.allow(FAVICON)
     return page
 
 
