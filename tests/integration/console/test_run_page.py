@@ -236,6 +236,22 @@ async def test_the_slider_shows_the_state_the_api_gives_for_each_seq(
     await expect(page.locator(".dag")).to_have_attribute("data-live", "true")
     assert "seq=" not in page.url
     assert set((await _dag_statuses(page)).values()) <= {"succeeded", "skipped"}
+    # edges: taken and item counts as the lineage says (the page derives them from the events)
+    lineage = (await api.get(f"/v1/runs/{run_id}/lineage")).json()
+    drawn = await page.evaluate(
+        """() => [...document.querySelectorAll('.dag .dag-edge')].map((g) => ({
+              from: g.getAttribute('data-from'), to: g.getAttribute('data-to'),
+              taken: g.getAttribute('data-taken') === 'true',
+              label: g.querySelector('.dag-edge-label').textContent}))"""
+    )
+    assert [(e["from"], e["to"], e["taken"]) for e in drawn] == [
+        (e["from"], e["to"], e["taken"]) for e in lineage["edges"]
+    ]
+    for edge, shown in zip(lineage["edges"], drawn, strict=True):
+        if edge["items"]:
+            assert f"{edge['items']} item" in shown["label"]
+        if edge["when"]:
+            assert edge["when"] in shown["label"]
 
 
 async def test_the_inspector_shows_a_node_as_it_was_and_the_url_carries_it(
