@@ -112,7 +112,10 @@ export function diffPanel(api, runId) {
       class: "diff-form",
       onsubmit: async (ev) => {
         ev.preventDefault();
-        const other = input.value.trim();
+        // a pasted run URL or "Run <id>" works too: take the UUID in it
+        const typed = input.value.trim();
+        const uuid = typed.match(/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}/);
+        const other = uuid ? uuid[0] : typed;
         if (!other) return;
         button.disabled = true;
         out.replaceChildren(h("p", { class: "muted", text: "Comparing…" }));
