@@ -86,7 +86,9 @@ class Runtime:
         self.workflows: WorkflowStore
         self.queue: RunQueue
         # The http node reaches loopback by default only when this service is bound to it.
-        self.registry: NodeRegistry = default_registry(settings.nodes, service_host=settings.http_host)
+        self.registry: NodeRegistry = default_registry(
+            settings.nodes, service_host=settings.http_host, home=settings.home
+        )
         self.keys: KeyStore
         self._secrets: SecretStore | None = None
         self.admin_token_written: Path | None = None

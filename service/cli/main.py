@@ -19,6 +19,7 @@ from service.cli.history import diff
 from service.cli.node_options import node_options, node_settings
 from service.cli.replay import replay
 from service.cli.serve_options import access_options, access_settings
+from service.cli.vectors import vectors
 from service.config import (
     DEFAULT_HOME,
     DEFAULT_MAX_JSON_DEPTH,
@@ -514,6 +515,7 @@ cli.add_command(projections)
 cli.add_command(runs)
 cli.add_command(keys)
 cli.add_command(secrets)
+cli.add_command(vectors)
 cli.add_command(lineage)
 cli.add_command(metrics)
 cli.add_command(history)

@@ -397,6 +397,7 @@ class RunExecutor:
                         node_type=spec.type,
                         attempt=attempt,
                         document=node_document(self.graph, self.state, node_id),
+                        tenant=self.claim.tenant,
                     )
                     started = time.perf_counter()
                     data, failure = await self._call_handler(node_id, spec, attempt, ctx)

@@ -6,9 +6,12 @@ registry; ``default_registry`` (here) puts the two together with the plugins.
 
 from __future__ import annotations
 
-from service.config import NodeSettings
+from pathlib import Path
+
+from service.config import DEFAULT_HOME, NodeSettings
 from service.engine.nodes.builtins import register_builtins
 from service.engine.nodes.egress import EgressPolicy
+from service.engine.nodes.integrations import register_integrations
 from service.engine.nodes.isolated import IsolatedPool
 from service.engine.nodes.registry import (
     ENTRY_POINT_GROUP,
@@ -35,13 +38,14 @@ __all__ = [
 
 
 def default_registry(
-    settings: NodeSettings | None = None, *, service_host: str = "127.0.0.1"
+    settings: NodeSettings | None = None, *, service_host: str = "127.0.0.1", home: Path | None = None
 ) -> NodeRegistry:
     """A fresh registry with every built-in node type and every ``flowledger.nodes`` plugin.
 
     ``settings`` size and limit the python worker pool and give the http node's egress rules;
     ``service_host`` is where the service's API is bound: loopback addresses are reachable by
-    default only when that is a loopback address. ``ValueError`` for a malformed egress rule.
+    default only when that is a loopback address; ``home`` is the service's data home (vector
+    indexes are under ``<home>/vectors``). ``ValueError`` for a malformed egress rule.
     """
     settings = settings or NodeSettings()
     registry = NodeRegistry(
@@ -54,5 +58,6 @@ def default_registry(
         ),
     )
     register_builtins(registry)
+    register_integrations(registry, Path(DEFAULT_HOME) if home is None else home)
     registry.load_entry_points()
     return registry

@@ -25,6 +25,7 @@ import msgspec
 import structlog
 
 from schemas.events import WORKER_CRASHED, NodeError
+from service.config import DEFAULT_TENANT
 from service.engine.nodes.config_values import dynamic_values, redact
 from service.engine.nodes.egress import EgressPolicy
 from service.engine.nodes.expressions import ExpressionError
@@ -93,6 +94,8 @@ class NodeContext(msgspec.Struct, frozen=True):
     secrets: dict[str, str] = {}
     """The secrets this attempt's config named (name -> value): redacted from whatever the
     handler raises before it is logged or recorded."""
+    tenant: str = DEFAULT_TENANT
+    """The run's tenant (whose secrets and vector indexes the node uses)."""
 
     def __repr__(self) -> str:  # never print secret values
         return f"NodeContext(run_id={self.run_id!r}, node_id={self.node_id!r}, attempt={self.attempt})"
