@@ -29,8 +29,15 @@ def integration_node_types(registry: NodeRegistry, home: Path) -> list[NodeType]
         ("vector_search", VectorSearchConfig, make_vector_search_handler(VectorIndexes(home))),
         ("sql", SqlConfig, sql),
     ]
+    secret_fields = {"llm": {"api_key"}, "embedding": {"api_key"}, "sql": {"connection"}}
     return [
-        NodeType(name, config_type, handler, (inspect.getdoc(handler) or "").splitlines()[0])
+        NodeType(
+            name,
+            config_type,
+            handler,
+            (inspect.getdoc(handler) or "").splitlines()[0],
+            secret_fields=frozenset(secret_fields.get(name, ())),
+        )
         for name, config_type, handler in handlers
     ]
 

@@ -26,7 +26,7 @@ import structlog
 
 from schemas.events import WORKER_CRASHED, NodeError
 from service.config import DEFAULT_TENANT
-from service.engine.nodes.config_values import dynamic_values, redact
+from service.engine.nodes.config_values import SECRET_KEY, dynamic_values, redact
 from service.engine.nodes.egress import EgressPolicy
 from service.engine.nodes.expressions import ExpressionError
 from service.engine.nodes.http_transport import checked_client
@@ -121,6 +121,9 @@ class NodeType:
     attempt, with ``worker_crashed``. The handler and config type must be module-level (the
     worker imports them by name); a config's ``memory_mb`` and ``cpu_seconds`` fields, when it
     has them, override the pool's limits."""
+    secret_fields: frozenset[str] = frozenset()
+    """Config fields that a workflow spec may only fill with ``{"$secret": NAME}`` (or leave out):
+    a literal credential would be stored in the spec and shown by the API."""
 
 
 class UnknownNodeType(LookupError):
@@ -227,6 +230,15 @@ class NodeRegistry:
             dynamic = dynamic_values(config)
         except ExpressionError as exc:
             raise InvalidNodeConfig(name, str(exc)) from None
+        for field in sorted(self.get(name).secret_fields & set(config)):
+            value = config[field]
+            kinds = [kind for _where, kind, _arg in dynamic_values(value, field)]
+            if not isinstance(value, dict) or kinds != [SECRET_KEY]:
+                raise InvalidNodeConfig(
+                    name,
+                    f'{field} must be {{"$secret": "NAME"}} (a secret set with `flowledger secrets set NAME`), '
+                    "not a literal value: the spec is stored and shown by the API",
+                )
         if dynamic:
             fields = set(self.get(name).config_type.__struct_fields__)
             unknown = sorted(set(config) - fields)

@@ -258,3 +258,15 @@ def test_retry_after_parsing() -> None:
     now = 1_700_000_000.0
     assert retry_after_seconds(email.utils.formatdate(now + 7, usegmt=True), now=now) == pytest.approx(7)
     assert retry_after_seconds(email.utils.formatdate(now - 7, usegmt=True), now=now) == 0.0
+
+
+@pytest.mark.parametrize("name", ["llm", "embedding"])
+def test_the_api_key_must_be_a_secret_in_a_workflow_spec(name: str) -> None:
+    registry = default_registry()
+    config: dict[str, Any] = {"base_url": "http://x/v1", "model": "m"}
+    config |= {"messages": [{"role": "user", "content": "x"}]} if name == "llm" else {"input": "x"}
+    for literal in ("sk-literal", {"$expr": "inputs.key"}):
+        with pytest.raises(InvalidNodeConfig, match=r'api_key must be \{"\$secret": "NAME"\}'):
+            registry.check_config(name, {**config, "api_key": literal})
+    assert registry.check_config(name, {**config, "api_key": {"$secret": "AI_KEY"}}) is None
+    assert registry.check_config(name, config) is not None  # no key at all: a server that needs none

@@ -240,3 +240,10 @@ def test_bad_configs_are_refused(config: dict[str, Any], expected: str) -> None:
         default_registry().parse_config("sql", config)
     assert expected in str(info.value)
     assert "u:p@" not in str(info.value)
+
+
+def test_the_connection_must_be_a_secret_in_a_workflow_spec() -> None:
+    registry = default_registry()
+    with pytest.raises(InvalidNodeConfig, match="connection must be"):
+        registry.check_config("sql", {"connection": "postgresql://u:pw@h/db", "query": "SELECT 1"})
+    assert registry.check_config("sql", {"connection": {"$secret": "DB"}, "query": "SELECT 1"}) is None
