@@ -10,14 +10,16 @@ import re
 import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from service.config import AuthSettings
+from service.store.keys import KeyStore
 from tests.helpers.api import wait_ended
 from tests.helpers.servers import Servers
-from tests.helpers.serving import serve_app
+from tests.helpers.serving import api_key, serve_app
 from tests.integration.console.conftest import PageErrors, shoot, sign_in, token_of
 
 # The browser logs the 401 of the session probe (GET /v1/session before signing in, and the
@@ -134,20 +136,43 @@ async def test_an_expired_session_goes_back_to_sign_in(
         )
         page.on("pageerror", lambda e: page_errors.seen.append(f"page error: {e.message}"))
         try:
-            await sign_in(page, token_of(short), path="/runs")
-            await expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-            await asyncio.sleep(2.5)
-            await page.get_by_role("navigation", name="Main").get_by_role("link", name="Metrics").click()
-            await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+            await sign_in(page, token_of(short), path="/workflows")
+            await expect(page.get_by_role("heading", name="Workflows")).to_be_visible()
+            # staying on the page: when the session ends the console goes to sign-in by itself
+            await expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=5000)
             await expect(page.get_by_role("alert")).to_have_text("Your session has expired; sign in again.")
             await shoot(page, "sign-in-expired")
-            # signing in again goes where the user was going
+            # signing in again returns to where the user was
             await page.get_by_label("API token").fill(token_of(short))
             await page.get_by_role("button", name="Sign in").click()
-            await expect(page.get_by_role("heading", name="Metrics")).to_be_visible()
-            assert page.url.endswith("/stats")
+            await expect(page.get_by_role("heading", name="Workflows")).to_be_visible()
+            assert page.url.endswith("/workflows")
         finally:
             await context.close()
+
+
+async def test_a_revoked_key_ends_its_session(
+    page: Page, api: httpx.AsyncClient, page_errors: PageErrors
+) -> None:
+    page_errors.allow(r"status of 401 \(Unauthorized\)")  # the page's calls once the key is revoked
+    token = await api_key(api.database_url, "default", ["runs:read", "workflows:read"])  # type: ignore[attr-defined]
+
+    async def revoke() -> None:
+        pool = await asyncpg.create_pool(api.database_url, min_size=1, max_size=1)  # type: ignore[attr-defined]
+        try:
+            assert await KeyStore(pool).revoke(token.split("_")[1]) is not None
+        finally:
+            await pool.close()
+
+    # on a page without a stream: the next click finds the session gone
+    await sign_in(page, token, path="/workflows")
+    await expect(page.get_by_role("heading", name="Workflows")).to_be_visible()
+    await revoke()
+    await asyncio.sleep(0.3)  # the service hears of the revocation (NOTIFY)
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Metrics").click()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await expect(page.get_by_role("alert")).to_have_text("Your session has expired; sign in again.")
+    assert "next=%2Fstats" in page.url
 
 
 async def test_the_runs_list_shows_a_run_started_elsewhere_live(

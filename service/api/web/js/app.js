@@ -50,7 +50,35 @@ function match(pathname) {
   return null;
 }
 
+// When the session's cookie expires, go to sign-in by then (not on the next click). The server's
+// answer decides (expires_at is rounded to the second, and clocks differ): at expires_at the timer
+// asks GET /v1/session, and while the session still works asks again, backing off (1 s to 60 s).
+let expiryTimer = null;
+function watchExpiry(session, retry = 0) {
+  clearTimeout(expiryTimer);
+  expiryTimer = null;
+  if (!session || !session.expires_at) return;
+  const due = Date.parse(session.expires_at) - Date.now() + 250;
+  if (Number.isNaN(due)) return;
+  const wait = due > 0 ? due : Math.min(1000 * 2 ** retry, 60_000);
+  expiryTimer = setTimeout(async () => {
+    expiryTimer = null;
+    let doc;
+    try {
+      doc = await fetchSession();
+    } catch {
+      doc = current.session; // the service is unreachable: ask again later
+    }
+    if (!doc) expire();
+    else if (current.session) {
+      current.session = doc;
+      watchExpiry(doc, due > 0 ? 0 : retry + 1);
+    }
+  }, Math.min(wait, 2 ** 31 - 1));
+}
+
 function showSession(session) {
+  if (!session || !current.session || session.expires_at !== current.session.expires_at) watchExpiry(session);
   current.session = session;
   nav.hidden = !session;
   who.replaceChildren();
@@ -223,7 +251,9 @@ function takeFlash() {
 
 // A call that gets 401 while signed in: the session expired or its key was revoked.
 let expiring = false;
-onUnauthorized(() => {
+onUnauthorized(() => expire());
+
+function expire() {
   if (expiring || location.pathname === "/sign-in") return;
   expiring = true;
   flash = { text: "Your session has expired; sign in again.", alert: true };
@@ -234,7 +264,7 @@ onUnauthorized(() => {
   route().finally(() => {
     expiring = false;
   });
-});
+}
 
 signOutButton.addEventListener("click", async () => {
   signOutButton.disabled = true;
