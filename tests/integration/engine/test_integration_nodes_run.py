@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import yaml
 
 from tests.helpers.api import wait_ended
 from tests.helpers.databases import scratch_database
 from tests.helpers.openai_server import FakeOpenAI, fake_embedding, fake_openai
-from tests.helpers.paths import FLOWLEDGER
+from tests.helpers.paths import FLOWLEDGER, REPO_ROOT
 from tests.helpers.servers import Servers
 
 DOCS = {
@@ -221,3 +224,72 @@ async def test_a_bad_config_is_refused_at_registration(api: httpx.AsyncClient) -
     response = await api.post("/v1/workflows", json=spec)
     assert response.status_code in (400, 422)
     assert "llm" in response.text and "answer" in response.text
+
+
+def _doc_examples() -> dict[str, str]:
+    """The YAML workflows in the docs' sections on the integration nodes, by workflow id."""
+    text = (REPO_ROOT / "docs" / "workflows.md").read_text()
+    section = text[text.index("### llm") : text.index("## Error kinds")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    return {yaml.safe_load(block)["id"]: block for block in blocks}
+
+
+async def run_spec(api: httpx.AsyncClient, spec: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Register a YAML spec, run it, and return its node outputs once it succeeded."""
+    created = await api.post("/v1/workflows", content=spec, headers={"content-type": "application/yaml"})
+    assert created.status_code in (200, 201), created.text
+    wid = yaml.safe_load(spec)["id"]
+    run_id = (await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": inputs})).json()["run_id"]
+    events = await wait_ended(api, run_id, timeout=60)
+    assert events[-1]["data"]["status"] == "succeeded", [e["data"] for e in events]
+    return {
+        e["data"]["node_id"]: e["data"]["output"] for e in events if e["type"] == "node_execute_after_data"
+    }
+
+
+async def test_the_docs_examples_run_as_written(
+    api: httpx.AsyncClient, servers: Servers, fake: FakeOpenAI, target: str, tmp_path: Path
+) -> None:
+    """docs/examples/vector_search.yaml as it is; the inline examples with the OpenAI URL pointed
+    at the fake server and ORDERS_DB at a database holding their tables."""
+    # vector_search.yaml, with the commands of its first lines
+    await flowledger(servers, "vectors", "build", "fruit", str(REPO_ROOT / "examples" / "vectors.ndjson"))
+    example = (REPO_ROOT / "docs" / "examples" / "vector_search.yaml").read_text()
+    outputs = await run_spec(api, example, {"vector": [1, 0.05, 0.1]})
+    assert outputs["names"] == ["apple", "cherry"]
+    assert [round(m["score"], 3) for m in outputs["nearest"]["matches"]] == [0.993, 0.965]
+
+    examples = {
+        wid: block.replace("https://api.openai.com/v1", fake.base_url)
+        for wid, block in _doc_examples().items()
+    }
+    assert set(examples) == {"ask", "vector-search-demo", "ask-docs", "orders-of"}
+    await flowledger(servers, "secrets", "set", "OPENAI_API_KEY", stdin=fake.api_key + "\n")
+    outputs = await run_spec(api, examples["ask"], {"question": "How long do I brew green tea?"})
+    assert outputs["answer"]["text"] == "echo: How long do I brew green tea?"
+
+    rows = tmp_path / "docs.ndjson"
+    rows.write_text(
+        "".join(
+            json.dumps({"id": doc_id, "vector": fake_embedding(text), "payload": {"text": text}}) + "\n"
+            for doc_id, text in DOCS.items()
+        )
+    )
+    await flowledger(servers, "vectors", "build", "docs", str(rows))
+    outputs = await run_spec(api, examples["ask-docs"], {"question": DOCS["bread"]})
+    assert outputs["search"]["matches"][0]["id"] == "bread"
+    assert outputs["answer"]["text"].startswith(f"echo: {DOCS['bread']}\n")
+
+    conn = await asyncpg.connect(target)
+    try:
+        await conn.execute(
+            "CREATE TABLE orders (id serial PRIMARY KEY, customer text, amount numeric(10, 2), placed date);"
+            "INSERT INTO orders (customer, amount, placed) VALUES ('ada', 12.50, '2026-01-01'), ('bob', 1, '2026-01-02');"
+            "CREATE TABLE audit (note text NOT NULL)"
+        )
+    finally:
+        await conn.close()
+    await flowledger(servers, "secrets", "set", "ORDERS_DB", stdin=target + "\n")
+    outputs = await run_spec(api, examples["orders-of"], {"customer": "ada"})
+    assert outputs["orders"] == {"rows": [{"id": 1, "amount": "12.50", "placed": "2026-01-01"}]}
+    assert outputs["note"] == {"rowcount": 1}
