@@ -6,11 +6,11 @@ import { stream } from "../api.js";
 import { formatDuration, formatTime, h, shortId } from "../dom.js";
 
 export const RUN_STATUSES = ["queued", "running", "waiting", "succeeded", "failed", "cancelled"];
-const TERMINAL = new Set(["run_finished", "run_cancelled"]);
 /** Events after which a run not in the table may now belong in it (its status changed). */
 const STATUS_EVENTS = new Set(["run_queued", "run_started", "run_recovered", "run_waiting", "run_resumed", "run_finished", "run_cancelled"]);
 const COALESCE_MS = 200;
-const LAG_RETRY_MS = 400;
+const LAG_RETRY_MS = 250; // first look again when the summary trails the events; doubles each time
+const LAG_RETRIES = 6; // 250 ms ... 8 s
 const PAGE_SIZE = 50;
 const COLUMNS = ["Run", "Workflow", "Status", "Progress", "Current nodes", "Started", "Duration"];
 
@@ -185,6 +185,8 @@ export async function render(main, { query, ctx }) {
   function matches(run) {
     return (!workflowId || run.workflow_id === workflowId) && (!status || run.status === status);
   }
+  const seen = new Map(); // run id -> the highest seq its events have reached
+  const lagRetries = new Map();
   async function refresh(runId, { insert }) {
     try {
       const run = await api(`/v1/runs/${encodeURIComponent(runId)}`);
@@ -194,25 +196,40 @@ export async function render(main, { query, ctx }) {
         placeRow(run, { fresh: true });
         syncEmpty();
       }
+      // The summary is a read model that can trail the log: until it reflects the last event
+      // seen, look again (backing off), so that a row never stays behind its run.
+      const want = seen.get(runId);
+      if (want !== undefined && (run.last_seq ?? -1) < want && rows.has(runId)) {
+        const n = lagRetries.get(runId) || 0;
+        if (n < LAG_RETRIES) {
+          lagRetries.set(runId, n + 1);
+          schedule(runId, { delay: LAG_RETRY_MS * 2 ** n });
+        }
+      } else lagRetries.delete(runId);
     } catch (err) {
       if (err && err.status === 404) return; // not visible to us (yet)
       console.warn("run refresh failed", runId, err);
     }
   }
   function schedule(runId, { insert = false, delay = 0 } = {}) {
-    const entry = timers.get(runId) || { timer: null, last: 0, insert: false };
+    const entry = timers.get(runId) || { timer: null, last: 0, due: 0, insert: false };
     entry.insert = entry.insert || insert;
     timers.set(runId, entry);
-    if (entry.timer) return;
-    const wait = Math.max(delay, entry.last + COALESCE_MS - Date.now(), 0);
+    const due = Date.now() + Math.max(delay, entry.last + COALESCE_MS - Date.now(), 0);
+    if (entry.timer) {
+      if (entry.due <= due) return; // a fetch is already coming, soon enough
+      clearTimeout(entry.timer);
+    }
+    entry.due = due;
     entry.timer = setTimeout(() => {
       entry.timer = null;
       entry.last = Date.now();
       const ins = entry.insert;
       entry.insert = false;
       refresh(runId, { insert: ins });
-    }, wait);
+    }, due - Date.now());
   }
+
 
   let close = null;
   if (position !== null) {
@@ -238,9 +255,9 @@ export async function render(main, { query, ctx }) {
         const known = rows.has(runId);
         const insert = !known && firstPage && STATUS_EVENTS.has(type);
         if (!known && !insert) return;
+        if (typeof env.seq === "number") seen.set(runId, Math.max(env.seq, seen.get(runId) ?? -1));
+        lagRetries.delete(runId);
         schedule(runId, { insert });
-        // The summary read model can trail the terminal event by a few ms: look once more.
-        if (TERMINAL.has(type)) setTimeout(() => !closed && schedule(runId, { insert }), LAG_RETRY_MS);
       },
     });
   } else {
