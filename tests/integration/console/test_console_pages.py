@@ -371,6 +371,18 @@ async def test_a_narrow_window_keeps_the_runs_list_usable(page: Page, api: httpx
     await row.get_by_role("link", name=run_id.replace("-", "")[-8:]).click()
     await expect(page).to_have_url(re.compile(f"/runs/{run_id}$"))
 
+    # the other pages fit too: nothing but their own scrolling regions is wider than the window
+    for path, heading, name in [
+        (f"/workflows/{workflow}", f"Workflow {workflow}", "workflow-narrow"),
+        (f"/stats?workflow_id={workflow}", "Metrics", "metrics-narrow"),
+        ("/workflows", "Workflows", "workflows-narrow"),
+    ]:
+        await page.goto(path)
+        await expect(page.get_by_role("heading", name=heading, level=1)).to_be_visible()
+        await expect(page.locator("main > *").last).to_be_visible()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390, path
+        await shoot(page, name)
+
 
 async def test_every_page_has_a_title_a_heading_and_no_errors(
     signed_in: Page, page_errors: PageErrors
@@ -387,6 +399,13 @@ async def test_every_page_has_a_title_a_heading_and_no_errors(
         await page.goto(path)
         await expect(page.get_by_role("heading", name=heading, level=1)).to_be_visible()
         assert (await page.title()).endswith("· Flowledger")
+    # the skip link shows when focused, and leads to the main content
+    skip = page.get_by_role("link", name="Skip to content")
+    await expect(skip).not_to_be_in_viewport()
+    await skip.focus()
+    await expect(skip).to_be_in_viewport()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("main#main")).to_be_focused()
     # a path the router does not know (reached inside the app): "Page not found"
     await page.evaluate(
         "history.pushState(null, '', '/runs/a/b'); dispatchEvent(new PopStateEvent('popstate'))"
