@@ -467,3 +467,28 @@ async def test_a_workflow_page_shows_each_version(signed_in: Page, api: httpx.As
     await expect(page).to_have_url(RUN_URL)
     run = (await api.get(f"/v1/runs/{page.url.rsplit('/', 1)[1]}")).json()
     assert run["workflow_version"] == first
+
+
+async def test_without_auth_there_is_nothing_to_sign_in_to(
+    browser: Browser, servers: Servers, page_errors: PageErrors
+) -> None:
+    async with serve_app(servers, auth=AuthSettings(enabled=False)) as open_service:
+        workflow = await _register(open_service, _branch_spec())
+        context = await browser.new_context(base_url=str(open_service.base_url))
+        context.set_default_timeout(10_000)
+        page = await context.new_page()
+        page.on(
+            "console", lambda m: page_errors.seen.append(f"console: {m.text}") if m.type == "error" else None
+        )
+        page.on("pageerror", lambda e: page_errors.seen.append(f"page error: {e.message}"))
+        try:
+            await page.goto(f"/workflows/{workflow}")
+            await expect(page.get_by_role("heading", name=f"Workflow {workflow}")).to_be_visible()
+            nav = page.get_by_role("navigation", name="Main")
+            await expect(nav).to_contain_text("default")
+            await expect(nav.get_by_role("button", name="Sign out")).to_be_hidden()
+            # a change without a session cookie needs no CSRF token
+            await page.get_by_role("button", name="Start run").click()
+            await expect(page).to_have_url(RUN_URL)
+        finally:
+            await context.close()
