@@ -127,10 +127,13 @@ async def _json_codecs(conn: asyncpg.Connection) -> None:
 
 
 async def _execute_once(conn: asyncpg.Connection, config: SqlConfig, ctx: NodeContext) -> int:
-    try:
-        await conn.execute(_CREATE_WRITES)
-    except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
-        pass  # created at the same moment by another node
+    # Looked up first: CREATE TABLE IF NOT EXISTS needs the right to create even when the
+    # table exists (a role may be given only the table, created beforehand by its owner).
+    if await conn.fetchval("SELECT to_regclass($1)", WRITES_TABLE) is None:
+        try:
+            await conn.execute(_CREATE_WRITES)
+        except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+            pass  # created at the same moment by another node
     async with conn.transaction():
         # A concurrent attempt with the same key waits here until the other transaction ends.
         claimed = await conn.fetchval(

@@ -5,6 +5,7 @@ one, and errors classified (retryable or not) without the connection's password.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -247,3 +248,35 @@ def test_the_connection_must_be_a_secret_in_a_workflow_spec() -> None:
     with pytest.raises(InvalidNodeConfig, match="connection must be"):
         registry.check_config("sql", {"connection": "postgresql://u:pw@h/db", "query": "SELECT 1"})
     assert registry.check_config("sql", {"connection": {"$secret": "DB"}, "query": "SELECT 1"}) is None
+
+
+async def test_a_role_without_create_rights_uses_a_table_made_beforehand(
+    registry: NodeRegistry, target: str
+) -> None:
+    role = f"sqlnode_writer_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(target)
+    try:
+        await run(  # makes flowledger_sql_writes as the owner
+            registry,
+            {"connection": target, "query": "SELECT 1", "mode": "execute"},
+            ctx("run-owner", "setup"),
+        )
+        await conn.execute(
+            f"CREATE ROLE {role} LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+            f"GRANT USAGE ON SCHEMA public TO {role}; GRANT INSERT ON audit TO {role};"
+            f"GRANT SELECT, INSERT, UPDATE ON {WRITES_TABLE} TO {role}"
+        )
+        parts = urlsplit(target)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        config = {
+            "connection": as_role,
+            "query": "INSERT INTO audit (note) VALUES ($1)",
+            "params": ["limited"],
+            "mode": "execute",
+        }
+        assert await run(registry, config, ctx("run-limited", "n")) == {"rowcount": 1}
+        assert await run(registry, config, ctx("run-limited", "n", 2)) == {"rowcount": 1}
+        assert await count(target, "SELECT count(*) FROM audit WHERE note = $1", "limited") == 1
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+        await conn.close()
