@@ -302,10 +302,13 @@ async def test_workflows_list_workflow_dag_and_start_a_run(
     await expect(page.get_by_role("alert")).to_contain_text("Idempotency key reused")
     await expect(page.get_by_role("alert")).to_contain_text("console-k1")
 
-    # a good start lands on the run's page
+    # a good start lands on the run's page; it carried the session's CSRF token
     await inputs.fill('{"amount": 250}')
     await page.get_by_label("Idempotency key (optional)").fill("")
-    await page.get_by_role("button", name="Start run").click()
+    async with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/runs")) as sent:
+        await page.get_by_role("button", name="Start run").click()
+    csrf = (await (await page.context.request.get("/v1/session")).json())["csrf_token"]
+    assert (await sent.value).headers.get("x-csrf-token") == csrf
     await expect(page).to_have_url(RUN_URL)
     run_id = page.url.rsplit("/", 1)[1]
     run = (await api.get(f"/v1/runs/{run_id}")).json()
