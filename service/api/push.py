@@ -137,7 +137,14 @@ async def stream_all(
     workflow_id: FromQuery[str | None] = None,
     type_: Annotated[list[str] | None, QueryParameter(name="type")] = None,
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
-    after_position: Annotated[str | None, QueryParameter(name="after_position")] = None,
+    after_position: Annotated[
+        str | None,
+        QueryParameter(
+            name="after_position",
+            description="Start after this global position; `now` for only the events appended from now on "
+            "(a Last-Event-ID, sent on reconnection, wins)",
+        ),
+    ] = None,
 ) -> Stream:
     hub = _hub(runtime)
     assert runtime.store is not None
@@ -149,12 +156,15 @@ async def stream_all(
             "Unknown event type",
             f"unknown type(s) {', '.join(unknown)}; known: {', '.join(sorted(EVENT_TYPE_BY_TAG))}",
         )
-    resume = max(
-        0,
-        _resume_point(last_event_id, "Last-Event-ID", MAX_POSITION)
-        if last_event_id is not None
-        else _resume_point(after_position, "after_position", MAX_POSITION),
-    )
+    if last_event_id is None and after_position == "now":  # only what happens from here on
+        resume = await runtime.store.head_position()
+    else:
+        resume = max(
+            0,
+            _resume_point(last_event_id, "Last-Event-ID", MAX_POSITION)
+            if last_event_id is not None
+            else _resume_point(after_position, "after_position", MAX_POSITION),
+        )
     events = all_events(
         hub,
         runtime.store,

@@ -88,6 +88,18 @@ async def test_tenant_stream_filters_and_resumes_by_global_position(api: httpx.A
     assert bad.status_code == 400 and "run_exploded" in bad.json()["detail"]
 
 
+async def test_after_position_now_sends_only_what_happens_next(api: httpx.AsyncClient) -> None:
+    earlier = await _start(api, steps(1, 1))
+    await wait_ended(api, earlier)
+    reader = asyncio.create_task(
+        asyncio.wait_for(collect(api, "/v1/stream?after_position=now&type=run_queued", take=1), 20)
+    )
+    await asyncio.sleep(0.3)  # the stream is open (its start is fixed when it opens)
+    later = await _start(api, steps(1, 1))
+    (only,) = await reader
+    assert json.loads(only["data"])["run_id"] == later
+
+
 async def test_resuming_after_the_last_event_ends_the_stream_at_once(api: httpx.AsyncClient) -> None:
     run_id = await _start(api, steps(1, 1))
     stored = await wait_ended(api, run_id)
