@@ -203,3 +203,45 @@ class ForkAccepted(msgspec.Struct, frozen=True):
     status_url: str
     events_url: str
     stream_url: str
+
+
+class CreateSchedule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Start a workflow on a timetable: exactly one of ``cron`` and ``every``."""
+
+    cron: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    """5 fields (minute hour day-of-month month day-of-week), read in ``timezone``: ``"*/5 * * * *"``."""
+    every: Annotated[str, msgspec.Meta(max_length=20)] | None = None
+    """A fixed interval, ``<n>s|m|h|d`` (``"30s"``, ``"5m"``, ``"1h"``), aligned to the Unix epoch."""
+    timezone: Annotated[str, msgspec.Meta(max_length=100)] = "UTC"
+    """An IANA time zone name (``"Europe/Paris"``); cron times are its wall-clock times."""
+    inputs: dict[str, Any] = {}
+    """The inputs of every run the schedule starts."""
+    overlap: Literal["skip", "allow"] = "skip"
+    """``skip``: no new run while the schedule's previous run has not ended; ``allow``: start anyway."""
+    catchup: Literal["none", "latest", "all"] = "latest"
+    """Fire times missed (no instance was running): ``none`` skips them, ``latest`` starts the most
+    recent one, ``all`` starts each (the latest 100 at most)."""
+
+
+class Schedule(msgspec.Struct, frozen=True):
+    id: UUID
+    workflow_id: str
+    cron: str | None
+    every: str | None
+    timezone: str
+    inputs: dict[str, Any]
+    overlap: Literal["skip", "allow"]
+    catchup: Literal["none", "latest", "all"]
+    next_fire_at: datetime
+    """When it fires next (UTC)."""
+    last_fire_at: datetime | None
+    """The fire time of the last run it started."""
+    last_run_id: UUID | None
+    created_by: str
+    """The actor who created it; its runs record the actor ``schedule:<id>``."""
+    created_at: datetime
+
+
+class SchedulePage(msgspec.Struct, frozen=True):
+    items: list[Schedule]
+    next_cursor: str | None

@@ -4,7 +4,7 @@ Start: the embedded PostgreSQL (only when no URL is configured), the pool,
 migrations, the event store's committer, the workflow store, run queue and read
 models; the embedded NATS (likewise), the NATS connection, the push hub, the
 JetStream stream; then the background loops this process runs, each under
-supervision: relay, projections, worker.
+supervision: relay, projections, worker (and with it the scheduler of schedules).
 Stop: the loops, the node registry's clients, the committer, push, NATS, the
 pool, and last only the embedded servers this process started.
 
@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 
 from service.config import ALL_SCOPES, DEFAULT_TENANT, Settings
 from service.engine.nodes import NodeRegistry, default_registry
+from service.engine.scheduler import Scheduler
 from service.engine.worker import Worker
 from service.followers.projection_service import ProjectionService
 from service.followers.push import PushHub
@@ -39,6 +40,7 @@ from service.store.event_store import EventStore
 from service.store.keys import KeyStore
 from service.store.read_models import ReadModels
 from service.store.run_queue import RunQueue
+from service.store.schedules import ScheduleStore
 from service.store.secrets import SecretStore
 from service.store.workflow_store import WorkflowStore
 from service.urls import mask_url
@@ -93,6 +95,8 @@ class Runtime:
         self._secrets: SecretStore | None = None
         self.admin_token_written: Path | None = None
         self.worker: Worker | None = None
+        self.schedules: ScheduleStore
+        self.scheduler: Scheduler | None = None
         self.projections: ProjectionService | None = None
         self.read_models: ReadModels
         self.push: PushHub | None = None
@@ -119,6 +123,7 @@ class Runtime:
         self.queue = RunQueue(self.store)
         self.read_models = ReadModels(self.store)
         self.keys = KeyStore(self.pool)
+        self.schedules = ScheduleStore(self.pool)
         self.admin_token_written = await self._bootstrap_admin_key()
 
         self.nats_url = await asyncio.to_thread(self._embedded.nats_url, settings.nats_url)
@@ -156,6 +161,11 @@ class Runtime:
                 secrets=self.reveal_secrets,
             )
             self._tasks.append(asyncio.create_task(supervised("worker", self.worker.run), name="worker"))
+            # An instance that executes runs also starts the runs of due schedules.
+            self.scheduler = Scheduler(self.schedules, self.queue, self.workflows)
+            self._tasks.append(
+                asyncio.create_task(supervised("scheduler", self.scheduler.run), name="scheduler")
+            )
 
     async def _bootstrap_admin_key(self) -> Path | None:
         """On a first start with auth on and no key at all: an admin key for the default tenant,

@@ -50,6 +50,7 @@ from service.api.metrics import metrics_router
 from service.api.push import push_router
 from service.api.queries import queries_router
 from service.api.runs import runs_router
+from service.api.schedules import schedules_router
 from service.api.session import session_router
 from service.api.session_cookie import SessionSealer
 from service.config import Settings
@@ -181,6 +182,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             health,
             ready,
             runs_router(),
+            schedules_router(),
             queries_router(),
             metrics_router(),
             push_router(),

@@ -47,6 +47,8 @@ class TenantObjects:
     other_run_id: str
     secret_input: str
     """A value in the runs' inputs (and so in their outputs)."""
+    schedule_id: str = ""
+    """A schedule of the workflow (one that fires only on 1 January)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -57,17 +59,26 @@ class TenantObjects:
             "node_id": self.node_id,
             "run_id": self.run_id,
             "other_run_id": self.other_run_id,
+            "schedule_id": self.schedule_id,
         }
 
     @property
     def markers(self) -> list[str]:
         """Everything of this tenant another tenant must not learn."""
-        return [self.workflow_id, self.node_id, self.run_id, self.other_run_id, self.secret_input]
+        return [
+            self.workflow_id,
+            self.node_id,
+            self.run_id,
+            self.other_run_id,
+            self.secret_input,
+            self.schedule_id,
+        ]
 
 
 async def make_objects(client: httpx.AsyncClient, tenant: str, token: str, label: str) -> TenantObjects:
-    """Register a workflow as ``tenant`` (with ``token``, a key having every scope) and run it
-    twice to the end; ids carry ``label`` and a random part, so they are unique in any body."""
+    """Register a workflow as ``tenant`` (with ``token``, a key having every scope), run it
+    twice to the end and schedule it; ids carry ``label`` and a random part, so they are unique
+    in any body."""
     tag = f"{label}{uuid.uuid4().hex[:8]}"
     workflow_id, node_id, secret = f"wf-{tag}", f"echo-{tag}", f"secret-{tag}"
     spec = {
@@ -90,7 +101,15 @@ async def make_objects(client: httpx.AsyncClient, tenant: str, token: str, label
         for run_id in runs:
             await wait_ended(scoped, run_id)
             await wait_projected(scoped, run_id)
-    return TenantObjects(tenant, token, workflow_id, node_id, runs[0], runs[1], secret)
+    scheduled = await client.post(
+        f"/v1/workflows/{workflow_id}/schedules",
+        json={"cron": "0 0 1 1 *", "inputs": {"card": secret}},
+        headers=headers,
+    )
+    assert scheduled.status_code == 201, scheduled.text
+    return TenantObjects(
+        tenant, token, workflow_id, node_id, runs[0], runs[1], secret, scheduled.json()["id"]
+    )
 
 
 async def wait_projected(client: httpx.AsyncClient, run_id: str, timeout: float = 20.0) -> None:
