@@ -25,6 +25,11 @@ from service.runtime import Runtime
 from service.store.schedules import StoredSchedule, parse_schedule_id
 from service.store.workflow_store import UnknownWorkflow
 
+CURSOR = QueryParameter(
+    pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    description="The next_cursor of the previous page (a schedule id); omit it for the first page",
+)
+
 
 def _body(s: StoredSchedule) -> Schedule:
     return Schedule(
@@ -123,7 +128,7 @@ async def list_workflow_schedules(
     principal: NamedDependency[Principal],
     workflow_id: FromPath[str],
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-    cursor: FromQuery[str | None] = None,
+    cursor: Annotated[str | None, CURSOR] = None,
 ) -> SchedulePage:
     await _known_workflow(runtime, principal, workflow_id)
     return await _page(runtime, principal, workflow_id, limit, cursor)
@@ -139,7 +144,7 @@ async def list_schedules(
     principal: NamedDependency[Principal],
     workflow_id: FromQuery[str | None] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-    cursor: FromQuery[str | None] = None,
+    cursor: Annotated[str | None, CURSOR] = None,
 ) -> SchedulePage:
     return await _page(runtime, principal, workflow_id, limit, cursor)
 

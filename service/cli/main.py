@@ -18,6 +18,7 @@ from service.cli.client import cancel, events, history, lineage, metrics, run, r
 from service.cli.history import diff
 from service.cli.node_options import node_options, node_settings
 from service.cli.replay import replay
+from service.cli.schedules import schedules as schedules_group
 from service.cli.serve_options import access_options, access_settings
 from service.cli.vectors import vectors
 from service.config import (
@@ -513,6 +514,7 @@ cli.add_command(events)
 cli.add_command(cancel)
 cli.add_command(projections)
 cli.add_command(runs)
+cli.add_command(schedules_group)
 cli.add_command(keys)
 cli.add_command(secrets)
 cli.add_command(vectors)

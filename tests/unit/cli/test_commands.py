@@ -11,7 +11,9 @@ BEFORE_THE_RESTRUCTURE = (
     "audit bench cancel diff events export import projections replay run runs schemas serve tail "
     "verify-bundle workflows"
 ).split()
-COMMANDS = sorted([*BEFORE_THE_RESTRUCTURE, "history", "keys", "lineage", "metrics", "secrets", "vectors"])
+COMMANDS = sorted(
+    [*BEFORE_THE_RESTRUCTURE, "history", "keys", "lineage", "metrics", "schedules", "secrets", "vectors"]
+)
 """The commands of ``flowledger --help`` before the restructure of service/, and the three that
 a27ad5c ("CLI: lineage, metrics and history commands") added after it."""
 
