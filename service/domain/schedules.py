@@ -42,6 +42,7 @@ _EVERY = re.compile(r"^([0-9]+)([smhd])$")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _TINY: Final = timedelta(microseconds=1)
+_MAX_STEPS: Final = 10_000
 
 
 class InvalidSchedule(ValueError):
@@ -86,20 +87,20 @@ class Timing:
     def next_after(self, t: datetime) -> datetime:
         """The first fire time strictly after ``t``."""
         if self.every_s is not None:
-            k = int((t - _EPOCH).total_seconds() // self.every_s) + 1
-            return _EPOCH + timedelta(seconds=k * self.every_s)
+            step = timedelta(seconds=self.every_s)
+            return _EPOCH + ((t - _EPOCH) // step + 1) * step  # integer arithmetic: exact
         assert self.cron is not None
         tz = zone(self.timezone)
-        current = t.astimezone(tz)
-        while True:
-            fire = _utc(croniter(self.cron, current).get_next(datetime))
-            if fire <= t:  # croniter around a DST change: never step back
-                current = (t + timedelta(seconds=1)).astimezone(tz)
-                continue
-            if not self._repeated_wall_time(fire, tz):
+        cursor = t
+        for _ in range(_MAX_STEPS):
+            fire = _utc(croniter(self.cron, cursor.astimezone(tz)).get_next(datetime))
+            if fire <= cursor:  # croniter stepped back around a DST change: step past it
+                cursor += timedelta(seconds=1)
+            elif fire > t and not self._repeated_wall_time(fire, tz):
                 return fire
-            current = fire.astimezone(tz)
-            t = fire
+            else:
+                cursor = fire
+        raise CroniterBadDateError(f"no fire time of {self.cron!r} found after {t.isoformat()}")
 
     def latest(self, start: datetime, end: datetime, limit: int) -> tuple[list[datetime], bool]:
         """The last ``limit`` fire times in ``[start, end]``, oldest first, and whether there were more."""
@@ -110,7 +111,7 @@ class Timing:
             first = self.next_after(start - _TINY)
             if first > end:
                 return [], False
-            count = int((end - first).total_seconds() // step) + 1
+            count = (end - first) // timedelta(seconds=step) + 1
             last = first + timedelta(seconds=(count - 1) * step)
             taken = min(count, limit)
             return [last - timedelta(seconds=i * step) for i in reversed(range(taken))], count > limit

@@ -216,3 +216,12 @@ def test_a_plan_never_starts_a_time_twice_nor_one_in_the_future(
     # whatever was started or skipped, the next plan (seen a moment later) never repeats a start
     again = plan_firing(timing, plan.next_fire_at, plan.next_fire_at, catchup)  # type: ignore[arg-type]
     assert not set(again.starts) & set(plan.starts)
+
+
+@given(seconds=st.integers(1, 86400 * 365), k=st.integers(0, 2**33))
+def test_every_is_exact_to_the_microsecond_at_its_fire_times(seconds: int, k: int) -> None:
+    timing = Timing(None, seconds, "UTC")
+    fire = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=(k % (10**11 // seconds)) * seconds)
+    assert timing.next_after(fire - timedelta(microseconds=1)) == fire
+    assert timing.next_after(fire) == fire + timedelta(seconds=seconds)
+    assert timing.latest(fire, fire, 1) == ([fire], False)
