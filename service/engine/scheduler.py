@@ -9,8 +9,9 @@ commit is repeated by the next one, and the key returns the run already started:
 starts at most one run, whatever crashes.
 
 Between passes it sleeps until the earliest next fire time (at most ``max_sleep_s``), and wakes
-at once on a NOTIFY from a new schedule. Database errors never end it: logged, retried with
-backoff.
+at once on a NOTIFY from a new schedule. Database errors never end it: a failed connection
+fails the pass, which is retried with backoff; a run the database refuses for itself is logged
+(``schedule_fire_failed``) and that fire time skipped, so one bad schedule cannot stop the others.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from uuid import UUID
 import structlog
 
 from service.domain.schedules import InvalidSchedule, Timing, fire_key, parse_every, plan_firing
+from service.infra.db import is_retryable
 from service.infra.listen import listen
 from service.retry import Backoff
 from service.store.run_queue import RunQueue
@@ -148,15 +150,27 @@ class Scheduler:
             except UnknownWorkflow as exc:
                 log.warning("schedule_workflow_missing", schedule_id=str(s.schedule_id), error=str(exc))
                 break
-            enqueued = await self.queue.enqueue(
-                actor=f"schedule:{s.schedule_id}",
-                tenant=s.tenant,
-                workflow_id=s.workflow_id,
-                workflow_version=stored.version,
-                inputs=s.inputs,
-                idempotency_key=fire_key(s.schedule_id, fire),
-                node_count=len(stored.spec.nodes),
-            )
+            try:
+                enqueued = await self.queue.enqueue(
+                    actor=f"schedule:{s.schedule_id}",
+                    tenant=s.tenant,
+                    workflow_id=s.workflow_id,
+                    workflow_version=stored.version,
+                    inputs=s.inputs,
+                    idempotency_key=fire_key(s.schedule_id, fire),
+                    node_count=len(stored.spec.nodes),
+                )
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise  # the connection failed: the whole pass is repeated
+                # The database refused this run itself: one bad schedule must not stop the others.
+                log.error(
+                    "schedule_fire_failed",
+                    schedule_id=str(s.schedule_id),
+                    fire_at=fire.isoformat(),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                break
             if enqueued.created:
                 self.started += 1
                 log.info(

@@ -128,3 +128,27 @@ async def test_the_scheduler_outlives_an_outage(engine: Engine, schema: str) -> 
             await task
     keys = await _keys(pool, schema)
     assert set(keys.values()) == {1}
+
+
+async def test_a_run_the_database_refuses_does_not_stop_the_other_schedules(
+    engine: Engine, schema: str
+) -> None:
+    pool = engine.store.pool
+    good = await _every_second(engine, schema, due_s_ago=2)
+    bad = await _every_second(engine, schema, due_s_ago=5)  # due first: it comes first in the pass
+    scheduler = _scheduler(engine, schema)
+    enqueue = engine.queue.enqueue
+
+    async def refusing(**kw: Any) -> Any:
+        if kw["idempotency_key"].startswith(f"schedule:{bad.schedule_id}:"):
+            raise asyncpg.exceptions.CharacterNotInRepertoireError("refused")  # not a connection failure
+        return await enqueue(**kw)
+
+    scheduler.queue.enqueue = refusing  # type: ignore[method-assign]
+    assert await scheduler.fire_due() == 2
+    keys = await _keys(pool, schema)
+    assert keys and all(k.startswith(f"schedule:{good.schedule_id}:") for k in keys)
+    store = ScheduleStore(pool, schema=schema)
+    for schedule in (good, bad):  # both moved on
+        after = await store.get(schedule.schedule_id, tenant="default")
+        assert after is not None and after.next_fire_at > datetime.now(UTC) - timedelta(seconds=1)
