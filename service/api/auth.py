@@ -278,9 +278,6 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
 ANONYMOUS = Principal("default", frozenset(SCOPES), "anonymous")
 """Who calls when authentication is off (``serve --no-auth``, allowed on loopback only)."""
 
-ANY_SCOPE: Final = ""
-"""The "scope" of a route any valid credential may call (who am I)."""
-
 ROUTE_SCOPES: Final[dict[str, str]] = {
     # handler name -> the scope it needs; a handler missing here is closed to everyone
     "list_workflows": "workflows:read",
@@ -307,7 +304,6 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "metrics_summary": "runs:read",
     "prometheus_metrics": "admin",
     "audit_run": "audit",
-    "get_session": ANY_SCOPE,
 }
 """One table of who may do what, beside the guard that enforces it (the BOLA matrix test checks
 every operation of the OpenAPI document against it)."""
@@ -329,7 +325,7 @@ def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseR
     needed = ROUTE_SCOPES.get(handler.handler_name)
     if needed is None:
         raise PermissionDeniedException(detail="this route declares no scope; it is closed")
-    if needed != ANY_SCOPE and not principal.may(needed):
+    if not principal.may(needed):
         have = ", ".join(sorted(principal.scopes)) or "none"
         raise PermissionDeniedException(
             detail=f"this route needs the {needed!r} scope; the credential has: {have}"

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, Router, delete, get, post
 from litestar.datastructures import Cookie
-from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 
-from service.api.auth import PUBLIC_OPT, Authenticator, Principal
+from service.api.auth import ANONYMOUS, PUBLIC_OPT, Authenticator, Principal, bearer_token
 from service.api.bodies import json_body
 from service.api.contract import PUBLIC
 from service.api.errors import problem, problem_responses
@@ -91,12 +91,35 @@ async def sign_in(request: Request[Any, Any, Any], data: JSONBody[SignIn]) -> Re
 
 @get(
     "/session",
-    summary="Who is signed in: tenant, scopes, actor, when the session expires and its CSRF token",
-    responses=problem_responses(),
+    summary="Who is signed in: tenant, scopes, actor, when the session expires and its CSRF token "
+    "(204 when the request carries no credential at all)",
+    opt={PUBLIC_OPT: True},
+    security=PUBLIC,
+    responses={
+        204: ResponseSpec(data_container=None, description="Nobody is signed in: no cookie, no header"),
+        **problem_responses(
+            (401, "The credential sent is not valid (an expired session: sign in again)"),
+            (403, "The session cookie came from another origin"),
+            503,
+            public=True,
+        ),
+    },
 )
-async def get_session(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Session:
+async def get_session(request: Request[Any, Any, Any]) -> Response[Session | None]:
+    """Public, so that a page can ask "am I signed in?" without an error when it is not; a
+    credential that is sent is checked exactly as on any other route."""
+    state = request.app.state
+    if not state.get("auth_enabled", True):
+        return Response(_session_body(ANONYMOUS, None, None))
+    token = bearer_token(request)
+    if token is None:
+        return Response(None, status_code=204)
+    authenticator: Authenticator | None = state.get("authenticator")
+    if authenticator is None:
+        raise problem(503, "Service starting", "the service is still starting; ask again in a moment")
+    principal = await authenticator.principal(token)
     cookie = None if request.headers.get("authorization") else request.cookies.get(SESSION_COOKIE)
-    return _session_body(principal, request.app.state.get("sessions"), cookie)
+    return Response(_session_body(principal, state.get("sessions"), cookie))
 
 
 @delete(

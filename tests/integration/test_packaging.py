@@ -30,7 +30,9 @@ def test_wheel_ships_migrations_and_packages(tmp_path: Path) -> None:
     ):
         assert package in names
     console = sorted(
-        str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "service" / "api" / "web").rglob("*") if p.is_file()
+        str(p.relative_to(REPO_ROOT))
+        for p in (REPO_ROOT / "service" / "api" / "web").rglob("*")
+        if p.is_file()
     )
     assert "service/api/web/index.html" in console and "service/api/web/js/app.js" in console
     assert not set(console) - names, "the web console's files must be in the wheel"

@@ -40,6 +40,8 @@ async def test_sign_in_sets_an_httponly_strict_cookie_that_authenticates(api: ht
     browser = _browser(api)
     async with contextlib.aclosing(browser):
         assert_problem(await browser.get("/v1/runs"), 401)
+        nobody = await browser.get("/v1/session")  # "am I signed in?" is no error when not
+        assert nobody.status_code == 204 and not nobody.content
         answer = await browser.post("/v1/session", json={"token": _token(api)})
         assert answer.status_code == 200
         set_cookie = answer.headers["set-cookie"]
@@ -80,6 +82,7 @@ async def test_bad_sign_ins_are_clear_problems(api: httpx.AsyncClient) -> None:
         browser.cookies.set(COOKIE, "forged")
         forged = assert_problem(await browser.get("/v1/runs"), 401)
         assert "sign in again" in forged["detail"]
+        assert_problem(await browser.get("/v1/session"), 401)  # a credential sent is checked
 
 
 async def test_sign_out_clears_the_cookie(api: httpx.AsyncClient) -> None:

@@ -13,7 +13,13 @@ import pytest
 from tests.unit.api.test_openapi_unchanged import served_openapi
 
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
-PUBLIC = {("get", "/health"), ("get", "/ready"), ("post", "/v1/session"), ("delete", "/v1/session")}
+PUBLIC = {
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("post", "/v1/session"),
+    ("get", "/v1/session"),
+    ("delete", "/v1/session"),
+}
 """Operations answered without a credential: probes, and signing in and out of the console."""
 
 
