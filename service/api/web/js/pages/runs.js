@@ -141,7 +141,20 @@ export async function render(main, { query, ctx }) {
     ),
     tbody,
   );
-  const empty = h("p", { class: "empty", text: workflowId || status ? "No runs match these filters." : "No runs yet. Start one from a workflow's page." });
+  const empty =
+    workflowId || status
+      ? h("p", { class: "empty", text: "No runs match these filters." })
+      : h(
+          "p",
+          { class: "empty" },
+          "No runs yet. Register a workflow (",
+          h("code", { text: "flowledger workflows add docs/examples/hello.yaml" }),
+          ") and start one from its page on ",
+          h("a", { href: "/workflows", text: "Workflows" }),
+          ", or with ",
+          h("code", { text: "flowledger run hello --follow" }),
+          "; it appears here as it runs.",
+        );
   const scroller = h("div", { class: "table-scroll", role: "region", "aria-label": "Runs table", tabindex: "0" }, table);
   main.append(scroller);
 
