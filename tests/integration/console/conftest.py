@@ -108,7 +108,7 @@ async def sign_in(page: Page, token: str, *, path: str = "/") -> None:
     await page.goto(path)
     await page.get_by_label("API token").fill(token)
     await page.get_by_role("button", name="Sign in").click()
-    await page.get_by_role("navigation").wait_for()
+    await page.get_by_role("navigation", name="Main").wait_for()
 
 
 @pytest.fixture
