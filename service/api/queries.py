@@ -31,6 +31,9 @@ CURSOR = QueryParameter(
 class RunPage(msgspec.Struct, frozen=True):
     items: list[RunSummary]
     next_cursor: str | None
+    position: int = 0
+    """The log position these summaries reflect: ``GET /v1/stream?after_position=<position>``
+    sends every event after it, so a client keeps the list current without a gap."""
 
 
 class NodeHistoryPage(msgspec.Struct, frozen=True):
@@ -116,7 +119,7 @@ async def list_runs(
         )
     except BadCursor as exc:
         raise problem(400, "Bad cursor", str(exc)) from exc
-    return RunPage(items=page.items, next_cursor=page.next_cursor)
+    return RunPage(items=page.items, next_cursor=page.next_cursor, position=page.position or 0)
 
 
 @get(

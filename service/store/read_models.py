@@ -57,6 +57,8 @@ def _execution(row: asyncpg.Record) -> NodeExecution:
 class Page:
     items: list[Any]
     next_cursor: str | None
+    position: int | None = None
+    """The log position the items reflect (the projection's checkpoint, read in the same snapshot)."""
 
 
 class ReadModels:
@@ -70,6 +72,7 @@ class ReadModels:
             "AND ($3::text IS NULL OR workflow_id = $3) AND ($4::text IS NULL OR status = $4) "
             "ORDER BY run_id DESC LIMIT $5"
         )
+        self._sql_checkpoint = f"SELECT position FROM {s}.checkpoints WHERE name = $1"
         self._sql_nodes = f"SELECT * FROM {s}.node_executions WHERE run_id = $1"
         self._sql_history = (
             f"SELECT * FROM {s}.node_executions WHERE tenant = $1 AND workflow_id = $2 AND node_id = $3 "
@@ -96,10 +99,11 @@ class ReadModels:
         """Newest first. Run ids are UUIDv7 (time-ordered), so a page boundary never moves:
         new runs only ever appear before the first page."""
         before = decode_cursor(cursor) if cursor else UUID(int=(1 << 128) - 1)
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            position = await conn.fetchval(self._sql_checkpoint, run_summaries.NAME) or 0
             rows = await conn.fetch(self._sql_list, tenant, before, workflow_id, status, limit + 1)
         items = [_summary(r) for r in rows[:limit]]
-        return Page(items, encode_cursor(items[-1].run_id) if len(rows) > limit else None)
+        return Page(items, encode_cursor(items[-1].run_id) if len(rows) > limit else None, int(position))
 
     async def node_executions(self, run_id: UUID) -> list[NodeExecution]:
         async with self.pool.acquire() as conn:

@@ -185,3 +185,16 @@ async def test_a_run_audit_verifies_its_chain(api: httpx.AsyncClient) -> None:
         "problems": [],
     }
     assert_problem(await api.get(f"/v1/runs/{uuid.uuid4()}/audit"), 404)
+
+
+async def test_a_run_page_says_which_log_position_it_reflects(api: httpx.AsyncClient) -> None:
+    wid = _wid()
+    await _register(api, {"id": wid, **BRANCHY})
+    run_id = await _start(api, wid, {"items": [1], "big": True})
+    await _summary_when(api, run_id, lambda b: b["status"] == "succeeded")
+    page = (await api.get("/v1/runs", params={"workflow_id": wid})).json()
+    (item,) = page["items"]
+    events = (await api.get(f"/v1/runs/{run_id}/events")).json()["items"]
+    # The summary shows the run's end, so the projection has passed the end's position.
+    assert page["position"] >= events[-1]["global_position"]
+    assert item["last_seq"] == events[-1]["seq"]

@@ -103,22 +103,13 @@ export async function render(main, { query, ctx }) {
   );
   main.append(head, filters);
 
-  // The log position the runs list reflects (the run_summaries read model), read BEFORE the list:
-  // the stream then starts right after it, so no run falls between the list and the stream.
-  let position = null;
-  try {
-    const summary = await api("/v1/metrics/summary", { query: { workflow_id: workflowId || undefined } });
-    const projections = summary.projections || [];
-    const runs = projections.find((p) => p.name === "run_summaries");
-    position = runs ? runs.position : projections.length ? Math.min(...projections.map((p) => p.position)) : null;
-  } catch (err) {
-    if (!(err && err.status === 404)) throw err; // 404: an unknown workflow; its list is empty anyway
-  }
-
   const [workflows, page] = await Promise.all([
     api("/v1/workflows", { query: { limit: 500 } }).catch(() => ({ items: [] })),
     api("/v1/runs", { query: { workflow_id: workflowId || undefined, status: status || undefined, cursor: cursor || undefined, limit } }),
   ]);
+  // The log position the list reflects (the run_summaries projection's checkpoint, read in the
+  // same snapshot as the rows): the stream starts right after it, so no run falls in between.
+  const position = typeof page.position === "number" ? page.position : null;
   const ids = workflows.items.map((w) => w.id).filter((id) => id !== workflowId);
   for (const id of ids) workflowSelect.append(h("option", { value: id, text: id }));
   if (workflowId) [...workflowSelect.options].sort((a, b) => (a.value === "" ? -1 : b.value === "" ? 1 : a.value.localeCompare(b.value))).forEach((o) => workflowSelect.append(o));
