@@ -5,6 +5,8 @@
 import { ApiError } from "../api.js";
 import { formatTime, h } from "../dom.js";
 
+const counted = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+
 function problemText(err) {
   if (err instanceof ApiError) {
     const p = err.problem;
@@ -184,7 +186,7 @@ export async function render(main, { params, query, ctx }) {
       h("dt", { text: "Version" }),
       h("dd", {}, h("code", { text: doc.version }), isCurrent ? " (current)" : " (not the current version)"),
       h("dt", { text: "Nodes" }),
-      h("dd", { text: `${spec.nodes.length} nodes, ${spec.edges.length} edges` }),
+      h("dd", { text: `${counted(spec.nodes.length, "node")}, ${counted(spec.edges.length, "edge")}` }),
       h("dt", { text: "On failure" }),
       h("dd", { text: spec.on_failure || "stop" }),
     ),
