@@ -54,6 +54,9 @@ class RunSummary(msgspec.Struct, frozen=True, gc=False):
     progress: int = 0
     node_count: int = 0
     current_nodes: tuple[str, ...] = ()
+    waiting_nodes: tuple[str, ...] = ()
+    """Those of ``current_nodes`` that wait (a signal, a timer, a child run); the run is
+    ``waiting`` while any does."""
     executed_nodes: tuple[str, ...] = ()
     failed_nodes: tuple[str, ...] = ()
     skipped_nodes: tuple[str, ...] = ()
@@ -151,8 +154,16 @@ def apply(view: RunSummary | None, event: EventEnvelope) -> RunSummary:
             )
         case RunStarted():
             new = replace(view, last_seq=seq, status="running", started_at=event.recorded_at)
+        case RunWaiting(node_id=str(node_id)):
+            waiting = _with(view.waiting_nodes, node_id)
+            new = replace(view, last_seq=seq, status="waiting", waiting_nodes=waiting)
+        case RunResumed(node_id=str(node_id)):
+            waiting = _without(view.waiting_nodes, node_id)
+            new = replace(
+                view, last_seq=seq, status="waiting" if waiting else "running", waiting_nodes=waiting
+            )
         case RunRecovered() | RunResumed():
-            new = replace(view, last_seq=seq, status="running")
+            new = replace(view, last_seq=seq, status="waiting" if view.waiting_nodes else "running")
         case RunWaiting():
             new = replace(view, last_seq=seq, status="waiting")
         case RunFinished():

@@ -286,7 +286,7 @@ class PushTrimmedExecutionRecoveredMessage(_ServerMessage, frozen=True, tag="exe
 
 
 class PushExecutionWaitingMessage(_ServerMessage, frozen=True, tag="executionWaiting"):
-    """The run waits for a signal (event ``run_waiting``; reserved, nothing emits it yet)."""
+    """A node of the run started waiting (event ``run_waiting``): for a signal, a timer or a child run."""
 
     data: PushExecutionData
 

@@ -67,6 +67,9 @@ class WorkerSettings:
     """How often an idle worker looks for runs when no notification woke it."""
     output_cap_bytes: int = 5 * 1024 * 1024
     """Larger node outputs are recorded as a marker with their size and SHA-256."""
+    park_after_s: float = 2.0
+    """A run whose every unfinished node waits (a signal, a timer, a child run) longer than
+    this gives its slot and lease back until then; shorter waits are kept in memory."""
 
 
 @dataclass(frozen=True)

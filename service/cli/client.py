@@ -262,6 +262,38 @@ def cancel(ctx: click.Context, run_id: UUID, reason: str) -> None:
     console.print(f"cancel requested for run {run_id}")
 
 
+@click.command("signal")
+@click.argument("run_id", type=RUN_ID)
+@click.argument("name")
+@click.option("--payload", default=None, help="JSON value: the output of the wait nodes it resumes.")
+@click.option(
+    "--payload-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the JSON payload from a file ('-' is not accepted; use --payload).",
+)
+@click.pass_context
+def signal(
+    ctx: click.Context, run_id: UUID, name: str, payload: str | None, payload_file: Path | None
+) -> None:
+    """Send signal NAME to a run waiting for it (its wait nodes resume with the payload)."""
+    if payload is not None and payload_file is not None:
+        raise click.UsageError("give --payload or --payload-file, not both")
+    body: dict[str, Any] = {}
+    text, hint = (
+        (payload, "--payload") if payload_file is None else (payload_file.read_text(), "--payload-file")
+    )
+    if text is not None:
+        try:
+            body["payload"] = json.loads(text)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
+    with api_client(ctx) as client:
+        answer = call_api(client, "POST", f"/v1/runs/{run_id}/signals/{name}", json=body)
+    nodes = ", ".join(answer["resumed_nodes"])
+    console.print(f"signal {name} sent to run {run_id}: resumed {nodes}")
+
+
 @click.group("runs")
 def runs() -> None:
     """Run summaries from the read models."""

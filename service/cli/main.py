@@ -14,7 +14,7 @@ from service.cli._common import api_url, reader_may_leave, run_async, settings_o
 from service.cli.access import keys, secrets
 from service.cli.admin import projections
 from service.cli.audit import audit, export_bundle, import_bundle_command, verify_bundle_command
-from service.cli.client import cancel, events, history, lineage, metrics, run, runs, workflows
+from service.cli.client import cancel, events, history, lineage, metrics, run, runs, signal, workflows
 from service.cli.history import diff
 from service.cli.node_options import node_options, node_settings
 from service.cli.replay import replay
@@ -512,6 +512,7 @@ cli.add_command(workflows)
 cli.add_command(run)
 cli.add_command(events)
 cli.add_command(cancel)
+cli.add_command(signal)
 cli.add_command(projections)
 cli.add_command(runs)
 cli.add_command(schedules_group)

@@ -26,6 +26,18 @@ def node_document(graph: WorkflowGraph, state: RunState, node_id: str) -> dict[s
     return {"inputs": state.inputs, "nodes": nodes}
 
 
+def run_outputs(graph: WorkflowGraph, state: RunState) -> dict[str, Any]:
+    """A run's outputs: the output of each succeeded node that no other node follows (its
+    sinks), by node id. A parent's ``workflow`` node outputs its child run's outputs."""
+    sinks = [n for n in graph.topo_order if not graph.downstream[n]]
+    outputs: dict[str, Any] = {}
+    for node_id in sinks:
+        node = state.node(node_id)
+        if node.status == "succeeded":
+            outputs[node_id] = msgspec.to_builtins(node.marker) if node.marker is not None else node.output
+    return outputs
+
+
 def fold_raw(events: list[RawEnvelope]) -> RunState:
     """The state of a run from its stored events."""
     return fold(to_typed(e) for e in events)

@@ -20,7 +20,8 @@ import structlog
 
 from service.config import WorkerSettings
 from service.domain.workflow_spec import WorkflowGraph, build_graph
-from service.engine.executor import ExecutionLimits, RunExecutor, SecretReader
+from service.engine.control import RunAlreadyEnded, request_cancel
+from service.engine.executor import Children, ChildRequest, ExecutionLimits, RunExecutor, SecretReader
 from service.engine.nodes.registry import NodeRegistry
 from service.infra.db import is_retryable
 from service.infra.listen import listen
@@ -56,7 +57,10 @@ class Worker:
         self.settings = settings = settings or WorkerSettings()
         self.worker_id = worker_id or new_worker_id()
         self.node_slots = asyncio.Semaphore(settings.max_node_tasks)
-        self.limits = ExecutionLimits(settings.max_parallel_nodes, settings.output_cap_bytes)
+        self.limits = ExecutionLimits(
+            settings.max_parallel_nodes, settings.output_cap_bytes, park_after_s=settings.park_after_s
+        )
+        self.children = Children(start=self._start_child, cancel=self._cancel_child, graph=self._graph_of)
         self.executors: dict[UUID, RunExecutor] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -141,7 +145,7 @@ class Worker:
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, _, run = str(payload).partition(":")
-        if kind == "cancel":
+        if kind in ("cancel", "wake"):
             with contextlib.suppress(ValueError):
                 self._refresh(UUID(run))
             return
@@ -151,13 +155,37 @@ class Worker:
         self._tasks[claim.run_id] = asyncio.create_task(self._execute(claim), name=f"run:{claim.run_id}")
 
     async def _graph(self, claim: Claim) -> WorkflowGraph:
-        key = (claim.tenant, claim.workflow_id, claim.workflow_version)
+        return await self._graph_of(claim.tenant, claim.workflow_id, claim.workflow_version)
+
+    async def _graph_of(self, tenant: str, workflow_id: str, version: str) -> WorkflowGraph:
+        key = (tenant, workflow_id, version)
         graph = self._graphs.get(key)
         if graph is None:
-            spec = await self.workflows.spec(claim.workflow_id, claim.workflow_version, tenant=claim.tenant)
+            spec = await self.workflows.spec(workflow_id, version, tenant=tenant)
             graph = build_graph(spec)
             self._graphs[key] = graph
         return graph
+
+    async def _start_child(self, request: ChildRequest) -> UUID:
+        """Queue a ``workflow`` node's child run (once per key); ``LookupError`` for an unknown
+        workflow or version."""
+        stored = await self.workflows.get(request.workflow_id, request.version, tenant=request.tenant)
+        enqueued = await self.queue.enqueue(
+            tenant=request.tenant,
+            workflow_id=request.workflow_id,
+            workflow_version=stored.version,
+            inputs=request.inputs,
+            idempotency_key=request.idempotency_key,
+            parent_run_id=request.parent_run_id,
+            parent_node_id=request.parent_node_id,
+            node_count=len(stored.spec.nodes),
+            actor=f"run:{request.parent_run_id}",
+        )
+        return enqueued.run_id
+
+    async def _cancel_child(self, run_id: UUID, reason: str) -> None:
+        with contextlib.suppress(RunAlreadyEnded, LookupError):
+            await request_cancel(self.queue, run_id, reason, requested_by="parent")
 
     async def _execute(self, claim: Claim) -> None:
         bound = log.bind(run_id=str(claim.run_id), workflow_id=claim.workflow_id)
@@ -173,6 +201,7 @@ class Worker:
                 node_slots=self.node_slots,
                 limits=self.limits,
                 secrets=self.secrets,
+                children=self.children,
             )
             self.executors[claim.run_id] = executor
             await executor.execute()

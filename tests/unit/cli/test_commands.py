@@ -12,7 +12,17 @@ BEFORE_THE_RESTRUCTURE = (
     "verify-bundle workflows"
 ).split()
 COMMANDS = sorted(
-    [*BEFORE_THE_RESTRUCTURE, "history", "keys", "lineage", "metrics", "schedules", "secrets", "vectors"]
+    [
+        *BEFORE_THE_RESTRUCTURE,
+        "history",
+        "keys",
+        "lineage",
+        "metrics",
+        "schedules",
+        "secrets",
+        "signal",
+        "vectors",
+    ]
 )
 """The commands of ``flowledger --help`` before the restructure of service/, and the three that
 a27ad5c ("CLI: lineage, metrics and history commands") added after it."""
