@@ -183,6 +183,15 @@ def cli(
     help="Run lease; a crashed worker's runs are recovered once it expires.",
 )
 @click.option(
+    "--park-after",
+    "park_after_s",
+    envvar="FLOWLEDGER_PARK_AFTER_SECONDS",
+    show_envvar=True,
+    default=2.0,
+    type=click.FloatRange(0.0),
+    help="Seconds: a run whose every unfinished node waits longer gives its slot and lease back.",
+)
+@click.option(
     "--output-cap-bytes",
     envvar="FLOWLEDGER_OUTPUT_CAP_BYTES",
     show_envvar=True,
@@ -226,6 +235,7 @@ def serve(
     max_node_tasks: int,
     max_parallel_nodes: int,
     lease_seconds: float,
+    park_after_s: float,
     output_cap_bytes: int,
     worker: bool,
     max_json_depth: int,
@@ -244,6 +254,7 @@ def serve(
         max_node_tasks=max_node_tasks,
         max_parallel_nodes=max_parallel_nodes,
         lease_s=lease_seconds,
+        park_after_s=park_after_s,
         output_cap_bytes=output_cap_bytes,
     )
     settings = dataclasses.replace(

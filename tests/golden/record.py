@@ -130,6 +130,36 @@ FORK = {
 }
 
 
+WAIT_SIGNAL = {
+    "id": "golden-approval",
+    "nodes": [
+        {"id": "draft", "type": "transform", "config": {"expression": "{amount: inputs.amount}"}},
+        {"id": "approve", "type": "wait", "config": {"signal": "approve", "timeout_ms": 600000}},
+        {"id": "book", "type": "transform", "config": {"expression": "nodes.approve.by"}},
+    ],
+    "edges": [{"from": "draft", "to": "approve"}, {"from": "approve", "to": "book"}],
+}
+
+SUB_CHILD = {
+    "id": "golden-child",
+    "nodes": [{"id": "total", "type": "transform", "config": {"expression": "sum(inputs.prices)"}}],
+    "edges": [],
+}
+
+SUB_WORKFLOW = {
+    "id": "golden-parent",
+    "nodes": [
+        {
+            "id": "invoice",
+            "type": "workflow",
+            "config": {"workflow_id": "golden-child", "inputs": {"prices": {"$expr": "inputs.prices"}}},
+        },
+        {"id": "report", "type": "transform", "config": {"expression": "nodes.invoice.total"}},
+    ],
+    "edges": [{"from": "invoice", "to": "report"}],
+}
+
+
 # -- recorders --------------------------------------------------------------------------------------
 
 
@@ -205,6 +235,34 @@ async def _record_fork(pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]
         return await engine.wait_ended(enqueued.run_id)
 
 
+async def _record_wait_signal(
+    pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]
+) -> list[EventEnvelope]:
+    """The run parks at ``approve``; a signal resumes it with its payload as the node's output."""
+    from service.engine.control import send_signal
+
+    async with engine_on(pool, schema) as engine:
+        await engine.register(workflow)
+        run_id = await engine.start(workflow["id"], {"amount": 120})
+        await engine.wait_for(run_id, lambda es: es[-1].type == "run_waiting")
+        await send_signal(engine.queue, run_id, "approve", {"by": "ada"}, "key:golden")
+        return await engine.wait_ended(run_id)
+
+
+async def _record_sub_workflow(
+    pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]
+) -> list[EventEnvelope]:
+    """The parent's history: ``invoice`` starts a child run, waits, and outputs its outputs."""
+    async with engine_on(pool, schema) as engine:
+        await engine.register(SUB_CHILD)
+        return await engine.wait_ended(await _start(engine, workflow, {"prices": [3, 4]}))
+
+
+async def _start(engine: Engine, workflow: dict[str, Any], inputs: dict[str, Any]) -> UUID:
+    await engine.register(workflow)
+    return await engine.start(workflow["id"], inputs)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "parallel_branches": Scenario(
         "start fans out to three independent nodes (two 40 ms delays run concurrently), which join",
@@ -237,6 +295,18 @@ SCENARIOS: dict[str, Scenario] = {
         "'enrich' and 'publish' run again",
         FORK,
         _record_fork,
+    ),
+    "wait_signal": Scenario(
+        "a wait node parks the run; signal 'approve' (key:golden) resumes it and its payload is the "
+        "node's output",
+        WAIT_SIGNAL,
+        _record_wait_signal,
+    ),
+    "sub_workflow": Scenario(
+        "a workflow node starts a child run of golden-child, waits for it, and outputs the child's "
+        "outputs (the parent's history only)",
+        SUB_WORKFLOW,
+        _record_sub_workflow,
     ),
 }
 
