@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from schemas.events import (
     NodeExecuteBefore,
     NodeRetryScheduled,
     NodeSkipped,
-    OutputMarker,
     ReuseRef,
     RunCancelled,
     RunFinished,
@@ -59,6 +57,14 @@ from service.engine.nodes.config_values import (
     resolve_config,
 )
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
+from service.engine.outputs import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_OUTPUT_CAP_BYTES,
+    RecordedOutput,
+    RunOutputs,
+    record_output,
+)
+from service.store.blobs import BlobStore
 from service.store.event_store import ConcurrencyError, EventStore
 from service.store.run_queue import Claim, LeaseLost, RunQueue
 
@@ -67,13 +73,14 @@ log = structlog.get_logger(__name__)
 SecretReader = Callable[[str, set[str]], Awaitable[dict[str, str]]]
 """(tenant, names) -> values: the run's tenant's secrets, decrypted (``SecretStore.reveal``)."""
 
-DEFAULT_OUTPUT_CAP_BYTES = 5 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class ExecutionLimits:
     max_parallel_nodes: int = 16
     output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
+    """Outputs whose JSON is larger are stored as blobs, referenced by their event."""
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    """Larger outputs fail their node with ``output_too_large``."""
 
 
 def backoff_ms(policy: RetryPolicy, failures: int) -> int:
@@ -90,31 +97,10 @@ def item_count(output: Any) -> int:
     return 1
 
 
-def output_event(node_id: str, attempt: int, output: Any, cap_bytes: int) -> NodeExecuteAfterData:
-    """The recorded output: JSON-normalised, or a marker with size and SHA-256 when over the cap."""
-    try:
-        encoded = msgspec.json.encode(output)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise NodeFailure(
-            "bad_output", f"node {node_id} returned a value that is not JSON: {exc}", retryable=False
-        ) from exc
-    digest = hashlib.sha256(encoded).hexdigest()
-    if len(encoded) > cap_bytes:
-        return NodeExecuteAfterData(
-            node_id=node_id,
-            attempt=attempt,
-            output=None,
-            output_bytes=len(encoded),
-            output_sha256=digest,
-            marker=OutputMarker(size_bytes=len(encoded), sha256=digest),
-        )
-    return NodeExecuteAfterData(
-        node_id=node_id,
-        attempt=attempt,
-        output=msgspec.json.decode(encoded),
-        output_bytes=len(encoded),
-        output_sha256=digest,
-    )
+def output_event(node_id: str, attempt: int, output: Any, limits: ExecutionLimits) -> RecordedOutput:
+    """The recorded output: inline, or a blob reference plus its blob when over the event cap
+    (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit."""
+    return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes)
 
 
 def _failed_attempt(
@@ -168,6 +154,7 @@ class RunExecutor:
         self._record_cancel: dict[str, str] = {}
         self._configs: dict[str, Any] = {}
         self._reused: dict[str, list[Event]] = {}
+        self._outputs = RunOutputs(BlobStore(store.pool, schema=store.schema).load)
         self._log = log.bind(run_id=str(self.run_id), workflow_id=claim.workflow_id)
 
     # -- the run loop ----------------------------------------------------------------------------
@@ -355,7 +342,8 @@ class RunExecutor:
                 if source
                 else ReuseRef(fork.parent_run_id, -1, "", overridden=True)
             )
-            recorded = output_event(node_id, 1, output, self.limits.output_cap_bytes)
+            recorded = output_event(node_id, 1, output, self.limits)
+            self._outputs.keep(recorded)  # a blob is written with the reused events
             out[node_id] = [
                 NodeExecuteBefore(
                     node_id=node_id, node_type=self.graph.nodes[node_id].type, reused_from=reuse
@@ -364,10 +352,10 @@ class RunExecutor:
                     node_id=node_id,
                     node_type=self.graph.nodes[node_id].type,
                     status="succeeded",
-                    item_count=item_count(recorded.output if recorded.marker is None else [None]),
+                    item_count=item_count(recorded.value),
                     reused_from=reuse,
                 ),
-                msgspec.structs.replace(recorded, reused_from=reuse),
+                msgspec.structs.replace(recorded.data, reused_from=reuse),
             ]
         return out
 
@@ -396,7 +384,12 @@ class RunExecutor:
                         node_id=node_id,
                         node_type=spec.type,
                         attempt=attempt,
-                        document=node_document(self.graph, self.state, node_id),
+                        document=node_document(
+                            self.graph,
+                            self.state,
+                            node_id,
+                            await self._outputs.document_values(self.graph, self.state, node_id),
+                        ),
                         tenant=self.claim.tenant,
                     )
                     started = time.perf_counter()
@@ -409,7 +402,7 @@ class RunExecutor:
                             status="succeeded",
                             attempt=attempt,
                             duration_ms=duration,
-                            item_count=item_count(data.output if data.marker is None else [None]),
+                            item_count=item_count(self._outputs.value_of(data)),
                         )
                         await self._append([after, data])
                         return
@@ -443,8 +436,8 @@ class RunExecutor:
                 if secrets:
                     ctx = msgspec.structs.replace(ctx, secrets=secrets)
                 output = await self.registry.execute(spec.type, config, ctx)
-            data = output_event(
-                node_id, attempt, redact_output(output, ctx.secrets), self.limits.output_cap_bytes
+            data = self._outputs.keep(
+                output_event(node_id, attempt, redact_output(output, ctx.secrets), self.limits)
             )
         except NodeFailure as exc:
             failure = exc
@@ -507,6 +500,7 @@ class RunExecutor:
             while True:
                 if only_if_running is not None and self.state.node(only_if_running).status != "running":
                     return []
+                blobs = self._outputs.blobs_for(events)  # large outputs: same transaction
                 try:
                     stored = await self.store.append(
                         self.run_id,
@@ -514,10 +508,12 @@ class RunExecutor:
                         self.next_seq,
                         tenant=self.claim.tenant,
                         workflow_id=self.claim.workflow_id,
+                        blobs=blobs,
                     )
                 except ConcurrencyError:
                     await self._catch_up_locked()
                     continue
+                self._outputs.written(blobs)
                 self._fold(stored)
                 return stored
 

@@ -56,7 +56,9 @@ class Worker:
         self.settings = settings = settings or WorkerSettings()
         self.worker_id = worker_id or new_worker_id()
         self.node_slots = asyncio.Semaphore(settings.max_node_tasks)
-        self.limits = ExecutionLimits(settings.max_parallel_nodes, settings.output_cap_bytes)
+        self.limits = ExecutionLimits(
+            settings.max_parallel_nodes, settings.output_cap_bytes, settings.max_output_bytes
+        )
         self.executors: dict[UUID, RunExecutor] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
