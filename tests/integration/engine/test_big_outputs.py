@@ -10,10 +10,12 @@ audit, and an export -> import into a fresh schema (a tampered blob refused); an
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 
@@ -37,6 +39,7 @@ from service.history.bundle import (
 from service.history.time_travel import fold_at, view_at
 from service.store.blobs import BlobStore, BlobUnavailable
 from service.store.event_store import EventStore
+from tests.helpers.api import wait_ended
 from tests.helpers.big_outputs import big_text, expected
 from tests.helpers.engine_harness import Engine, engine_on
 from tests.helpers.workflows import wf
@@ -244,3 +247,24 @@ async def test_a_node_returning_a_blob_shaped_object_keeps_it_as_its_output(engi
 async def engine_blob(pool: asyncpg.Pool, schema: str) -> Any:
     async with engine_on(pool, schema) as engine:
         yield engine
+
+
+async def test_the_state_route_returns_a_blob_output_as_its_value(api: httpx.AsyncClient) -> None:
+    workflow_id = f"big-{uuid.uuid4().hex[:8]}"
+    assert (await api.post("/v1/workflows", json={**SPEC, "id": workflow_id})).status_code == 201
+    started = await api.post(f"/v1/workflows/{workflow_id}/runs", json={"inputs": {"size": BIG}})
+    run_id = started.json()["run_id"]
+    events = await wait_ended(api, run_id, timeout=60)
+    assert events[-1]["data"]["status"] == "succeeded"
+    (made,) = [e for e in events if e["type"] == "node_execute_after_data" and e["data"]["node_id"] == "make"]
+    assert set(made["data"]["output"]) == {"$blob"}  # the event (as served and published) holds the reference
+    state = await api.get(f"/v1/runs/{run_id}/state", params={"at_seq": made["seq"]})
+    assert state.status_code == 200
+    body = state.json()
+    assert body["nodes"]["make"]["output"] == big_text(BIG)
+    assert body["nodes"]["make"]["output_sha256"] == made["data"]["output_sha256"]
+    assert body["nodes"]["measure"]["inputs"]["nodes"]["make"] == big_text(BIG)
+    latest = (await api.get(f"/v1/runs/{run_id}/state")).json()
+    assert latest["nodes"]["measure"]["output"] == expected(BIG)
+    audit = (await api.get(f"/v1/runs/{run_id}/audit")).json()
+    assert audit["ok"] is True, audit["problems"]
