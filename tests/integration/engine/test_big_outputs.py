@@ -165,6 +165,15 @@ async def test_a_6_mib_output_is_stored_whole_and_seen_whole_everywhere(
                 await import_bundle(pool, bad, schema=target)
             assert await _blob_rows(pool, target) == []
 
+        # Without its blob line the bundle names what is missing.
+        cut = tmp_path / "cut.ndjson"
+        cut.write_bytes(b"".join(line for i, line in enumerate(lines) if i != blob_line))
+        missing = verify_bundle_file(cut)
+        assert {(p.run_id, p.kind) for p in missing.problems if "does not carry" in p.problem} == {
+            (run_id, "blob"),
+            (fork.run_id, "blob"),
+        }
+
 
 async def test_a_blob_changed_behind_the_log_is_reported_and_not_used(
     pool: asyncpg.Pool, schema: str
