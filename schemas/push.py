@@ -226,7 +226,7 @@ class PushNodeOutputData(PushExecutionData, frozen=True):
         msgspec.Meta(
             description="Set only in histories recorded before blobs existed, when the output was over "
             "the output cap: only its size and hash were recorded, and `data` is null. Newer outputs over "
-            "the event cap are a `{\"$blob\": {sha256, size_bytes}}` reference in `data`."
+            'the event cap are a `{"$blob": {sha256, size_bytes}}` reference in `data`.'
         ),
     ]
 
