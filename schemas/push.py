@@ -224,8 +224,9 @@ class PushNodeOutputData(PushExecutionData, frozen=True):
     marker: Annotated[
         OutputMarker | None,
         msgspec.Meta(
-            description="Set when the output was over the output cap: only its size and hash were "
-            "recorded, and `data` is null."
+            description="Set only in histories recorded before blobs existed, when the output was over "
+            "the output cap: only its size and hash were recorded, and `data` is null. Newer outputs over "
+            'the event cap are a `{"$blob": {sha256, size_bytes}}` reference in `data`.'
         ),
     ]
 

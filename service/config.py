@@ -65,8 +65,11 @@ class WorkerSettings:
     """A claimed run's lease; renewed while it runs, recovered by another worker once it expires."""
     poll_s: float = 1.0
     """How often an idle worker looks for runs when no notification woke it."""
-    output_cap_bytes: int = 5 * 1024 * 1024
-    """Larger node outputs are recorded as a marker with their size and SHA-256."""
+    output_cap_bytes: int = 1024 * 1024
+    """The event payload cap: a node output whose JSON is larger is stored whole in the blob store,
+    its event carrying a ``{"$blob": {"sha256", "size_bytes"}}`` reference."""
+    max_output_bytes: int = 64 * 1024 * 1024
+    """A node output whose JSON is larger fails the node with ``output_too_large``."""
     park_after_s: float = 2.0
     """A run whose every unfinished node waits (a signal, a timer, a child run) longer than
     this gives its slot and lease back until then; shorter waits are kept in memory."""

@@ -195,9 +195,18 @@ def cli(
     "--output-cap-bytes",
     envvar="FLOWLEDGER_OUTPUT_CAP_BYTES",
     show_envvar=True,
-    default=5 * 1024 * 1024,
+    default=1024 * 1024,
     type=click.IntRange(1024),
-    help="Larger node outputs are recorded as a marker with size and SHA-256.",
+    help="The event payload cap: a node output whose JSON is larger is stored whole in the blob "
+    "store and its event references it.",
+)
+@click.option(
+    "--max-output-bytes",
+    envvar="FLOWLEDGER_MAX_OUTPUT_BYTES",
+    show_envvar=True,
+    default=64 * 1024 * 1024,
+    type=click.IntRange(1024),
+    help="A node output whose JSON is larger fails the node with output_too_large.",
 )
 @click.option(
     "--worker/--no-worker",
@@ -237,6 +246,7 @@ def serve(
     lease_seconds: float,
     park_after_s: float,
     output_cap_bytes: int,
+    max_output_bytes: int,
     worker: bool,
     max_json_depth: int,
     cors_origins: tuple[str, ...],
@@ -256,6 +266,7 @@ def serve(
         lease_s=lease_seconds,
         park_after_s=park_after_s,
         output_cap_bytes=output_cap_bytes,
+        max_output_bytes=max_output_bytes,
     )
     settings = dataclasses.replace(
         settings_of(ctx),

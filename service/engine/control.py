@@ -12,7 +12,9 @@ from typing import Any
 from projections.run_state import RunState
 from schemas.events import Event, NodeExecuteAfter, RunCancelRequested, RunResumed
 from service.domain.run_document import fold_raw
-from service.engine.executor import item_count, output_event
+from service.engine.executor import item_count
+from service.engine.nodes.registry import NodeFailure
+from service.engine.outputs import record_output
 from service.store.event_store import ConcurrencyError, UnknownRun
 from service.store.run_queue import RunQueue
 
@@ -93,11 +95,12 @@ def signal_events(state: RunState, name: str, payload: Any, actor: str, now: dat
     out: list[Event] = []
     for node in nodes:
         started = node.started_at or now
-        data = output_event(node.node_id, node.attempts, payload, MAX_SIGNAL_OUTPUT_BYTES)
-        if data.marker is not None:
-            raise ValueError(
-                f"signal payload is {data.output_bytes} bytes; at most {MAX_SIGNAL_OUTPUT_BYTES} are accepted"
-            )
+        try:
+            data = record_output(
+                node.node_id, node.attempts, payload, MAX_SIGNAL_OUTPUT_BYTES, MAX_SIGNAL_OUTPUT_BYTES
+            ).data
+        except NodeFailure as exc:
+            raise ValueError(f"signal payload: {exc}") from None
         out += [
             RunResumed(
                 reason=f"signal {name}", actor=actor, node_id=node.node_id, cause="signal", signal=name

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from schemas.events import (
     NodeExecuteBefore,
     NodeRetryScheduled,
     NodeSkipped,
-    OutputMarker,
     ReuseRef,
     RunCancelled,
     RunFinished,
@@ -50,8 +48,9 @@ from schemas.events import (
     RunWaiting,
 )
 from schemas.workflow import NodeSpec, RetryPolicy
+from service.domain.outputs import state_blob_refs
 from service.domain.planner import POISON_LIMIT, Plan, plan
-from service.domain.run_document import fold_raw, node_document, run_outputs
+from service.domain.run_document import fold_raw, node_document, run_outputs, sink_nodes
 from service.domain.workflow_spec import WorkflowGraph
 from service.engine.nodes.config_values import (
     SECRET_KEY,
@@ -61,6 +60,14 @@ from service.engine.nodes.config_values import (
     resolve_config,
 )
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
+from service.engine.outputs import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_OUTPUT_CAP_BYTES,
+    RecordedOutput,
+    RunOutputs,
+    record_output,
+)
+from service.store.blobs import BlobStore
 from service.store.event_store import ConcurrencyError, EventStore
 from service.store.run_queue import Claim, LeaseLost, RunQueue
 
@@ -99,13 +106,14 @@ WAITING_NODE_TYPES = frozenset({"delay", "wait", "workflow"})
 """Node types the executor runs itself: they wait (a timer, a signal, a child run) without
 holding a node slot, and a run whose every unfinished node waits is parked."""
 
-DEFAULT_OUTPUT_CAP_BYTES = 5 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class ExecutionLimits:
     max_parallel_nodes: int = 16
     output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
+    """Outputs whose JSON is larger are stored as blobs, referenced by their event."""
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    """Larger outputs fail their node with ``output_too_large``."""
     park_after_s: float = 2.0
     """A run whose every unfinished node waits longer than this gives its slot and lease back."""
 
@@ -124,31 +132,10 @@ def item_count(output: Any) -> int:
     return 1
 
 
-def output_event(node_id: str, attempt: int, output: Any, cap_bytes: int) -> NodeExecuteAfterData:
-    """The recorded output: JSON-normalised, or a marker with size and SHA-256 when over the cap."""
-    try:
-        encoded = msgspec.json.encode(output)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise NodeFailure(
-            "bad_output", f"node {node_id} returned a value that is not JSON: {exc}", retryable=False
-        ) from exc
-    digest = hashlib.sha256(encoded).hexdigest()
-    if len(encoded) > cap_bytes:
-        return NodeExecuteAfterData(
-            node_id=node_id,
-            attempt=attempt,
-            output=None,
-            output_bytes=len(encoded),
-            output_sha256=digest,
-            marker=OutputMarker(size_bytes=len(encoded), sha256=digest),
-        )
-    return NodeExecuteAfterData(
-        node_id=node_id,
-        attempt=attempt,
-        output=msgspec.json.decode(encoded),
-        output_bytes=len(encoded),
-        output_sha256=digest,
-    )
+def output_event(node_id: str, attempt: int, output: Any, limits: ExecutionLimits) -> RecordedOutput:
+    """The recorded output: inline, or a blob reference plus its blob when over the event cap
+    (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit."""
+    return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes)
 
 
 def _since(started: datetime | None, now: datetime) -> float:
@@ -210,6 +197,7 @@ class RunExecutor:
         self._record_cancel: dict[str, str] = {}
         self._configs: dict[str, Any] = {}
         self._reused: dict[str, list[Event]] = {}
+        self._outputs = RunOutputs(BlobStore(store.pool, schema=store.schema).load)
         self._log = log.bind(run_id=str(self.run_id), workflow_id=claim.workflow_id)
 
     # -- the run loop ----------------------------------------------------------------------------
@@ -356,7 +344,7 @@ class RunExecutor:
         duration = _since(node.started_at, now)
         started = node.started_at or now
         try:
-            config, _secrets = await self._config(node_id, node_document(self.graph, self.state, node_id))
+            config, _secrets = await self._config(node_id, await self._document(node_id))
         except NodeFailure as invalid:
             resumed = RunResumed(reason="timer", node_id=node_id, cause="timer")
             await self._record_failure(
@@ -365,8 +353,8 @@ class RunExecutor:
             return
         assert node.wake_at is not None
         if spec.type == "delay" and node.wake_at >= started + timedelta(milliseconds=config.ms):
-            data = output_event(
-                node_id, node.attempts, {"delayed_ms": config.ms}, self.limits.output_cap_bytes
+            data = self._outputs.keep(
+                output_event(node_id, node.attempts, {"delayed_ms": config.ms}, self.limits)
             )
             after = NodeExecuteAfter(
                 node_id=node_id,
@@ -408,8 +396,9 @@ class RunExecutor:
         resumed = RunResumed(reason=f"child run {child_id} ended", node_id=node_id, cause="child")
         if child is not None and child.status == "succeeded":
             graph = await self.children.graph(child.tenant, child.workflow_id, child.workflow_version)
-            data = output_event(
-                node_id, node.attempts, run_outputs(graph, child), self.limits.output_cap_bytes
+            values = await self._outputs.values(state_blob_refs(child, sink_nodes(graph)))
+            data = self._outputs.keep(
+                output_event(node_id, node.attempts, run_outputs(graph, child, values), self.limits)
             )
             after = NodeExecuteAfter(
                 node_id=node_id,
@@ -579,7 +568,8 @@ class RunExecutor:
                 if source
                 else ReuseRef(fork.parent_run_id, -1, "", overridden=True)
             )
-            recorded = output_event(node_id, 1, output, self.limits.output_cap_bytes)
+            recorded = output_event(node_id, 1, output, self.limits)
+            self._outputs.keep(recorded)  # a blob is written with the reused events
             out[node_id] = [
                 NodeExecuteBefore(
                     node_id=node_id, node_type=self.graph.nodes[node_id].type, reused_from=reuse
@@ -588,10 +578,10 @@ class RunExecutor:
                     node_id=node_id,
                     node_type=self.graph.nodes[node_id].type,
                     status="succeeded",
-                    item_count=item_count(recorded.output if recorded.marker is None else [None]),
+                    item_count=item_count(recorded.value),
                     reused_from=reuse,
                 ),
-                msgspec.structs.replace(recorded, reused_from=reuse),
+                msgspec.structs.replace(recorded.data, reused_from=reuse),
             ]
         return out
 
@@ -620,7 +610,7 @@ class RunExecutor:
                     node_id=node_id,
                     node_type=spec.type,
                     attempt=attempt,
-                    document=node_document(self.graph, self.state, node_id),
+                    document=await self._document(node_id),
                     tenant=self.claim.tenant,
                 )
                 started = time.perf_counter()
@@ -633,7 +623,7 @@ class RunExecutor:
                         status="succeeded",
                         attempt=attempt,
                         duration_ms=duration,
-                        item_count=item_count(data.output if data.marker is None else [None]),
+                        item_count=item_count(self._outputs.value_of(data)),
                     )
                     await self._append([after, data])
                     return
@@ -653,12 +643,17 @@ class RunExecutor:
                 _failed_attempt(node_id, spec.type, attempt, duration, error), only_if_running=node_id
             )
 
+    async def _document(self, node_id: str) -> dict[str, Any]:
+        """What ``node_id`` sees, its upstream blob outputs as their values."""
+        values = await self._outputs.document_values(self.graph, self.state, node_id)
+        return node_document(self.graph, self.state, node_id, values)
+
     async def _start_waiting(self, node_id: str, spec: NodeSpec, policy: RetryPolicy, attempt: int) -> None:
         """Start a node that waits (``delay``, ``wait``, ``workflow``): record its start and what
         it waits for, then end the task; the run loop resumes it (``_resume_due``) or a signal does."""
         await self._append([NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)])
         try:
-            config, _secrets = await self._config(node_id, node_document(self.graph, self.state, node_id))
+            config, _secrets = await self._config(node_id, await self._document(node_id))
             waiting = await self._waiting_event(node_id, spec, config)
         except NodeFailure as failure:
             await self._record_failure(node_id, spec.type, policy, attempt, 0.0, failure)
@@ -724,8 +719,8 @@ class RunExecutor:
                 if secrets:
                     ctx = msgspec.structs.replace(ctx, secrets=secrets)
                 output = await self.registry.execute(spec.type, config, ctx)
-            data = output_event(
-                node_id, attempt, redact_output(output, ctx.secrets), self.limits.output_cap_bytes
+            data = self._outputs.keep(
+                output_event(node_id, attempt, redact_output(output, ctx.secrets), self.limits)
             )
         except NodeFailure as exc:
             failure = exc
@@ -792,6 +787,7 @@ class RunExecutor:
             while True:
                 if only_if_running is not None and self.state.node(only_if_running).status != "running":
                     return []
+                blobs = self._outputs.blobs_for(events)  # large outputs: same transaction
                 try:
                     stored = await self.store.append(
                         self.run_id,
@@ -799,10 +795,12 @@ class RunExecutor:
                         self.next_seq,
                         tenant=self.claim.tenant,
                         workflow_id=self.claim.workflow_id,
+                        blobs=blobs,
                     )
                 except ConcurrencyError:
                     await self._catch_up_locked()
                     continue
+                self._outputs.written(blobs)
                 self._fold(stored)
                 return stored
 

@@ -58,7 +58,10 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.node_slots = asyncio.Semaphore(settings.max_node_tasks)
         self.limits = ExecutionLimits(
-            settings.max_parallel_nodes, settings.output_cap_bytes, park_after_s=settings.park_after_s
+            settings.max_parallel_nodes,
+            settings.output_cap_bytes,
+            settings.max_output_bytes,
+            park_after_s=settings.park_after_s,
         )
         self.children = Children(start=self._start_child, cancel=self._cancel_child, graph=self._graph_of)
         self.executors: dict[UUID, RunExecutor] = {}

@@ -10,12 +10,15 @@ the engine never looked at but the log implies). What each node saw is
 run from that very point would start (so a node that was running at N is
 listed: recovery runs it again).
 
-Everything here is pure: events, graph and ``at_seq`` in, a view out.
+Everything here is pure: events, graph and ``at_seq`` in, a view out. Outputs stored as
+blobs (``service.domain.outputs``) are shown as their real values when the caller passes them
+(``blobs``: sha256 -> value, loaded for ``state_blob_refs(fold_at(...))``); without them, as the
+``{"$blob": ...}`` reference their event recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,11 +26,21 @@ import msgspec
 
 from projections.run_state import NodeState, RunState, fold
 from schemas.envelope import EventEnvelope
+from service.domain.outputs import real_output
 from service.domain.planner import plan
 from service.domain.run_document import node_document
 from service.domain.workflow_spec import WorkflowGraph
 
-__all__ = ["NodeView", "RunStateView", "SeqOutOfRange", "SkipView", "fold_at", "state_at", "view_of"]
+__all__ = [
+    "NodeView",
+    "RunStateView",
+    "SeqOutOfRange",
+    "SkipView",
+    "fold_at",
+    "state_at",
+    "view_at",
+    "view_of",
+]
 
 
 class SeqOutOfRange(ValueError):
@@ -112,8 +125,16 @@ def fold_at(events: Sequence[EventEnvelope], at_seq: int | None = None) -> RunSt
     return fold(e for e in events if e.seq <= n)
 
 
-def view_of(state: RunState, graph: WorkflowGraph, event: EventEnvelope, last_seq: int) -> RunStateView:
-    """The view of an already folded ``state``; ``event`` is the one it was folded up to."""
+def view_of(
+    state: RunState,
+    graph: WorkflowGraph,
+    event: EventEnvelope,
+    last_seq: int,
+    blobs: Mapping[str, Any] | None = None,
+) -> RunStateView:
+    """The view of an already folded ``state``; ``event`` is the one it was folded up to.
+
+    ``blobs`` (sha256 -> value) replaces blob references, in ``output`` and in documents."""
     step = plan(graph, state)
     ready = set(step.start)
     nodes: dict[str, NodeView] = {}
@@ -123,8 +144,10 @@ def view_of(state: RunState, graph: WorkflowGraph, event: EventEnvelope, last_se
         if not node.node_type and node_id in graph.nodes:
             node = msgspec.structs.replace(node, node_type=graph.nodes[node_id].type)
         seen = node.attempts > 0 or node_id in ready
-        document = node_document(graph, state, node_id) if seen and node_id in graph.nodes else None
-        nodes[node_id] = NodeView(**msgspec.structs.asdict(node), inputs=document, ready=node_id in ready)
+        document = node_document(graph, state, node_id, blobs) if seen and node_id in graph.nodes else None
+        fields = msgspec.structs.asdict(node)
+        fields["output"] = real_output(node, blobs)
+        nodes[node_id] = NodeView(**fields, inputs=document, ready=node_id in ready)
     return RunStateView(
         run_id=state.run_id or str(event.run_id),
         workflow_id=state.workflow_id,
@@ -150,12 +173,27 @@ def view_of(state: RunState, graph: WorkflowGraph, event: EventEnvelope, last_se
     )
 
 
-def state_at(events: Sequence[EventEnvelope], at_seq: int | None, graph: WorkflowGraph) -> RunStateView:
+def state_at(
+    events: Sequence[EventEnvelope],
+    at_seq: int | None,
+    graph: WorkflowGraph,
+    blobs: Mapping[str, Any] | None = None,
+) -> RunStateView:
     """The run's full state right after event ``at_seq`` (``None``: the latest).
 
     ``graph`` is the run's own workflow version (``run_queued.workflow_version``).
     Raises ``SeqOutOfRange`` for an ``at_seq`` outside ``0..last_seq``.
     """
     state = fold_at(events, at_seq)
+    return view_at(state, events, graph, blobs)
+
+
+def view_at(
+    state: RunState,
+    events: Sequence[EventEnvelope],
+    graph: WorkflowGraph,
+    blobs: Mapping[str, Any] | None = None,
+) -> RunStateView:
+    """``view_of`` a state ``fold_at`` made of ``events``."""
     event = next(e for e in events if e.seq == state.seq)
-    return view_of(state, graph, event, events[-1].seq)
+    return view_of(state, graph, event, events[-1].seq, blobs)

@@ -129,6 +129,17 @@ FORK = {
     "edges": [{"from": "fetch", "to": "enrich"}, {"from": "enrich", "to": "publish"}],
 }
 
+BLOB_OUTPUT = {
+    "id": "golden-blob-output",
+    "nodes": [
+        {"id": "make", "type": "transform", "config": {"expression": "inputs.text"}},
+        {"id": "count", "type": "transform", "config": {"expression": "{length: length(nodes.make)}"}},
+    ],
+    "edges": [{"from": "make", "to": "count"}],
+}
+BLOB_CAP_BYTES = 1024
+"""The event cap of the ``blob_output`` recording: small, so the stored history stays small."""
+
 
 WAIT_SIGNAL = {
     "id": "golden-approval",
@@ -263,6 +274,16 @@ async def _start(engine: Engine, workflow: dict[str, Any], inputs: dict[str, Any
     return await engine.start(workflow["id"], inputs)
 
 
+async def _record_blob(pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]) -> list[EventEnvelope]:
+    """An output over the event cap (1 KiB here): stored as a blob, the next node gets its value."""
+    from service.config import WorkerSettings
+
+    settings = WorkerSettings(lease_s=5, poll_s=0.2, output_cap_bytes=BLOB_CAP_BYTES)
+    async with engine_on(pool, schema, settings=settings) as engine:
+        run_id = await _run_to_end(engine, workflow, {"text": "blob " * 400})
+        return await engine.events(run_id)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "parallel_branches": Scenario(
         "start fans out to three independent nodes (two 40 ms delays run concurrently), which join",
@@ -307,6 +328,12 @@ SCENARIOS: dict[str, Scenario] = {
         "outputs (the parent's history only)",
         SUB_WORKFLOW,
         _record_sub_workflow,
+    ),
+    "blob_output": Scenario(
+        "'make' returns 2002 bytes of JSON, over the 1 KiB event cap of this recording: its event "
+        "carries a $blob reference, and 'count' gets the real value (length 2000)",
+        BLOB_OUTPUT,
+        _record_blob,
     ),
 }
 
