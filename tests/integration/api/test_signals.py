@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from tests.helpers.api import assert_problem, wait_ended
-from tests.helpers.paths import FLOWLEDGER
+from tests.helpers.paths import FLOWLEDGER, REPO_ROOT
 from tests.helpers.serving import cli_env
 
 
@@ -157,3 +157,39 @@ async def test_an_unknown_child_workflow_is_refused_or_fails_clearly(api: httpx.
     after = next(e for e in events if e["type"] == "node_execute_after")
     assert after["data"]["error"]["kind"] == "unknown_workflow"
     assert "no-such-flow" in after["data"]["error"]["message"]
+
+
+async def test_the_documented_approval_and_invoice_examples_run_as_written(api: httpx.AsyncClient) -> None:
+    """docs/workflows.md: the wait and workflow node examples, with the commands it gives."""
+    examples = REPO_ROOT / "docs" / "examples"
+    code, out = await _cli(api, "workflows", "add", str(examples / "approval.yaml"))
+    assert code == 0, out
+    code, out = await _cli(api, "run", "approval-demo", "--input", "amount=120", "--input", "to=acme")
+    assert code == 0, out
+    run_id = next(word for word in out.split() if len(word) == 36 and word.count("-") == 4)
+    deadline = time.monotonic() + 20
+    while (await api.get(f"/v1/runs/{run_id}")).json().get("status") != "waiting":
+        assert time.monotonic() < deadline, "the approval run never waited"
+        await asyncio.sleep(0.05)
+    code, out = await _cli(api, "signal", run_id, "approve", "--payload", '{"by": "ada"}')
+    assert code == 0, out
+    events = await wait_ended(api, run_id)
+    outputs = {
+        e["data"]["node_id"]: e["data"]["output"] for e in events if e["type"] == "node_execute_after_data"
+    }
+    assert outputs["book"] == {"amount": 120, "approved_by": "ada"}
+
+    for name in ("invoice_child.yaml", "invoice_parent.yaml"):
+        code, out = await _cli(api, "workflows", "add", str(examples / name))
+        assert code == 0, out
+    code, out = await _cli(
+        api, "run", "invoice-parent", "--inputs-json", '{"lines": [{"price": 3}, {"price": 4}]}', "--follow"
+    )
+    assert code == 0, out
+    assert "run succeeded" in out
+    run_id = next(word for word in out.split() if len(word) == 36 and word.count("-") == 4)
+    events = await wait_ended(api, run_id)
+    outputs = {
+        e["data"]["node_id"]: e["data"]["output"] for e in events if e["type"] == "node_execute_after_data"
+    }
+    assert outputs == {"invoice": {"total": 7}, "report": "total: 7"}
