@@ -135,7 +135,10 @@ class RunQueue:
             f"UPDATE {s}.run_queue SET lease_expires_at = NULL WHERE lease_owner = $1 "
             "AND NOT (run_id = ANY($2::uuid[])) AND status <> 'ended' AND lease_expires_at IS NOT NULL"
         )
-        self._sql_depth = f"SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running') FROM {s}.run_queue"
+        self._sql_depth = (
+            f"SELECT count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running'), "
+            f"count(*) FILTER (WHERE status = 'waiting') FROM {s}.run_queue"
+        )
 
     async def enqueue(
         self,
@@ -306,12 +309,12 @@ class RunQueue:
         """Tell every worker that ``run_id`` has a cancel request (inside the caller's transaction)."""
         await conn.execute("SELECT pg_notify($1, $2)", self.notify_channel, f"cancel:{run_id}")
 
-    async def depth(self) -> tuple[int, int]:
-        """(queued, running) run counts."""
+    async def depth(self) -> tuple[int, int, int]:
+        """(queued, running, waiting) run counts; waiting runs are parked (no lease, no slot)."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(self._sql_depth)
         assert row is not None  # an aggregate always yields one row
-        return int(row[0]), int(row[1])
+        return int(row[0]), int(row[1]), int(row[2])
 
 
 async def queue_statuses_conn(
