@@ -121,8 +121,9 @@ def bench_spec(nodes: int, delay_ms: int) -> dict[str, Any]:
 
 
 def events_per_run(nodes: int) -> int:
-    """run_queued, run_started, 3 per node (the gate too), run_finished."""
-    return 3 + 3 * (nodes + 1)
+    """run_queued, run_started, the gate's 3, 5 per delay node (before, run_waiting, run_resumed,
+    after, after_data: a delay is a durable timer), run_finished."""
+    return 3 + 3 + 5 * nodes
 
 
 # -- the load generator (a process of its own) ----------------------------------------------------
