@@ -263,12 +263,15 @@ class RunQueue:
 
         ``wake``: a parent run waiting for this (child) run, woken in the same transaction, so
         a crash cannot leave the parent parked after its child ended."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            ended = await conn.execute(self._sql_end, run_id, worker_id) == "UPDATE 1"
-            if ended and wake is not None:
-                await self.lock_row(conn, wake)
-                await self.wake(conn, wake)
-            return ended
+        async with self.pool.acquire() as conn:
+            if wake is None:  # the plain path: one statement, no transaction of its own
+                return await conn.execute(self._sql_end, run_id, worker_id) == "UPDATE 1"
+            async with conn.transaction():
+                ended = await conn.execute(self._sql_end, run_id, worker_id) == "UPDATE 1"
+                if ended:
+                    await self.lock_row(conn, wake)
+                    await self.wake(conn, wake)
+                return ended
 
     async def park(self, worker_id: str, run_id: UUID, last_seq: int, wake_at: datetime | None) -> bool:
         """Give the run back as waiting until ``wake_at`` (None: until a signal, a cancel or its
