@@ -131,6 +131,12 @@ def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
             message = body.get("detail") or body.get("title") or response.text
         except ValueError:
             message = response.text
+        if response.status_code == 401:
+            message += (
+                "; give a key with --token or FLOWLEDGER_TOKEN (the admin key `serve` wrote is "
+                f"{ADMIN_TOKEN_FILE} under its home: run this from the directory `make run` was "
+                "started in, or set FLOWLEDGER_HOME to that home)"
+            )
         raise ApiError(f"{response.status_code}: {message}")
     return response.json()
 
