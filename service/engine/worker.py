@@ -208,7 +208,8 @@ class Worker:
             )
             self.executors[claim.run_id] = executor
             await executor.execute()
-            self.completed += 1
+            if executor.state.ended:  # not parked: a parked run ends in a later claim
+                self.completed += 1
         except LeaseLost as exc:
             bound.warning("run_lease_lost", error=str(exc))
         except asyncio.CancelledError:
