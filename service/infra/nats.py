@@ -228,19 +228,27 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInf
         was = current.config.num_replicas or 1
         if config.num_replicas is None:  # keep what the stream has (an omitted field would mean 1)
             config, replicas = dataclasses.replace(config, num_replicas=was), was
+        # A stream of a cluster names it. Checked here because some servers (2.9) accept, and
+        # then report, replicas a non-clustered server cannot have; newer ones refuse (below).
+        if replicas > 1 and not (current.cluster and current.cluster.name):
+            raise _replicas_unsupported(name, replicas)
         info = await js.update_stream(config)
     except APIError as exc:
         if exc.err_code == _ERR_REPLICAS_NOT_CLUSTERED:
-            raise StreamReplicasUnsupported(
-                f"stream {name} asks for {replicas} replicas but the NATS server is not part of a "
-                "cluster (JetStream: replicas > 1 not supported in non-clustered mode); set "
-                "FLOWLEDGER_NATS_REPLICAS=1 (--nats-replicas 1) or point FLOWLEDGER_NATS_URL at a "
-                'cluster (see docs/operations.md, "NATS cluster")'
-            ) from None
+            raise _replicas_unsupported(name, replicas) from None
         raise
     if was != replicas:
         log.info("nats_stream_replicas_changed", stream=name, replicas_before=was, replicas=replicas)
     return info
+
+
+def _replicas_unsupported(stream: str, replicas: int) -> StreamReplicasUnsupported:
+    return StreamReplicasUnsupported(
+        f"stream {stream} asks for {replicas} replicas but the NATS server is not part of a "
+        "cluster (JetStream: replicas > 1 not supported in non-clustered mode); set "
+        "FLOWLEDGER_NATS_REPLICAS=1 (--nats-replicas 1) or point FLOWLEDGER_NATS_URL at a "
+        'cluster (see docs/operations.md, "NATS cluster")'
+    )
 
 
 def event_subject(prefix: str, event: RawEnvelope) -> str:
