@@ -126,6 +126,7 @@ async def test_runs_are_relayed_exactly_once_while_the_stream_leader_is_down(
         info = await js.stream_info(target.name)
         assert info.cluster is not None and info.cluster.leader not in (None, killed)
         assert info.state.messages == len(events)
+        await _seed_list_reaches_the_cluster_while(killed, cluster)
 
         await asyncio.to_thread(cluster.restart, killed)
         killed = None
@@ -142,6 +143,65 @@ async def test_runs_are_relayed_exactly_once_while_the_stream_leader_is_down(
     assert set(ids) == {str(e.event_id) for e in events}
     assert_exactly_once_in_order(messages, events, target.subject_prefix)
     # The restarted node caught up: all three replicas hold every message again.
+    await _wait_all_replicas_current(cluster_client, target.name)
+
+
+async def _seed_list_reaches_the_cluster_while(down: str, cluster: NatsCluster) -> None:
+    """With node ``down`` dead, a seed list naming it still connects (the client picks its
+    servers in random order: tried several times), and so does ``flowledger tail``."""
+    for _ in range(5):
+        nc = await connect_nats(cluster.seed_url, connect_timeout=2)
+        assert nc.connected_url is not None and nc.connected_url.port != cluster.node(down).client_port
+        await nc.close()
+    tail = await asyncio.to_thread(
+        _flowledger,
+        Path(cluster.root),
+        "tail",
+        timeout=30,
+        FLOWLEDGER_NATS_URL=cluster.seed_url,
+        FLOWLEDGER_NATS_STREAM="NO_SUCH_STREAM",
+    )
+    assert "stream NO_SUCH_STREAM does not exist" in _one_clear_line(tail), tail.stderr
+
+
+async def test_the_relay_waits_out_a_lost_quorum_and_catches_up(
+    cluster: NatsCluster, cluster_client: NATS, store: EventStore
+) -> None:
+    """Two of three nodes down: the R3 stream has no quorum, nothing is published meanwhile, and
+    once one node is back every event written meanwhile is relayed exactly once, in order."""
+    target = _target()
+    js = cluster_client.jetstream()
+    await ensure_stream(js, stream_config(target.name, target.subject_prefix, replicas=3))
+    await _wait_all_replicas_current(cluster_client, target.name)
+    relay = Relay(store, cluster_client, stream=target.name, subject_prefix=target.subject_prefix)
+    task = asyncio.create_task(relay.run())
+    down: list[str] = []
+    try:
+        events = await write_runs(store, runs=10, events_per_run=5)
+        await wait_relayed([relay], store)
+        published = relay.status.published
+        info = await js.stream_info(target.name)
+        assert info.cluster is not None and info.cluster.leader is not None
+        # Keep the node the test's client is on; lose the other two (the leader among them).
+        on = cluster_client.connected_url
+        assert on is not None
+        kept = next(n.name for n in cluster.nodes if n.client_port == on.port)
+        down = [n.name for n in cluster.nodes if n.name != kept]
+        for name in down:
+            await asyncio.to_thread(cluster.kill, name)
+        events += await write_runs(store, runs=10, events_per_run=5)
+        await asyncio.sleep(3)
+        assert relay.status.published == published  # no quorum: nothing stored
+        back = down.pop()
+        await asyncio.to_thread(cluster.restart, back)
+        await wait_relayed([relay], store, timeout=45)
+    finally:
+        await _stop(task)
+        for name in down:
+            await asyncio.to_thread(cluster.restart, name)
+    messages = await stream_messages(cluster_client, target.name)
+    assert len(messages) == len(events) == 100
+    assert_exactly_once_in_order(messages, events, target.subject_prefix)
     await _wait_all_replicas_current(cluster_client, target.name)
 
 
