@@ -12,6 +12,7 @@ from schemas.names import STREAM_NAME, SUBJECT_PREFIX
 ENV_DATABASE_URL = "FLOWLEDGER_DATABASE_URL"
 ENV_NATS_URL = "FLOWLEDGER_NATS_URL"
 ENV_NATS_STREAM = "FLOWLEDGER_NATS_STREAM"
+ENV_NATS_REPLICAS = "FLOWLEDGER_NATS_REPLICAS"
 ENV_NATS_SUBJECT_PREFIX = "FLOWLEDGER_NATS_SUBJECT_PREFIX"
 ENV_HOME = "FLOWLEDGER_HOME"
 ENV_HTTP_HOST = "FLOWLEDGER_HTTP_HOST"
@@ -152,6 +153,12 @@ class Settings:
 
     database_url: str | None = None
     nats_url: str | None = None
+    """One NATS URL or a comma-separated seed list of a cluster's servers."""
+    nats_replicas: int | None = None
+    """Replicas of the event stream (1..5; more than 1 needs a NATS cluster, R3 survives the loss
+    of one node): the stream is created so, or an existing one scaled to it. ``None`` (unset): a
+    new stream gets 1 and an existing one keeps its count, so a command or an instance started
+    without the setting never scales a cluster's R3 stream down."""
     nats_stream: str = STREAM_NAME
     """JetStream stream of this log's events (one stream per log)."""
     nats_subject_prefix: str = SUBJECT_PREFIX
@@ -192,6 +199,7 @@ class Settings:
         return cls(
             database_url=env.get(ENV_DATABASE_URL) or None,
             nats_url=env.get(ENV_NATS_URL) or None,
+            nats_replicas=int(env[ENV_NATS_REPLICAS]) if env.get(ENV_NATS_REPLICAS) else None,
             nats_stream=env.get(ENV_NATS_STREAM, STREAM_NAME),
             nats_subject_prefix=env.get(ENV_NATS_SUBJECT_PREFIX, SUBJECT_PREFIX),
             home=Path(env.get(ENV_HOME, DEFAULT_HOME)),

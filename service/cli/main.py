@@ -32,6 +32,7 @@ from service.config import (
     ENV_LOG_FORMAT,
     ENV_LOG_LEVEL,
     ENV_MAX_JSON_DEPTH,
+    ENV_NATS_REPLICAS,
     ENV_NATS_URL,
     Settings,
     WorkerSettings,
@@ -55,7 +56,8 @@ T = TypeVar("T")
     envvar=ENV_NATS_URL,
     show_envvar=True,
     default=None,
-    help="NATS URL (JetStream enabled). Unset: start the embedded nats-server under --home.",
+    help="NATS URL (JetStream enabled), or a cluster's seed list: nats://h1:4222,nats://h2:4222,... "
+    "Unset: start the embedded nats-server under --home.",
 )
 @click.option(
     "--nats-stream",
@@ -232,6 +234,16 @@ def cli(
     help="An origin (scheme://host[:port]) whose browser pages may call the API and follow its "
     "streams; repeat it, or list them in the variable, comma-separated; '*' for any. Default: none.",
 )
+@click.option(
+    "--nats-replicas",
+    envvar=ENV_NATS_REPLICAS,
+    show_envvar=True,
+    default=None,
+    type=click.IntRange(1, 5),
+    help="Replicas of the JetStream stream: created so, or an existing stream scaled to it. "
+    "More than 1 needs a NATS cluster (3: survives the loss of one node). "
+    "Unset: a new stream gets 1, an existing one keeps its count.",
+)
 @access_options
 @node_options
 @click.pass_context
@@ -250,6 +262,7 @@ def serve(
     worker: bool,
     max_json_depth: int,
     cors_origins: tuple[str, ...],
+    nats_replicas: int | None,
     **access: Any,
 ) -> None:
     """Serve the HTTP API, execute runs and relay events to NATS (Ctrl-C stops everything it started)."""
@@ -258,6 +271,7 @@ def serve(
     import uvicorn
 
     from service.api.app import begin_shutdown, create_app
+    from service.infra.nats import InvalidNatsUrl, parse_nats_servers
 
     worker_settings = WorkerSettings(
         max_runs=max_runs,
@@ -276,9 +290,16 @@ def serve(
         worker_enabled=worker,
         max_json_depth=max_json_depth,
         cors_origins=parse_origins(" ".join(cors_origins)),
+        nats_replicas=nats_replicas,
     )
     auth, limits = access_settings(host, access)
     settings = dataclasses.replace(settings, auth=auth, limits=limits, nodes=node_settings(access))
+    if settings.nats_url:  # a typo in the seed list is reported before anything starts
+        try:
+            parse_nats_servers(settings.nats_url)
+        except InvalidNatsUrl as exc:
+            click.echo(f"flowledger: {exc}", err=True)
+            sys.exit(2)
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
