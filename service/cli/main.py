@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from service.cli.audit import audit, export_bundle, import_bundle_command, verif
 from service.cli.client import cancel, events, history, lineage, metrics, run, runs, signal, workflows
 from service.cli.history import diff
 from service.cli.node_options import node_options, node_settings
+from service.cli.processes import LISTEN_FD_OPTION, default_processes, supervise, watch_parent
 from service.cli.replay import replay
 from service.cli.schedules import schedules as schedules_group
 from service.cli.serve_options import access_options, access_settings
@@ -244,6 +246,28 @@ def cli(
     "More than 1 needs a NATS cluster (3: survives the loss of one node). "
     "Unset: a new stream gets 1, an existing one keeps its count.",
 )
+@click.option(
+    "--processes",
+    envvar="FLOWLEDGER_PROCESSES",
+    show_envvar=True,
+    default=None,
+    type=click.IntRange(1, 256),
+    help="Service processes sharing the port, each with its own event loop, worker, relay and "
+    "projection runners (one relay and one runner per projection are active across all). "
+    "Default: one per core.",
+)
+@click.option(
+    "--role",
+    "roles",
+    envvar="FLOWLEDGER_ROLE",
+    show_envvar=True,
+    multiple=True,
+    type=click.Choice(["all", "api", "worker", "relay", "projections"]),
+    help="What this instance runs beside the HTTP API (which every role serves): worker, relay, "
+    "projections, or all (the default); repeat it, or list them in the variable, space-separated. "
+    "'api' alone serves the API and push only.",
+)
+@click.option(LISTEN_FD_OPTION, "listen_fd", type=int, default=None, hidden=True)
 @access_options
 @node_options
 @click.pass_context
@@ -263,6 +287,9 @@ def serve(
     max_json_depth: int,
     cors_origins: tuple[str, ...],
     nats_replicas: int | None,
+    processes: int | None,
+    roles: tuple[str, ...],
+    listen_fd: int | None,
     **access: Any,
 ) -> None:
     """Serve the HTTP API, execute runs and relay events to NATS (Ctrl-C stops everything it started)."""
@@ -282,12 +309,19 @@ def serve(
         output_cap_bytes=output_cap_bytes,
         max_output_bytes=max_output_bytes,
     )
+    role = set(roles) or {"all"}
+
+    def runs(part: str) -> bool:
+        return "all" in role or part in role
+
     settings = dataclasses.replace(
         settings_of(ctx),
         http_host=host,
         http_port=port,
         worker=worker_settings,
-        worker_enabled=worker,
+        worker_enabled=worker and runs("worker"),
+        relay_enabled=runs("relay"),
+        projections_enabled=runs("projections"),
         max_json_depth=max_json_depth,
         cors_origins=parse_origins(" ".join(cors_origins)),
         nats_replicas=nats_replicas,
@@ -298,6 +332,24 @@ def serve(
         try:
             parse_nats_servers(settings.nats_url)
         except InvalidNatsUrl as exc:
+            click.echo(f"flowledger: {exc}", err=True)
+            sys.exit(2)
+    count = processes if processes is not None else default_processes()
+    if listen_fd is None and count > 1:
+        from service.runtime import STARTUP_ERRORS
+
+        try:
+            sys.exit(
+                supervise(
+                    processes=count,
+                    host=host,
+                    port=port,
+                    home=Path(settings.home),
+                    database_url=settings.database_url,
+                    nats_url=settings.nats_url,
+                )
+            )
+        except STARTUP_ERRORS as exc:
             click.echo(f"flowledger: {exc}", err=True)
             sys.exit(2)
     fatal: list[str] = []
@@ -316,10 +368,13 @@ def serve(
             begin_shutdown(app)
 
     # A request still open 10 s after Ctrl-C is cut off: the service stops in bounded time.
+    if listen_fd is not None:  # a process of `serve --processes N`: the parent's socket
+        watch_parent(os.getppid())
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        fd=listen_fd,
         log_config=None,
         lifespan="on",
         access_log=False,

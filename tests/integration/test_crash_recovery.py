@@ -106,13 +106,18 @@ async def db(crash_db: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def spawn(crash_db: str, private_nats: str, tmp_path: Path) -> Iterator[Callable[[str], ServeProcess]]:
+def spawn(crash_db: str, private_nats: str, tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """Start ``flowledger serve`` processes on the test's database; every one is killed at the end."""
     started: list[ServeProcess] = []
 
-    def start(name: str) -> ServeProcess:
+    def start(name: str, processes: int = 1) -> ServeProcess:
         proc = ServeProcess(
-            name, database_url=crash_db, nats_url=private_nats, home=tmp_path / "home", log_dir=tmp_path
+            name,
+            database_url=crash_db,
+            nats_url=private_nats,
+            home=tmp_path / "home",
+            log_dir=tmp_path,
+            processes=str(processes),
         )
         started.append(proc)
         return proc.start()

@@ -19,7 +19,7 @@ from tests.helpers.serving import free_port
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-    env.update(FLOWLEDGER_HOME=str(home), FLOWLEDGER_LOG_FORMAT="json", **extra)
+    env.update(FLOWLEDGER_HOME=str(home), FLOWLEDGER_LOG_FORMAT="json", FLOWLEDGER_PROCESSES="1", **extra)
     return env
 
 

@@ -239,7 +239,13 @@ def _flowledger(home: Path, *args: str, timeout: float = 60, **env: str) -> subp
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
     return subprocess.run(
         [FLOWLEDGER, *args],
-        env={**clean, "FLOWLEDGER_HOME": str(home), "FLOWLEDGER_LOG_FORMAT": "json", **env},
+        env={
+            **clean,
+            "FLOWLEDGER_HOME": str(home),
+            "FLOWLEDGER_LOG_FORMAT": "json",
+            "FLOWLEDGER_PROCESSES": "1",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=timeout,
