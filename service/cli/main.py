@@ -578,6 +578,14 @@ def _register_benches() -> None:
             show_default=True,
             help="Our nodes: noop, or python (json:dumps in the isolated worker processes: the cost of isolation).",
         ),
+        processes=click.Option(
+            ["--processes"],
+            default=0,
+            show_default=True,
+            type=click.IntRange(0, 64),
+            help="Run our workers in N processes of their own, after a run with 1, and print the "
+            "scaling; 0: the worker in the bench's own process.",
+        ),
     )
 
     _bench_command(
