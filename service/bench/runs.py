@@ -49,6 +49,7 @@ from service.engine.nodes import default_registry
 from service.engine.worker import Worker
 from service.followers.relay import Relay
 from service.infra.db import create_pool
+from service.infra.event_loop import event_loop_factory
 from service.runtime import running
 from service.store.event_store import EventStore
 from service.store.run_queue import RunQueue
@@ -281,7 +282,8 @@ def _worker_process(database_url: str, schema: str, max_runs: int, ready: Any, s
             await store.close()
             await pool.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())
 
 
 async def _run_all(

@@ -18,6 +18,7 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from service.config import Settings, default_api_url
+from service.infra.event_loop import event_loop_factory
 from service.infra.keyfile import ADMIN_TOKEN_FILE
 from service.logs import quiet_http_client_logs
 
@@ -41,7 +42,8 @@ def run_async(main: Awaitable[T]) -> T:
     from service.runtime import STARTUP_ERRORS  # the runtime pulls in the whole service: only when used
 
     try:
-        return asyncio.run(main)  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(main)  # type: ignore[arg-type]
     except STARTUP_ERRORS as exc:
         click.echo(f"flowledger: {exc}", err=True)
         sys.exit(2)
