@@ -83,6 +83,7 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
     inputs: dict[str, Any] = {}
     parent_run_id: str | None = None
     parent_node_id: str | None = None
+    depth: int = 0
     idempotency_key: str | None = None
     fork: ForkOrigin | None = None
     status: RunStatus = "queued"
@@ -170,6 +171,7 @@ def _run_changes(state: RunState, event: EventEnvelope) -> dict[str, Any]:
                 "inputs": body.inputs,
                 "parent_run_id": body.parent_run_id,
                 "parent_node_id": body.parent_node_id,
+                "depth": body.depth,
                 "idempotency_key": body.idempotency_key,
                 "fork": body.fork,
                 "queued_at": event.recorded_at,

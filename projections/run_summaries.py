@@ -69,6 +69,8 @@ class RunSummary(msgspec.Struct, frozen=True, gc=False):
     duration_ms: float | None = None
     error: str | None = None
     parent_run_id: str | None = None
+    parent_node_id: str | None = None
+    """For a child run: the parent's ``workflow`` node that started it (a fork has none)."""
     last_seq: int = -1
 
 
@@ -150,6 +152,7 @@ def apply(view: RunSummary | None, event: EventEnvelope) -> RunSummary:
                 workflow_version=body.workflow_version,
                 node_count=body.node_count,
                 parent_run_id=body.parent_run_id,
+                parent_node_id=body.parent_node_id,
                 queued_at=event.recorded_at,
             )
         case RunStarted():

@@ -63,6 +63,9 @@ class RunQueued(_Event, frozen=True, tag="run_queued"):
     parent_node_id: str | None = None
     """For a child run: the parent run's ``workflow`` node that started it (``parent_run_id``
     is the parent run; ``fork`` is None)."""
+    depth: int = 0
+    """How many parent runs above this one (a child of a top-level run: 1); limited so that a
+    workflow that starts itself cannot nest without end."""
 
 
 class RunStarted(_Event, frozen=True, tag="run_started"):

@@ -21,5 +21,6 @@ CREATE INDEX run_queue_wake_idx
 
 -- The run summary names the nodes that wait (a subset of current_nodes).
 ALTER TABLE flowledger.run_summaries ADD COLUMN waiting_nodes text[] NOT NULL DEFAULT '{}';
+ALTER TABLE flowledger.run_summaries ADD COLUMN parent_node_id text;
 ALTER TABLE flowledger.node_executions ADD COLUMN signal text;
 ALTER TABLE flowledger.node_executions ADD COLUMN child_run_id text;

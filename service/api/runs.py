@@ -325,8 +325,15 @@ async def signal_run(
         )
     payload = data.payload if data else None
     try:
+        worker = runtime.settings.worker
         _state, resumed = await send_signal(
-            runtime.queue, run_id, name, payload, principal.actor, tenant=principal.tenant
+            runtime.queue,
+            run_id,
+            name,
+            payload,
+            principal.actor,
+            tenant=principal.tenant,
+            max_bytes=min(worker.output_cap_bytes, worker.max_output_bytes),
         )
     except UnknownRun as exc:
         raise problem(404, "Unknown run", str(exc)) from exc

@@ -204,8 +204,10 @@ def _run_details(kind: str, data: Mapping[str, Any]) -> list[str]:
     match kind:
         case "run_queued":
             parts.append(f"version {data.get('workflow_version', '?')}")
-            if data.get("parent_run_id"):
-                parts.append(f"parent {data['parent_run_id']}")
+            if data.get("parent_node_id"):
+                parts.append(f"child of run {data['parent_run_id']} (node {data['parent_node_id']})")
+            elif data.get("parent_run_id"):
+                parts.append(f"forked from {data['parent_run_id']}")
             if data.get("actor"):
                 parts.append(f"by {data['actor']}")
         case "run_started" | "run_recovered":
@@ -220,6 +222,12 @@ def _run_details(kind: str, data: Mapping[str, Any]) -> list[str]:
         case "run_waiting" | "run_resumed" | "run_cancel_requested" | "run_cancelled":
             if data.get("node_id"):
                 parts.append(f"{data['node_id']}")
+            if data.get("signal") and kind == "run_waiting":
+                parts.append(f"waits for signal {data['signal']}")
+            if data.get("child_run_id"):
+                parts.append(f"child run {data['child_run_id']}")
+            if data.get("wake_at"):
+                parts.append(f"until {data['wake_at']}")
             if data.get("reason"):
                 parts.append(f"reason {data['reason']}")
             if data.get("requested_by"):

@@ -344,8 +344,20 @@ NODE_COLUMNS = (
     Column("duration", lambda n: ms(n["duration_ms"]), right=True),
     Column("items", lambda n: str(n["item_count"]), right=True),
     Column("bytes", lambda n: str(n["output_bytes"]), right=True),
-    Column("error / reason", lambda n: one_line(n["error"] or n["skip_reason"], 60)),
+    Column("error / reason", lambda n: one_line(_node_note(n), 60)),
 )
+
+
+def _node_note(node: dict[str, Any]) -> str | None:
+    """What the lineage says of a node beside its figures: its error or skip reason, else what
+    it waits for, or the child run it started."""
+    if node["error"] or node["skip_reason"]:
+        return str(node["error"] or node["skip_reason"])
+    if node.get("status") == "waiting" and node.get("signal"):
+        return f"waits for signal {node['signal']}"
+    if node.get("child_run_id"):
+        return f"child run {node['child_run_id']}"
+    return None
 
 
 @runs.command("show")
@@ -368,8 +380,12 @@ def runs_show(ctx: click.Context, run_id: UUID, fmt: str) -> None:
         console.print(f"duration {summary['duration_ms']:.0f} ms, retries {summary['retries']}")
     if summary["error"]:
         console.print(f"[red]error[/red]: {escape(summary['error'])}")
-    if summary["parent_run_id"]:
+    if summary.get("parent_node_id"):
+        console.print(f"child of run {summary['parent_run_id']} (its node {summary['parent_node_id']})")
+    elif summary["parent_run_id"]:
         console.print(f"forked from {summary['parent_run_id']}")
+    if summary.get("waiting_nodes"):
+        console.print(f"waiting: {', '.join(summary['waiting_nodes'])}")
     print_table([[c.text(n) for c in NODE_COLUMNS] for n in lineage["nodes"]], NODE_COLUMNS)
 
 

@@ -80,7 +80,8 @@ T = TypeVar("T")
     envvar="FLOWLEDGER_API_URL",
     show_envvar=True,
     default=None,
-    help="HTTP API used by the client commands (workflows, run, events, cancel). "
+    help="HTTP API used by the client commands (workflows, run, runs, events, cancel, signal, "
+    "lineage, diff, replay, ...). "
     "Unset: http://FLOWLEDGER_HTTP_HOST:FLOWLEDGER_HTTP_PORT (127.0.0.1:8000), where serve listens.",
 )
 @click.option(

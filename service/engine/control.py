@@ -9,6 +9,8 @@ __all__ = ["NotWaitingForSignal", "RunAlreadyEnded", "UnknownRun", "request_canc
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from projections.run_state import RunState
 from schemas.events import Event, NodeExecuteAfter, RunCancelRequested, RunResumed
 from service.domain.run_document import fold_raw
@@ -19,7 +21,8 @@ from service.store.event_store import ConcurrencyError, UnknownRun
 from service.store.run_queue import RunQueue
 
 MAX_SIGNAL_OUTPUT_BYTES = 1024 * 1024
-"""A signal's payload becomes a node output recorded in the event itself."""
+"""A signal's payload becomes a node output recorded in the event itself: at most the event
+payload cap (``FLOWLEDGER_OUTPUT_CAP_BYTES``, 1 MiB by default)."""
 
 
 class RunAlreadyEnded(RuntimeError):
@@ -82,7 +85,14 @@ class NotWaitingForSignal(RuntimeError):
         self.waiting_for = waiting_for
 
 
-def signal_events(state: RunState, name: str, payload: Any, actor: str, now: datetime) -> list[Event]:
+def signal_events(
+    state: RunState,
+    name: str,
+    payload: Any,
+    actor: str,
+    now: datetime,
+    max_bytes: int = MAX_SIGNAL_OUTPUT_BYTES,
+) -> list[Event]:
     """The events that deliver signal ``name`` to every node of ``state`` waiting for it: each
     is resumed and succeeds with ``payload`` as its output (pure; raises ``NotWaitingForSignal``)."""
     nodes = sorted(
@@ -96,11 +106,13 @@ def signal_events(state: RunState, name: str, payload: Any, actor: str, now: dat
     for node in nodes:
         started = node.started_at or now
         try:
-            data = record_output(
-                node.node_id, node.attempts, payload, MAX_SIGNAL_OUTPUT_BYTES, MAX_SIGNAL_OUTPUT_BYTES
-            ).data
-        except NodeFailure as exc:
-            raise ValueError(f"signal payload: {exc}") from None
+            data = record_output(node.node_id, node.attempts, payload, max_bytes, max_bytes).data
+        except NodeFailure:
+            size = len(msgspec.json.encode(payload))
+            raise ValueError(
+                f"the signal's payload is {size} bytes of JSON; it is recorded in its event, so at most "
+                f"{max_bytes} bytes (the event payload cap, FLOWLEDGER_OUTPUT_CAP_BYTES)"
+            ) from None
         out += [
             RunResumed(
                 reason=f"signal {name}", actor=actor, node_id=node.node_id, cause="signal", signal=name
@@ -126,6 +138,7 @@ async def send_signal(
     actor: str,
     *,
     tenant: str | None = None,
+    max_bytes: int = MAX_SIGNAL_OUTPUT_BYTES,
 ) -> tuple[RunState, list[str]]:
     """Deliver signal ``name`` to the nodes of ``run_id`` waiting for it, and wake the run.
 
@@ -143,7 +156,7 @@ async def send_signal(
             raise UnknownRun(f"no run {run_id}")
         if state.ended:
             raise RunAlreadyEnded(run_id, state.status)
-        body = signal_events(state, name, payload, actor, datetime.now(UTC))
+        body = signal_events(state, name, payload, actor, datetime.now(UTC), max_bytes)
         try:
             async with queue.pool.acquire() as conn, conn.transaction():
                 await queue.lock_row(conn, run_id)

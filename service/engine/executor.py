@@ -88,6 +88,7 @@ class ChildRequest:
     parent_run_id: str
     parent_node_id: str
     idempotency_key: str
+    depth: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class Children:
     graph: Callable[[str, str, str], Awaitable[WorkflowGraph]]
     """(tenant, workflow_id, version) -> the graph a child ran (for its outputs)."""
 
+
+MAX_RUN_DEPTH = 16
+"""Child runs nest at most this deep (a workflow that starts itself stops there)."""
+CHILD_ERROR_CHARS = 500
+"""How much of a failed child's error its parent's node error quotes."""
 
 WAITING_NODE_TYPES = frozenset({"delay", "wait", "workflow"})
 """Node types the executor runs itself: they wait (a timer, a signal, a child run) without
@@ -136,6 +142,12 @@ def output_event(node_id: str, attempt: int, output: Any, limits: ExecutionLimit
     """The recorded output: inline, or a blob reference plus its blob when over the event cap
     (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit."""
     return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes)
+
+
+def _clip(text: str | None) -> str:
+    """A child's error as its parent quotes it: the first ``CHILD_ERROR_CHARS`` characters."""
+    text = text or ""
+    return text if len(text) <= CHILD_ERROR_CHARS else text[:CHILD_ERROR_CHARS] + "…"
 
 
 def _since(started: datetime | None, now: datetime) -> float:
@@ -180,6 +192,8 @@ class RunExecutor:
         self.store = store
         self.children = children
         self._check_children = True
+        self.parked_until: datetime | None = None
+        """Set when the run was parked: when it is due (None: it waits for a signal or a child)."""
         self.secrets = secrets
         self.queue = queue
         self.registry = registry
@@ -244,6 +258,10 @@ class RunExecutor:
             if step.skip:
                 await self._append([NodeSkipped(node_id=n, reason=r) for n, r in step.skip])
             for node_id in step.cancel:
+                if self.graph.nodes[node_id].type in WAITING_NODE_TYPES:
+                    # Starting a wait is short and must complete: a child run it queued must be
+                    # recorded (run_waiting) so the halt can cancel it, never left behind.
+                    continue
                 if node_id not in self._record_cancel:
                     self._record_cancel[node_id] = (
                         "run cancelled" if self.state.cancel_requested else "run stopped"
@@ -299,6 +317,7 @@ class RunExecutor:
                 self._check_children = True
                 await self._catch_up_locked()
                 return False
+        self.parked_until = wake
         self._log.info("run_parked", wake_at=wake.isoformat() if wake else None)
         return True
 
@@ -414,10 +433,12 @@ class RunExecutor:
             failure = NodeFailure("child_failed", f"child run {child_id} does not exist", retryable=False)
         elif child.status == "cancelled":
             failure = NodeFailure(
-                "child_cancelled", f"child run {child_id} was cancelled: {child.error}", retryable=False
+                "child_cancelled",
+                f"child run {child_id} was cancelled: {_clip(child.error)}",
+                retryable=False,
             )
         else:
-            failure = NodeFailure("child_failed", f"child run {child_id} failed: {child.error}")
+            failure = NodeFailure("child_failed", f"child run {child_id} failed: {_clip(child.error)}")
         await self._record_failure(
             node_id,
             spec.type,
@@ -689,6 +710,13 @@ class RunExecutor:
             )
         if self.children is None:
             raise NodeFailure("unsupported", "this engine cannot start child runs", retryable=False)
+        if self.state.depth + 1 > MAX_RUN_DEPTH:
+            raise NodeFailure(
+                "too_deep",
+                f"node {node_id}: this run is nested {self.state.depth} deep; child runs nest at most "
+                f"{MAX_RUN_DEPTH} deep (does the workflow start itself?)",
+                retryable=False,
+            )
         request = ChildRequest(
             tenant=self.claim.tenant,
             workflow_id=config.workflow_id,
@@ -698,6 +726,7 @@ class RunExecutor:
             parent_node_id=node_id,
             # One child per try of the node: a crash before the wait is recorded finds the same child.
             idempotency_key=f"parent:{self.run_id}:{node_id}:{node.failures + 1}",
+            depth=self.state.depth + 1,
         )
         try:
             child = await self.children.start(request)

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from datetime import UTC, datetime
 from uuid import UUID
 
 import structlog
@@ -141,10 +142,23 @@ class Worker:
             self._refresh(run_id)
 
     def _refresh(self, run_id: UUID) -> None:
-        """Let the run's executor read events others appended (a cancel request)."""
+        """Let the run's executor read events others appended (a cancel request, a signal)."""
         executor = self.executors.get(run_id)
         if executor is not None:
-            asyncio.create_task(executor.refresh())  # noqa: RUF006 - refresh is short and self-contained
+            asyncio.create_task(self._refresh_executor(run_id, executor))  # noqa: RUF006 - short, self-contained
+
+    async def _refresh_executor(self, run_id: UUID, executor: RunExecutor) -> None:
+        try:
+            await executor.refresh()
+        except LeaseLost as exc:
+            # Someone else writes the run now: this executor must stop (its next append would
+            # fail the same way).
+            log.warning("run_lease_lost", run_id=str(run_id), error=str(exc))
+            task = self._tasks.get(run_id)
+            if task is not None and self.executors.get(run_id) is executor:
+                task.cancel()
+        except Exception as exc:  # a database error: the run loop meets it too, and handles it
+            log.warning("run_refresh_failed", run_id=str(run_id), error=f"{type(exc).__name__}: {exc}")
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, _, run = str(payload).partition(":")
@@ -181,6 +195,7 @@ class Worker:
             idempotency_key=request.idempotency_key,
             parent_run_id=request.parent_run_id,
             parent_node_id=request.parent_node_id,
+            depth=request.depth,
             node_count=len(stored.spec.nodes),
             actor=f"run:{request.parent_run_id}",
         )
@@ -193,6 +208,8 @@ class Worker:
     async def _execute(self, claim: Claim) -> None:
         bound = log.bind(run_id=str(claim.run_id), workflow_id=claim.workflow_id)
         hand_back = False
+        executor: RunExecutor | None = None
+        me = asyncio.current_task()
         try:
             executor = RunExecutor(
                 store=self.store,
@@ -210,6 +227,9 @@ class Worker:
             await executor.execute()
             if executor.state.ended:  # not parked: a parked run ends in a later claim
                 self.completed += 1
+            elif executor.parked_until is not None:  # be the one to claim it when it is due
+                delay = (executor.parked_until - datetime.now(UTC)).total_seconds()
+                asyncio.get_running_loop().call_later(max(0.0, delay), self._wake.set)
         except LeaseLost as exc:
             bound.warning("run_lease_lost", error=str(exc))
         except asyncio.CancelledError:
@@ -225,8 +245,11 @@ class Worker:
                 # once: an error of the run itself would otherwise repeat in a tight loop).
                 bound.exception("run_execution_error")
         finally:
-            self.executors.pop(claim.run_id, None)
-            self._tasks.pop(claim.run_id, None)
+            # A parked run may already be claimed again (woken at once): leave the new entries.
+            if executor is not None and self.executors.get(claim.run_id) is executor:
+                del self.executors[claim.run_id]
+            if self._tasks.get(claim.run_id) is me:
+                del self._tasks[claim.run_id]
             # Released only once out of _tasks: the heartbeat must not renew the lease after it.
             if hand_back:
                 await self._hand_back(claim.run_id)

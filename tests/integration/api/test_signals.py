@@ -193,3 +193,38 @@ async def test_the_documented_approval_and_invoice_examples_run_as_written(api: 
         e["data"]["node_id"]: e["data"]["output"] for e in events if e["type"] == "node_execute_after_data"
     }
     assert outputs == {"invoice": {"total": 7}, "report": "total: 7"}
+
+
+async def test_runs_show_tells_a_child_run_from_a_fork(api: httpx.AsyncClient) -> None:
+    child, parent = _wid(), _wid()
+    assert (
+        await api.post(
+            "/v1/workflows",
+            json={
+                "id": child,
+                "nodes": [{"id": "w", "type": "wait", "config": {"signal": "go"}}],
+                "edges": [],
+            },
+        )
+    ).status_code == 201
+    spec = {
+        "id": parent,
+        "nodes": [{"id": "sub", "type": "workflow", "config": {"workflow_id": child}}],
+        "edges": [],
+    }
+    assert (await api.post("/v1/workflows", json=spec)).status_code == 201
+    run_id = (await api.post(f"/v1/workflows/{parent}/runs", json={})).json()["run_id"]
+    deadline = time.monotonic() + 20
+    while True:
+        lineage = (await api.get(f"/v1/runs/{run_id}/lineage")).json()
+        child_run = lineage.get("nodes", [{}])[0].get("child_run_id") if "nodes" in lineage else None
+        if child_run and (await api.get(f"/v1/runs/{child_run}")).status_code == 200:
+            break
+        assert time.monotonic() < deadline, lineage
+        await asyncio.sleep(0.05)
+    code, out = await _cli(api, "runs", "show", child_run)
+    assert code == 0 and f"child of run {run_id} (its node sub)" in out and "forked" not in out, out
+    code, out = await _cli(api, "runs", "show", run_id)
+    assert code == 0 and f"child run {child_run}" in out, out
+    assert (await api.post(f"/v1/runs/{run_id}/cancel", json={})).status_code == 202
+    assert (await wait_ended(api, child_run))[-1]["type"] == "run_cancelled"

@@ -252,3 +252,55 @@ async def test_a_cancel_ends_a_parked_wait(engine: Engine) -> None:
     resumed = next(e.data for e in events if isinstance(e.data, RunResumed))
     assert resumed.cause == "halt"
     assert [e.data.node_id for e in events if e.type == "node_skipped"] == ["book"]
+
+
+async def test_a_parent_cancelled_while_its_child_starts_never_leaves_the_child_behind(
+    engine: Engine,
+) -> None:
+    await engine.register(
+        {"id": "child", "nodes": [{"id": "w", "type": "wait", "config": {"signal": "never"}}], "edges": []}
+    )
+    await engine.register(parent_spec({}))
+    parents = []
+    for _ in range(12):
+        run = await engine.start("parent")
+        await engine.wait_for(run, lambda es: any(e.type == "node_execute_before" for e in es))
+        await request_cancel(engine.queue, run, "changed my mind")  # as the child is being queued
+        parents.append(run)
+    for run in parents:
+        assert (await engine.wait_ended(run))[-1].type == "run_cancelled"
+    schema = engine.queue.store.schema
+    async with engine.store.pool.acquire() as conn:
+        children = [
+            r[0]
+            for r in await conn.fetch(
+                f'SELECT run_id FROM "{schema}".run_queue WHERE workflow_id = $1', "child"
+            )
+        ]
+    for child in children:  # every child that was queued was cancelled with its parent
+        assert (await engine.wait_ended(child))[-1].type == "run_cancelled"
+
+
+async def test_a_workflow_that_starts_itself_stops_at_the_depth_limit(engine: Engine) -> None:
+    from service.engine.executor import MAX_RUN_DEPTH
+
+    await engine.register(
+        {
+            "id": "itself",
+            "nodes": [{"id": "again", "type": "workflow", "config": {"workflow_id": "itself"}}],
+            "edges": [],
+        }
+    )
+    root = await engine.start("itself")
+    events = await engine.wait_ended(root, timeout=60)
+    assert events[-1].data.status == "failed"
+    error = events[-1].data.error or ""
+    assert "child_failed" in error and len(error) < 2000  # quoted, not nested without end
+    schema = engine.queue.store.schema
+    async with engine.store.pool.acquire() as conn:
+        count = await conn.fetchval(
+            f'SELECT count(*) FROM "{schema}".run_queue WHERE workflow_id = $1', "itself"
+        )
+    assert count == MAX_RUN_DEPTH + 1
+    deepest = await engine.state(root)
+    assert deepest.depth == 0

@@ -62,7 +62,7 @@ export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onSigna
   row(dl, "Type", view.node_type || "");
   row(dl, "Status", h("span", { class: `status status-${state}`, text: state }));
   row(dl, "Attempts", `${view.attempts}${view.failures ? ` (${view.failures} failed)` : ""}`);
-  if (view.attempts > 0 && view.status !== "running") row(dl, "Duration", formatDuration(view.duration_ms || 0) + (view.attempts > 1 ? " (last attempt)" : ""));
+  if (view.attempts > 0 && view.status !== "running" && view.status !== "waiting") row(dl, "Duration", formatDuration(view.duration_ms || 0) + (view.attempts > 1 ? " (last attempt)" : ""));
   if (view.item_count) row(dl, "Items", String(view.item_count));
   if (view.retry_delay_ms != null && view.status === "retry_wait") row(dl, "Next retry in", formatDuration(view.retry_delay_ms));
   if (view.first_seq != null) row(dl, "Events", `seq ${view.first_seq} – ${view.last_seq}`);
