@@ -11,9 +11,12 @@ from litestar import Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from projections import node_executions, run_summaries
 from projections.node_executions import NodeExecution
 from projections.run_summaries import RunSummary
 from schemas.api import DagLayout
+from schemas.codec import to_typed
+from schemas.envelope import EventEnvelope
 from service.api.auth import Principal
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem, problem_responses
@@ -92,10 +95,25 @@ def _limit(limit: int) -> int:
     responses=problem_responses(400, (404, "No such run")),
 )
 async def get_run(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> RunSummary:
-    summary = await runtime.read_models.summary(run_id)
-    if summary is None:
-        raise problem(404, "Unknown run", f"no run {run_id}")
+    summary, _events = await _summary(runtime, run_id)
     return summary
+
+
+async def _summary(runtime: Runtime, run_id: UUID) -> tuple[RunSummary, list[EventEnvelope] | None]:
+    """The run's summary from the read model; for a run it has not reached yet (just started,
+    the projection a moment behind), folded from the log the same way, with the events it was
+    folded from. 404 when the log has no such run."""
+    summary = await runtime.read_models.summary(run_id)
+    if summary is not None:
+        return summary, None
+    assert runtime.store is not None
+    events = [to_typed(e) for e in await runtime.store.read_run(run_id)]
+    folded: RunSummary | None = None
+    for event in events:
+        folded = run_summaries.apply(folded, event)
+    if folded is None:
+        raise problem(404, "Unknown run", f"no run {run_id}")
+    return folded, events
 
 
 @get(
@@ -132,11 +150,17 @@ async def list_runs(
     responses=problem_responses(400, (404, "No such run")),
 )
 async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID]) -> Lineage:
-    summary = await runtime.read_models.summary(run_id)
-    if summary is None:
-        raise problem(404, "Unknown run", f"no run {run_id}")
+    summary, events = await _summary(runtime, run_id)
     spec = await runtime.workflows.spec(summary.workflow_id, summary.workflow_version, tenant=summary.tenant)
-    executions = {e.node_id: e for e in await runtime.read_models.node_executions(run_id)}
+    if events is None:
+        executions = {e.node_id: e for e in await runtime.read_models.node_executions(run_id)}
+    else:  # not projected yet: the node views folded from the same events
+        executions = {}
+        for event in events:
+            if (row := node_executions.key(event)) is not None:
+                view = node_executions.apply(executions.get(row[1]), event)
+                if view is not None:
+                    executions[row[1]] = view
     nodes = []
     for node in spec.nodes:
         e = executions.get(node.id)

@@ -228,3 +228,17 @@ async def test_runs_show_tells_a_child_run_from_a_fork(api: httpx.AsyncClient) -
     assert code == 0 and f"child run {child_run}" in out, out
     assert (await api.post(f"/v1/runs/{run_id}/cancel", json={})).status_code == 202
     assert (await wait_ended(api, child_run))[-1]["type"] == "run_cancelled"
+
+
+async def test_a_run_just_started_is_found_before_its_summary_is_projected(api: httpx.AsyncClient) -> None:
+    """GET /v1/runs/{id} and its lineage right after the 202: never a 404 for a run that exists
+    (the projection may be a moment behind the log)."""
+    wid = _wid()
+    assert (await api.post("/v1/workflows", json=_approval(wid))).status_code == 201
+    for _ in range(10):
+        run_id = (await api.post(f"/v1/workflows/{wid}/runs", json={})).json()["run_id"]
+        summary = await api.get(f"/v1/runs/{run_id}")
+        assert summary.status_code == 200, summary.text
+        assert summary.json()["run_id"] == run_id
+        lineage = await api.get(f"/v1/runs/{run_id}/lineage")
+        assert lineage.status_code == 200 and lineage.json()["run_id"] == run_id

@@ -90,7 +90,19 @@ async def corpus(pool: asyncpg.Pool) -> AsyncIterator[Corpus]:
             runs.append(await engine.start(spec["id"], inputs))
         from service.engine.control import RunAlreadyEnded, request_cancel
 
-        for run in runs[::7]:
+        # One run that is surely still going when it is cancelled (it waits for a signal that
+        # never comes); the random ones may end before their cancel arrives.
+        await engine.register(
+            {
+                "id": "corpus-waits",
+                "nodes": [{"id": "w", "type": "wait", "config": {"signal": "never"}}],
+                "edges": [],
+            }
+        )
+        waiting = await engine.start("corpus-waits", {})
+        await engine.wait_for(waiting, lambda es: es[-1].type == "run_waiting")
+        runs.append(waiting)
+        for run in [*runs[::7], waiting]:
             with contextlib.suppress(RunAlreadyEnded):
                 await request_cancel(engine.queue, run, "corpus cancel")
         await asyncio.gather(*[engine.wait_ended(r, timeout=30) for r in runs])
@@ -209,7 +221,7 @@ def test_applying_an_event_twice_changes_nothing(corpus: Corpus, name: str, data
 def test_summaries_describe_the_runs(corpus: Corpus) -> None:
     rows: dict[Any, Any] = {}
     fold_batch(PROJECTIONS["run_summaries"], rows, corpus.events)
-    assert len(rows) == 20
+    assert len(rows) == 21  # 20 random runs and one that waits until it is cancelled
     for summary in rows.values():
         assert summary.status in ("succeeded", "failed", "cancelled")
         assert summary.current_nodes == ()
