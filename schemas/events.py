@@ -160,6 +160,34 @@ class RunRecovered(_Event, frozen=True, tag="run_recovered"):
     ``poison_run``."""
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+"""Node log levels, least severe first (a ``level`` filter keeps that level and the ones after it)."""
+
+
+class LogLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """One line a node logged (``ctx.log``, or a python node's ``print`` / ``logging``)."""
+
+    at: str
+    """When it was logged: RFC 3339 UTC with milliseconds, from the process that ran the node."""
+    level: LogLevel
+    message: str
+    fields: dict[str, Any] = {}
+
+
+class NodeLog(_Event, frozen=True, tag="node_log"):
+    """A batch of one node attempt's log lines, recorded while the attempt runs (so a follower
+    sees progress) and with its ``node_execute_after`` (in the same append, just before it)."""
+
+    node_id: Identifier
+    attempt: int = 1
+    lines: list[LogLine] = []
+    dropped: int = 0
+    """Lines of this attempt dropped by the per-attempt cap so far (0 while under it). The batch
+    that first drops a line also ends with a marker line saying so; later batches carry the
+    growing count."""
+
+
 class RunFinished(_Event, frozen=True, tag="run_finished"):
     status: Literal["succeeded", "failed"]
     error: str | None = None
@@ -180,6 +208,7 @@ Event = (
     | RunCancelled
     | RunRecovered
     | RunFinished
+    | NodeLog
 )
 """Every event body; decoding dispatches on the ``type`` tag."""
 
