@@ -58,6 +58,7 @@ from service.engine.nodes.config_values import (
     redact_output,
     resolve_config,
 )
+from service.engine.nodes.node_logs import NodeLogCollector, flush_periodically
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
 from service.store.event_store import ConcurrencyError, EventStore
 from service.store.run_queue import Claim, LeaseLost, RunQueue
@@ -385,12 +386,14 @@ class RunExecutor:
         policy = spec.retry or RetryPolicy()
         attempt = self.state.node(node_id).attempts + 1
         started = 0.0
+        logs: NodeLogCollector | None = None
         try:
             async with self.node_slots:
                 while True:
                     await self._append(
                         [NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)]
                     )
+                    logs = NodeLogCollector(node_id, attempt)
                     ctx = NodeContext(
                         run_id=str(self.run_id),
                         node_id=node_id,
@@ -398,10 +401,12 @@ class RunExecutor:
                         attempt=attempt,
                         document=node_document(self.graph, self.state, node_id),
                         tenant=self.claim.tenant,
+                        log_sink=logs,
                     )
                     started = time.perf_counter()
                     data, failure = await self._call_handler(node_id, spec, attempt, ctx)
                     duration = (time.perf_counter() - started) * 1000
+                    last_lines = [batch] if (batch := logs.take(final=True)) is not None else []
                     if failure is None and data is not None:
                         after = NodeExecuteAfter(
                             node_id=node_id,
@@ -411,9 +416,11 @@ class RunExecutor:
                             duration_ms=duration,
                             item_count=item_count(data.output if data.marker is None else [None]),
                         )
-                        await self._append([after, data])
+                        await self._append([*last_lines, after, data])  # lines just before their result
                         return
                     assert failure is not None
+                    if last_lines:
+                        await self._append(last_lines, only_if_running=node_id)
                     if not await self._record_failure(node_id, spec.type, policy, attempt, duration, failure):
                         return
                     attempt += 1
@@ -427,16 +434,27 @@ class RunExecutor:
             )
             # Checked under the append lock: a shielded append of this node's own result may
             # still be finishing, and a node that just succeeded must not also be "cancelled".
+            last = logs.take(final=True) if logs is not None else None
             await self._append(
-                _failed_attempt(node_id, spec.type, attempt, duration, error), only_if_running=node_id
+                [*([last] if last else []), *_failed_attempt(node_id, spec.type, attempt, duration, error)],
+                only_if_running=node_id,
             )
 
     async def _call_handler(
         self, node_id: str, spec: NodeSpec, attempt: int, ctx: NodeContext
     ) -> tuple[NodeExecuteAfterData | None, NodeFailure | None]:
-        """One attempt of the node's handler, within its timeout: its recorded output, or why it failed."""
+        """One attempt of the node's handler, within its timeout: its recorded output, or why it failed.
+
+        Meanwhile the lines it logs are recorded every second (``node_logs.flush_periodically``);
+        the rest are the caller's, to record with the attempt's result."""
         failure: NodeFailure | None = None
         data: NodeExecuteAfterData | None = None
+        stop_flushing = asyncio.Event()
+        flusher = asyncio.ensure_future(
+            flush_periodically(
+                ctx.log_sink, lambda batch: self._append([batch], only_if_running=node_id), stop_flushing
+            )
+        )
         try:
             async with asyncio.timeout(spec.timeout_ms / 1000 if spec.timeout_ms else None):
                 config, secrets = await self._config(node_id, ctx.document)
@@ -450,6 +468,9 @@ class RunExecutor:
             failure = exc
         except TimeoutError:
             failure = NodeFailure("timeout", f"node {node_id} did not finish within {spec.timeout_ms} ms")
+        finally:
+            stop_flushing.set()
+            await flusher  # an append in flight lands before the caller's last lines
         if failure is not None and ctx.secrets:
             failure = NodeFailure(
                 failure.kind, redact(failure.message, ctx.secrets), retryable=failure.retryable
