@@ -12,10 +12,20 @@ BEFORE_THE_RESTRUCTURE = (
     "verify-bundle workflows"
 ).split()
 COMMANDS = sorted(
-    [*BEFORE_THE_RESTRUCTURE, "history", "keys", "lineage", "metrics", "schedules", "secrets", "vectors"]
+    [
+        *BEFORE_THE_RESTRUCTURE,
+        "history",
+        "keys",
+        "lineage",
+        "logs",
+        "metrics",
+        "schedules",
+        "secrets",
+        "vectors",
+    ]
 )
-"""The commands of ``flowledger --help`` before the restructure of service/, and the three that
-a27ad5c ("CLI: lineage, metrics and history commands") added after it."""
+"""The commands of ``flowledger --help`` before the restructure of service/, the three that
+a27ad5c ("CLI: lineage, metrics and history commands") added after it, and the later ones."""
 
 
 def listed_commands(help_text: str) -> list[str]:
