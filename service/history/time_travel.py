@@ -15,7 +15,7 @@ Everything here is pure: events, graph and ``at_seq`` in, a view out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ import msgspec
 
 from projections.run_state import NodeState, RunState, fold
 from schemas.envelope import EventEnvelope
+from schemas.events import NodeLog
 from service.domain.planner import plan
 from service.domain.run_document import node_document
 from service.domain.workflow_spec import WorkflowGraph
@@ -52,6 +53,9 @@ class NodeView(NodeState, frozen=True):
 
     inputs: dict[str, Any] | None = None
     ready: bool = False
+    log_lines: int = 0
+    """Log lines the node had recorded by this point (``node_log`` events, every attempt): the
+    lines themselves are ``GET /v1/runs/{id}/logs?node_id=`` with ``seq`` up to ``at_seq``."""
 
 
 class SkipView(msgspec.Struct, frozen=True):
@@ -112,8 +116,15 @@ def fold_at(events: Sequence[EventEnvelope], at_seq: int | None = None) -> RunSt
     return fold(e for e in events if e.seq <= n)
 
 
-def view_of(state: RunState, graph: WorkflowGraph, event: EventEnvelope, last_seq: int) -> RunStateView:
-    """The view of an already folded ``state``; ``event`` is the one it was folded up to."""
+def view_of(
+    state: RunState,
+    graph: WorkflowGraph,
+    event: EventEnvelope,
+    last_seq: int,
+    log_lines: Mapping[str, int] | None = None,
+) -> RunStateView:
+    """The view of an already folded ``state``; ``event`` is the one it was folded up to;
+    ``log_lines``: node id -> lines it had logged by then (none when left out)."""
     step = plan(graph, state)
     ready = set(step.start)
     nodes: dict[str, NodeView] = {}
@@ -124,7 +135,12 @@ def view_of(state: RunState, graph: WorkflowGraph, event: EventEnvelope, last_se
             node = msgspec.structs.replace(node, node_type=graph.nodes[node_id].type)
         seen = node.attempts > 0 or node_id in ready
         document = node_document(graph, state, node_id) if seen and node_id in graph.nodes else None
-        nodes[node_id] = NodeView(**msgspec.structs.asdict(node), inputs=document, ready=node_id in ready)
+        nodes[node_id] = NodeView(
+            **msgspec.structs.asdict(node),
+            inputs=document,
+            ready=node_id in ready,
+            log_lines=(log_lines or {}).get(node_id, 0),
+        )
     return RunStateView(
         run_id=state.run_id or str(event.run_id),
         workflow_id=state.workflow_id,
@@ -158,4 +174,8 @@ def state_at(events: Sequence[EventEnvelope], at_seq: int | None, graph: Workflo
     """
     state = fold_at(events, at_seq)
     event = next(e for e in events if e.seq == state.seq)
-    return view_of(state, graph, event, events[-1].seq)
+    lines: dict[str, int] = {}
+    for e in events:
+        if e.seq <= state.seq and isinstance(e.data, NodeLog):
+            lines[e.data.node_id] = lines.get(e.data.node_id, 0) + len(e.data.lines)
+    return view_of(state, graph, event, events[-1].seq, lines)

@@ -12,7 +12,10 @@ import pytest
 
 from projections.run_state import fold
 from schemas.events import NodeLog
+from schemas.workflow import WorkflowSpec
+from service.domain.workflow_spec import build_graph
 from service.engine.nodes import NodeContext, NodeFailure, NodeType
+from service.history.time_travel import state_at
 from tests.helpers.engine_harness import Engine, engine_on, node_events
 from tests.helpers.workflows import wf
 
@@ -107,3 +110,23 @@ async def test_a_long_python_node_records_lines_while_it_runs(engine: Engine) ->
     assert [m for _, _, m in lines_of(events, "s")] == ["step 1 of 3", "step 2 of 3", "step 3 of 3"]
     assert node_events(events, "s").count("node_log#1") >= 2
     fold(events, strict=True)
+
+
+async def test_time_travel_counts_the_lines_a_node_had_logged_at_each_event(engine: Engine) -> None:
+    spec = wf(
+        "travel",
+        [{"id": "a", "type": "logging", "config": {"lines": 3}}, {"id": "b", "type": "noop"}],
+        [("a", "b")],
+    )
+    await engine.register(spec)
+    events = await engine.wait_ended(await engine.start("travel"))
+    graph = build_graph(msgspec.convert(spec, WorkflowSpec))
+    log_seq = next(e.seq for e in events if e.type == "node_log")
+    before = state_at(events, log_seq - 1, graph)
+    at_log = state_at(events, log_seq, graph)
+    assert at_log.event_type == "node_log"
+    assert before.nodes["a"].log_lines == 0 and at_log.nodes["a"].log_lines == 3
+    assert at_log.nodes["a"].status == "running"  # the lines come before the result
+    end = state_at(events, None, graph)
+    assert end.nodes["a"].log_lines == 3 and end.nodes["b"].log_lines == 0
+    assert end.nodes["a"].status == "succeeded" and end.status == "succeeded"
