@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from typing import Any
 
 import httpx
+import yaml
 
+from service.cli.logs import log_line_text
 from tests.helpers.api import assert_problem, wait_ended
+from tests.helpers.paths import REPO_ROOT
 from tests.helpers.serving import api_key
 
 NODES = "tests.helpers.log_nodes"
@@ -79,3 +84,21 @@ async def test_another_tenants_run_logs_are_not_found(api: httpx.AsyncClient) ->
     assert (
         await api.get(f"/v1/runs/{run_id}/logs", headers={"Authorization": f"Bearer {no_scope}"})
     ).status_code == 403
+
+
+async def test_the_docs_example_runs_as_written(api: httpx.AsyncClient) -> None:
+    """docs/workflows.md "Node logs": its workflow with its inputs logs exactly the lines shown."""
+    text = (REPO_ROOT / "docs" / "workflows.md").read_text()
+    section = text[text.index("## Node logs") : text.index("## Your own node types")]
+    spec = re.search(r"```yaml\n(.*?)```", section, re.S)
+    inputs = re.search(r"--inputs-json '(.*?)'", section)
+    shown = re.search(r"```text\n(.*?)```", section, re.S)
+    assert spec and inputs and shown
+    created = await api.post("/v1/workflows", content=spec[1], headers={"content-type": "application/yaml"})
+    assert created.status_code in (200, 201), created.text
+    wid = yaml.safe_load(spec[1])["id"]
+    started = await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": json.loads(inputs[1])})
+    run_id = started.json()["run_id"]
+    await wait_ended(api, run_id)
+    lines = (await api.get(f"/v1/runs/{run_id}/logs")).json()["lines"]
+    assert [log_line_text(line)[13:] for line in lines] == [line[13:] for line in shown[1].splitlines()]
