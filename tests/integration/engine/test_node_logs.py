@@ -130,3 +130,40 @@ async def test_time_travel_counts_the_lines_a_node_had_logged_at_each_event(engi
     end = state_at(events, None, graph)
     assert end.nodes["a"].log_lines == 3 and end.nodes["b"].log_lines == 0
     assert end.nodes["a"].status == "succeeded" and end.status == "succeeded"
+
+
+class TokenConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    token: str
+
+
+async def token_handler(config: TokenConfig, ctx: NodeContext) -> str:
+    ctx.log(
+        "info", f"calling with {config.token}", auth=f"Bearer {config.token}", nested={"t": [config.token]}
+    )
+    return "ok"
+
+
+async def test_secret_values_never_reach_the_recorded_lines(engine: Engine) -> None:
+    secret = "s3cr3t-4f9a"
+
+    async def reveal(tenant: str, names: set[str]) -> dict[str, str]:
+        assert tenant == "default" and names == {"API_TOKEN"}
+        return {"API_TOKEN": secret}
+
+    assert engine.worker is not None
+    engine.worker.secrets = reveal
+    engine.registry.register(NodeType("token", TokenConfig, token_handler))
+    await engine.register(
+        wf("secretive", [{"id": "t", "type": "token", "config": {"token": {"$secret": "API_TOKEN"}}}], [])
+    )
+    run_id = await engine.start("secretive")
+    events = await engine.wait_ended(run_id)
+    assert events[-1].data.status == "succeeded"  # type: ignore[union-attr]
+    (log,) = [e.data for e in events if isinstance(e.data, NodeLog)]
+    assert log.lines[0].message == "calling with [secret API_TOKEN]"
+    assert log.lines[0].fields == {
+        "auth": "Bearer [secret API_TOKEN]",
+        "nested": {"t": ["[secret API_TOKEN]"]},
+    }
+    stored = b"".join(bytes(raw.data) for raw in await engine.store.read_run(run_id))
+    assert secret.encode() not in stored
