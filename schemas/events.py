@@ -177,15 +177,15 @@ class LogLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False)
 
 class NodeLog(_Event, frozen=True, tag="node_log"):
     """A batch of one node attempt's log lines, recorded while the attempt runs (so a follower
-    sees progress) and with its ``node_execute_after`` (in the same append, just before it)."""
+    sees progress) and at its end, just before its ``node_execute_after`` (in the same append
+    when the attempt succeeded or was cancelled)."""
 
     node_id: Identifier
     attempt: int = 1
     lines: list[LogLine] = []
     dropped: int = 0
-    """Lines of this attempt dropped by the per-attempt cap so far (0 while under it). The batch
-    that first drops a line also ends with a marker line saying so; later batches carry the
-    growing count."""
+    """Lines of this attempt dropped by the per-attempt cap so far (0 while under it); the
+    attempt's last batch then ends with a marker line saying how many were dropped."""
 
 
 class RunFinished(_Event, frozen=True, tag="run_finished"):

@@ -144,8 +144,10 @@ class NodeLogCollector:
         """The lines logged since the last take, as one event (None when there is nothing to say).
 
         ``final``: the attempt is over; later lines are dropped, and if any line was dropped the
-        batch ends with a marker line saying how many."""
+        batch ends with a marker line saying how many. After that every take is None."""
         with self._lock:
+            if self._closed:
+                return None  # the last batch was taken (with its marker): nothing more to say
             lines, self._pending = self._pending, []
             if final:
                 self._closed = True
