@@ -34,7 +34,7 @@ async def _cli(api: httpx.AsyncClient, *args: str) -> tuple[int, str, str]:
 
 
 async def _start(api: httpx.AsyncClient, node: str, inputs: dict[str, Any]) -> str:
-    wid = f"cli-logs-{uuid.uuid4().hex[:8]}"
+    wid = f"logs-cli-{uuid.uuid4().hex[:8]}"
     spec = {"id": wid, "nodes": [{"id": "py", "type": "python", "config": {"callable": f"{NODES}:{node}"}}]}
     assert (await api.post("/v1/workflows", json=spec)).status_code == 201
     run_id: str = (await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": inputs})).json()["run_id"]
