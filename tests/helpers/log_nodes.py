@@ -51,3 +51,10 @@ def slow_progress(document: dict[str, Any]) -> int:
         print(f"step {i + 1} of {steps}")
         time.sleep(float(document["inputs"].get("pause_s", 0.7)))
     return steps
+
+
+def print_then_block(document: dict[str, Any]) -> str:
+    """One line, then ``inputs.block_s`` seconds of blocking sleep (no further line to carry it)."""
+    print("working on it")
+    time.sleep(float(document["inputs"].get("block_s", 2.5)))
+    return "done"

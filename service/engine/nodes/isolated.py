@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -421,8 +421,9 @@ def worker_main(options: dict[str, Any]) -> None:
         with lock:  # code may log from its own threads
             _write_frame(replies, body)
 
+    pump = _Pump()  # started before any call, so a call's memory limit never stops it
     while (frame := _read_frame(requests)) is not None:
-        send(_serve(loop, frame, send))
+        send(_serve(loop, frame, send, pump))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -450,7 +451,9 @@ def _write_frame(stream: Any, body: bytes) -> None:
     stream.flush()
 
 
-def _serve(loop: asyncio.AbstractEventLoop, frame: bytes, send: Callable[[bytes], None]) -> bytes:
+def _serve(
+    loop: asyncio.AbstractEventLoop, frame: bytes, send: Callable[[bytes], None], pump: _Pump
+) -> bytes:
     """One call's reply (its logs sent as they come). ``MemoryError`` ends the process: the heap
     may be in any state."""
     try:
@@ -458,7 +461,7 @@ def _serve(loop: asyncio.AbstractEventLoop, frame: bytes, send: Callable[[bytes]
         _limit_cpu(call.cpu_seconds)
         capture = _Capture(send)
         try:
-            with capture:
+            with capture, pump.sending(capture):
                 reply = loop.run_until_complete(_run(call, capture))
         finally:
             _limit_cpu(0)
@@ -487,7 +490,6 @@ def _serve(loop: asyncio.AbstractEventLoop, frame: bytes, send: Callable[[bytes]
 async def _run(call: _Call, capture: _Capture) -> _Reply:
     from service.engine.nodes.registry import NodeContext, NodeFailure
 
-    flusher = asyncio.ensure_future(capture.flush_periodically())
     try:
         handler: Callable[[Any, Any], Awaitable[Any]] = _import_ref(call.handler)
         config = msgspec.convert(call.config, _import_ref(call.config_type), strict=False)
@@ -504,16 +506,44 @@ async def _run(call: _Call, capture: _Capture) -> _Reply:
             message=str(exc) or type(exc).__name__,
             traceback=traceback.format_exc(),
         )
-    finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+
+
+class _Pump:
+    """The worker's one thread that sends the running call's lines every ``FLUSH_INTERVAL_S``,
+    even while the code blocks (``time.sleep``, a long computation that releases the GIL)."""
+
+    def __init__(self) -> None:
+        self._current: _Capture | None = None
+        self._guard = threading.Lock()
+        previous = threading.stack_size(256 * 1024)  # little address space: memory limits
+        try:
+            threading.Thread(target=self._run, name="flowledger-log-pump", daemon=True).start()
+        finally:
+            threading.stack_size(previous)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL_S / 4)
+            with self._guard:
+                capture = self._current
+            if capture is not None and capture.due():
+                capture.send_now()
+
+    @contextlib.contextmanager
+    def sending(self, capture: _Capture) -> Iterator[None]:
+        with self._guard:
+            self._current = capture
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._current = None
 
 
 class _Capture(logging.Handler):
     """A call's log lines in the worker: ``ctx.log`` (as its ``log_sink``), ``print`` and
     ``logging`` records while it is entered; sent in ``_Logs`` frames about every
-    ``FLUSH_INTERVAL_S`` (on the next line logged, or by ``flush_periodically``)."""
+    ``FLUSH_INTERVAL_S`` (on the next line logged, or by the worker's ``_Pump``)."""
 
     def __init__(self, send: Callable[[bytes], None]) -> None:
         super().__init__(logging.DEBUG)
@@ -577,10 +607,9 @@ class _Capture(logging.Handler):
             if lines or dropped:
                 self._send(_encode(_Logs(lines, dropped)))
 
-    async def flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            self.send_now()
+    def due(self) -> bool:
+        """Lines are waiting and the last frame left at least ``FLUSH_INTERVAL_S`` ago."""
+        return bool(self._lines or self._dropped) and time.monotonic() - self._last_sent >= FLUSH_INTERVAL_S
 
     def __enter__(self) -> _Capture:
         root = logging.getLogger()

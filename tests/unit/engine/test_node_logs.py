@@ -243,3 +243,28 @@ async def test_a_long_python_node_streams_its_lines_while_it_runs(registry: Node
     assert output == 3
     assert [m for _, batch in arrived for m in batch] == ["step 1 of 3", "step 2 of 3", "step 3 of 3"]
     assert len(arrived) >= 2 and arrived[0][0] < elapsed - 1.0, f"nothing streamed before the end: {arrived}"
+
+
+async def test_a_blocking_python_nodes_line_arrives_before_it_returns(registry: NodeRegistry) -> None:
+    arrived: list[float] = []
+    started = time.monotonic()
+
+    def on_logs(lines: list[LogRecord], dropped: int) -> None:
+        arrived.extend(time.monotonic() - started for _ in lines)
+
+    output = await registry.isolated.call(
+        "service.engine.nodes.builtins:python",
+        "service.engine.nodes.builtins:PythonConfig",
+        {"callable": f"{NODES}:print_then_block"},
+        {
+            "run_id": "r",
+            "node_id": "n",
+            "node_type": "python",
+            "attempt": 1,
+            "document": {"inputs": {"block_s": 2.5}, "nodes": {}},
+        },
+        on_logs=on_logs,
+    )
+    elapsed = time.monotonic() - started
+    assert output == "done" and len(arrived) == 1
+    assert arrived[0] < elapsed - 0.8, f"the line waited for the end: {arrived[0]:.2f} of {elapsed:.2f} s"
