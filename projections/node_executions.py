@@ -16,13 +16,25 @@ from schemas.events import (
     NodeExecuteBefore,
     NodeRetryScheduled,
     NodeSkipped,
+    RunResumed,
+    RunWaiting,
 )
 
 NAME = "node_executions"
 TABLES = ("node_executions",)
-NODE_EVENTS = (NodeExecuteBefore, NodeExecuteAfter, NodeExecuteAfterData, NodeRetryScheduled, NodeSkipped)
+NODE_EVENTS = (
+    NodeExecuteBefore,
+    NodeExecuteAfter,
+    NodeExecuteAfterData,
+    NodeRetryScheduled,
+    NodeSkipped,
+    RunWaiting,
+    RunResumed,
+)
 TYPES = frozenset(
     {
+        "run_waiting",
+        "run_resumed",
         "node_execute_before",
         "node_execute_after",
         "node_execute_after_data",
@@ -51,19 +63,23 @@ class NodeExecution(msgspec.Struct, frozen=True, gc=False):
     error_kind: str | None = None
     error_message: str | None = None
     skip_reason: str | None = None
+    signal: str | None = None
+    """The signal a ``waiting`` node waits for."""
+    child_run_id: str | None = None
+    """The child run a ``workflow`` node started."""
     last_seq: int = -1
 
 
 def key(event: EventEnvelope) -> tuple[str, str] | None:
-    """Rows are per node; run-level events touch no row."""
-    if isinstance(event.data, NODE_EVENTS):
+    """Rows are per node; run-level events (a ``run_waiting`` without a node) touch no row."""
+    if isinstance(event.data, NODE_EVENTS) and event.data.node_id is not None:
         return (str(event.run_id), event.data.node_id)
     return None
 
 
 def apply(view: NodeExecution | None, event: EventEnvelope) -> NodeExecution | None:
     body = event.data
-    if not isinstance(body, NODE_EVENTS):
+    if not isinstance(body, NODE_EVENTS) or body.node_id is None:
         return view
     if view is None:
         view = NodeExecution(
@@ -110,4 +126,9 @@ def apply(view: NodeExecution | None, event: EventEnvelope) -> NodeExecution | N
             return replace(
                 view, last_seq=seq, status="skipped", skip_reason=body.reason, finished_at=event.recorded_at
             )
+        case RunWaiting():
+            child = body.child_run_id or view.child_run_id
+            return replace(view, last_seq=seq, status="waiting", signal=body.signal, child_run_id=child)
+        case RunResumed():
+            return replace(view, last_seq=seq, status="running", signal=None)
     return view

@@ -36,7 +36,7 @@ from schemas.events import (
     RunWaiting,
 )
 
-NodeStatus = Literal["pending", "running", "retry_wait", "succeeded", "failed", "skipped"]
+NodeStatus = Literal["pending", "running", "retry_wait", "waiting", "succeeded", "failed", "skipped"]
 RunStatus = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 TERMINAL_NODE = frozenset({"succeeded", "failed", "skipped"})
 TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled"})
@@ -59,9 +59,19 @@ class NodeState(msgspec.Struct, frozen=True, gc=False):
     item_count: int = 0
     skip_reason: str | None = None
     retry_delay_ms: int | None = None
+    retry_due_at: datetime | None = None
+    """When a ``retry_wait`` node's next attempt may start (None: at once, or not recorded)."""
     reused_from: ReuseRef | None = None
     first_seq: int | None = None
     last_seq: int | None = None
+    started_at: datetime | None = None
+    """When the node's latest attempt began (its ``node_execute_before``)."""
+    signal: str | None = None
+    """The signal a ``waiting`` node waits for."""
+    wake_at: datetime | None = None
+    """When a ``waiting`` node stops waiting on its own (a delay's end, a wait's timeout)."""
+    child_run_id: str | None = None
+    """The child run a ``workflow`` node started (it waits while the child runs)."""
 
 
 class RunState(msgspec.Struct, frozen=True, gc=False):
@@ -73,6 +83,8 @@ class RunState(msgspec.Struct, frozen=True, gc=False):
     workflow_version: str = ""
     inputs: dict[str, Any] = {}
     parent_run_id: str | None = None
+    parent_node_id: str | None = None
+    depth: int = 0
     idempotency_key: str | None = None
     fork: ForkOrigin | None = None
     status: RunStatus = "queued"
@@ -134,10 +146,13 @@ def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> Run
     base: dict[str, Any] = {"seq": event.seq}
     if state.run_id is None:
         base.update(run_id=str(event.run_id), tenant=event.tenant, workflow_id=event.workflow_id)
-    nodes = _apply_to_node(state, event.data, event.seq)
+    nodes = _apply_to_node(state, event.data, event.seq, event.recorded_at)
     if nodes is not None:
         base["nodes"] = nodes
         body = event.data
+        if isinstance(body, RunWaiting | RunResumed | NodeSkipped) and state.status in ("running", "waiting"):
+            waiting = any(n.status == "waiting" for n in nodes.values())
+            base["status"] = "waiting" if waiting else "running"
         if (
             isinstance(body, NodeExecuteAfter)
             and body.error is not None
@@ -158,6 +173,8 @@ def _run_changes(state: RunState, event: EventEnvelope) -> dict[str, Any]:
                 "workflow_version": body.workflow_version,
                 "inputs": body.inputs,
                 "parent_run_id": body.parent_run_id,
+                "parent_node_id": body.parent_node_id,
+                "depth": body.depth,
                 "idempotency_key": body.idempotency_key,
                 "fork": body.fork,
                 "queued_at": event.recorded_at,
@@ -166,7 +183,9 @@ def _run_changes(state: RunState, event: EventEnvelope) -> dict[str, Any]:
             return {"status": "running", "started": True, "started_at": event.recorded_at}
         case RunRecovered():
             return {
-                "status": "running",
+                "status": "waiting"
+                if any(n.status == "waiting" for n in state.nodes.values())
+                else "running",
                 "started": True,
                 "recoveries": state.recoveries + 1,
                 "crashed_executors": state.crashed_executors + (1 if body.lease_expired else 0),
@@ -188,7 +207,9 @@ def _run_changes(state: RunState, event: EventEnvelope) -> dict[str, Any]:
     return {}
 
 
-def _apply_to_node(state: RunState, body: Any, seq: int) -> dict[str, NodeState] | None:
+def _apply_to_node(
+    state: RunState, body: Any, seq: int, recorded_at: datetime
+) -> dict[str, NodeState] | None:
     """The run's nodes after a node event ``body`` at ``seq``; None when it is not a node event."""
     match body:
         case NodeExecuteBefore():
@@ -202,6 +223,8 @@ def _apply_to_node(state: RunState, body: Any, seq: int) -> dict[str, NodeState]
                 first_seq=node.first_seq if node.first_seq is not None else seq,
                 last_seq=seq,
                 retry_delay_ms=None,
+                retry_due_at=None,
+                started_at=recorded_at,
             )
         case NodeExecuteAfter():
             node = state.node(body.node_id)
@@ -231,7 +254,28 @@ def _apply_to_node(state: RunState, body: Any, seq: int) -> dict[str, NodeState]
             )
         case NodeRetryScheduled():
             node = state.node(body.node_id)
-            return _with_node(state, node, status="retry_wait", retry_delay_ms=body.delay_ms, last_seq=seq)
+            return _with_node(
+                state,
+                node,
+                status="retry_wait",
+                retry_delay_ms=body.delay_ms,
+                retry_due_at=body.due_at,
+                last_seq=seq,
+            )
+        case RunWaiting(node_id=str(node_id)):
+            node = state.node(node_id)
+            return _with_node(
+                state,
+                node,
+                status="waiting",
+                signal=body.signal,
+                wake_at=body.wake_at,
+                child_run_id=body.child_run_id or node.child_run_id,
+                last_seq=seq,
+            )
+        case RunResumed(node_id=str(node_id)):
+            node = state.node(node_id)
+            return _with_node(state, node, status="running", signal=None, wake_at=None, last_seq=seq)
         case NodeSkipped():
             node = state.node(body.node_id)
             return _with_node(state, node, status="skipped", skip_reason=body.reason, last_seq=seq)
@@ -258,10 +302,16 @@ def _check_legal(state: RunState, event: EventEnvelope) -> None:
     if seq > 0 and isinstance(body, RunQueued):
         raise IllegalEvent(seq, "run_queued may only be the first event")
     node_id = getattr(body, "node_id", None)
-    if node_id is None or isinstance(body, RunWaiting):
+    if node_id is None:
         return
     node = state.node(node_id)
     match body:
+        case RunWaiting():
+            if node.status != "running":
+                raise IllegalEvent(seq, f"node {node_id} waits but was not running ({node.status})")
+        case RunResumed():
+            if node.status != "waiting":
+                raise IllegalEvent(seq, f"node {node_id} resumed but was not waiting ({node.status})")
         case NodeExecuteBefore():
             if node.status not in ("pending", "retry_wait", "running"):
                 raise IllegalEvent(seq, f"node {node_id} started again after it ended ({node.status})")

@@ -54,6 +54,9 @@ class RunSummary(msgspec.Struct, frozen=True, gc=False):
     progress: int = 0
     node_count: int = 0
     current_nodes: tuple[str, ...] = ()
+    waiting_nodes: tuple[str, ...] = ()
+    """Those of ``current_nodes`` that wait (a signal, a timer, a child run); the run is
+    ``waiting`` while any does."""
     executed_nodes: tuple[str, ...] = ()
     failed_nodes: tuple[str, ...] = ()
     skipped_nodes: tuple[str, ...] = ()
@@ -66,6 +69,8 @@ class RunSummary(msgspec.Struct, frozen=True, gc=False):
     duration_ms: float | None = None
     error: str | None = None
     parent_run_id: str | None = None
+    parent_node_id: str | None = None
+    """For a child run: the parent's ``workflow`` node that started it (a fork has none)."""
     last_seq: int = -1
 
 
@@ -147,12 +152,21 @@ def apply(view: RunSummary | None, event: EventEnvelope) -> RunSummary:
                 workflow_version=body.workflow_version,
                 node_count=body.node_count,
                 parent_run_id=body.parent_run_id,
+                parent_node_id=body.parent_node_id,
                 queued_at=event.recorded_at,
             )
         case RunStarted():
             new = replace(view, last_seq=seq, status="running", started_at=event.recorded_at)
+        case RunWaiting(node_id=str(node_id)):
+            waiting = _with(view.waiting_nodes, node_id)
+            new = replace(view, last_seq=seq, status="waiting", waiting_nodes=waiting)
+        case RunResumed(node_id=str(node_id)):
+            waiting = _without(view.waiting_nodes, node_id)
+            new = replace(
+                view, last_seq=seq, status="waiting" if waiting else "running", waiting_nodes=waiting
+            )
         case RunRecovered() | RunResumed():
-            new = replace(view, last_seq=seq, status="running")
+            new = replace(view, last_seq=seq, status="waiting" if view.waiting_nodes else "running")
         case RunWaiting():
             new = replace(view, last_seq=seq, status="waiting")
         case RunFinished():

@@ -108,6 +108,18 @@ class CancelAccepted(msgspec.Struct, frozen=True):
     status: Literal["cancel_requested"]
 
 
+class SendSignal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    payload: Any = None
+    """Becomes the output of each ``wait`` node resumed by the signal (any JSON value)."""
+
+
+class SignalAccepted(msgspec.Struct, frozen=True):
+    run_id: UUID
+    signal: str
+    resumed_nodes: list[str]
+    """The ``wait`` nodes the signal resumed (every node that waited for it)."""
+
+
 class EventPage(msgspec.Struct, frozen=True):
     items: list[EventEnvelope]
     next_cursor: str | None

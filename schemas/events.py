@@ -6,6 +6,7 @@ existing field types never change, so every stored history stays decodable.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -56,8 +57,15 @@ class RunQueued(_Event, frozen=True, tag="run_queued"):
     """Nodes in the workflow version (read models derive progress from it)."""
     fork: ForkOrigin | None = None
     actor: str = ""
-    """Who queued the run: ``key:<key_id>``, ``jwt:<sub>``, ``schedule:<id>``, ``anonymous``
-    (auth off); empty in events recorded before actors were."""
+    """Who queued the run: ``key:<key_id>``, ``jwt:<sub>``, ``schedule:<id>``, ``run:<run_id>``
+    (a parent run's ``workflow`` node), ``anonymous`` (auth off); empty in events recorded
+    before actors were."""
+    parent_node_id: str | None = None
+    """For a child run: the parent run's ``workflow`` node that started it (``parent_run_id``
+    is the parent run; ``fork`` is None)."""
+    depth: int = 0
+    """How many parent runs above this one (a child of a top-level run: 1); limited so that a
+    workflow that starts itself cannot nest without end."""
 
 
 class RunStarted(_Event, frozen=True, tag="run_started"):
@@ -111,6 +119,9 @@ class NodeRetryScheduled(_Event, frozen=True, tag="node_retry_scheduled"):
     next_attempt: int
     delay_ms: int
     error: NodeError | None = None
+    due_at: datetime | None = None
+    """When the next attempt may start (a durable timer: a recovered run waits only what is
+    left). None in events recorded before retry timers were durable."""
 
 
 HALT_SKIP_PREFIXES = ("run stopped:", "run cancelled:")
@@ -130,14 +141,30 @@ class NodeSkipped(_Event, frozen=True, tag="node_skipped"):
 
 
 class RunWaiting(_Event, frozen=True, tag="run_waiting"):
+    """Node ``node_id`` (already started) waits: for ``signal``, for ``wake_at`` (a ``delay``,
+    or a ``wait`` node's timeout), or for ``child_run_id`` to end (a ``workflow`` node)."""
+
     reason: str = ""
     node_id: str | None = None
+    signal: str | None = None
+    wake_at: datetime | None = None
+    child_run_id: str | None = None
+
+
+ResumeCause = Literal["signal", "timer", "timeout", "child", "halt", ""]
+"""Why a waiting node stopped waiting: a signal came, its delay ended, its timeout passed, its
+child run ended, or the run halted (a cancel, or another node failing under ``on_failure: stop``)."""
 
 
 class RunResumed(_Event, frozen=True, tag="run_resumed"):
+    """Waiting node ``node_id`` stops waiting; its ``node_execute_after`` follows in the same append."""
+
     reason: str = ""
     actor: str = ""
     """Who resumed it (e.g. the credential that sent a signal)."""
+    node_id: str | None = None
+    cause: ResumeCause = ""
+    signal: str | None = None
 
 
 class RunCancelRequested(_Event, frozen=True, tag="run_cancel_requested"):

@@ -224,8 +224,9 @@ class PushNodeOutputData(PushExecutionData, frozen=True):
     marker: Annotated[
         OutputMarker | None,
         msgspec.Meta(
-            description="Set when the output was over the output cap: only its size and hash were "
-            "recorded, and `data` is null."
+            description="Set only in histories recorded before blobs existed, when the output was over "
+            "the output cap: only its size and hash were recorded, and `data` is null. Newer outputs over "
+            'the event cap are a `{"$blob": {sha256, size_bytes}}` reference in `data`.'
         ),
     ]
 
@@ -286,7 +287,7 @@ class PushTrimmedExecutionRecoveredMessage(_ServerMessage, frozen=True, tag="exe
 
 
 class PushExecutionWaitingMessage(_ServerMessage, frozen=True, tag="executionWaiting"):
-    """The run waits for a signal (event ``run_waiting``; reserved, nothing emits it yet)."""
+    """A node of the run started waiting (event ``run_waiting``): for a signal, a timer or a child run."""
 
     data: PushExecutionData
 

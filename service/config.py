@@ -12,6 +12,7 @@ from schemas.names import STREAM_NAME, SUBJECT_PREFIX
 ENV_DATABASE_URL = "FLOWLEDGER_DATABASE_URL"
 ENV_NATS_URL = "FLOWLEDGER_NATS_URL"
 ENV_NATS_STREAM = "FLOWLEDGER_NATS_STREAM"
+ENV_NATS_REPLICAS = "FLOWLEDGER_NATS_REPLICAS"
 ENV_NATS_SUBJECT_PREFIX = "FLOWLEDGER_NATS_SUBJECT_PREFIX"
 ENV_HOME = "FLOWLEDGER_HOME"
 ENV_HTTP_HOST = "FLOWLEDGER_HTTP_HOST"
@@ -65,8 +66,14 @@ class WorkerSettings:
     """A claimed run's lease; renewed while it runs, recovered by another worker once it expires."""
     poll_s: float = 1.0
     """How often an idle worker looks for runs when no notification woke it."""
-    output_cap_bytes: int = 5 * 1024 * 1024
-    """Larger node outputs are recorded as a marker with their size and SHA-256."""
+    output_cap_bytes: int = 1024 * 1024
+    """The event payload cap: a node output whose JSON is larger is stored whole in the blob store,
+    its event carrying a ``{"$blob": {"sha256", "size_bytes"}}`` reference."""
+    max_output_bytes: int = 64 * 1024 * 1024
+    """A node output whose JSON is larger fails the node with ``output_too_large``."""
+    park_after_s: float = 2.0
+    """A run whose every unfinished node waits (a signal, a timer, a child run) longer than
+    this gives its slot and lease back until then; shorter waits are kept in memory."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,12 @@ class Settings:
 
     database_url: str | None = None
     nats_url: str | None = None
+    """One NATS URL or a comma-separated seed list of a cluster's servers."""
+    nats_replicas: int | None = None
+    """Replicas of the event stream (1..5; more than 1 needs a NATS cluster, R3 survives the loss
+    of one node): the stream is created so, or an existing one scaled to it. ``None`` (unset): a
+    new stream gets 1 and an existing one keeps its count, so a command or an instance started
+    without the setting never scales a cluster's R3 stream down."""
     nats_stream: str = STREAM_NAME
     """JetStream stream of this log's events (one stream per log)."""
     nats_subject_prefix: str = SUBJECT_PREFIX
@@ -186,6 +199,7 @@ class Settings:
         return cls(
             database_url=env.get(ENV_DATABASE_URL) or None,
             nats_url=env.get(ENV_NATS_URL) or None,
+            nats_replicas=int(env[ENV_NATS_REPLICAS]) if env.get(ENV_NATS_REPLICAS) else None,
             nats_stream=env.get(ENV_NATS_STREAM, STREAM_NAME),
             nats_subject_prefix=env.get(ENV_NATS_SUBJECT_PREFIX, SUBJECT_PREFIX),
             home=Path(env.get(ENV_HOME, DEFAULT_HOME)),

@@ -132,11 +132,20 @@ class Runtime:
             self.nats, subject_prefix=settings.nats_subject_prefix, queue_size=settings.push_queue_size
         )
         await self.push.start()
-        await ensure_stream(
-            self.nats.jetstream(), stream_config(settings.nats_stream, settings.nats_subject_prefix)
+        info = await ensure_stream(
+            self.nats.jetstream(),
+            stream_config(
+                settings.nats_stream, settings.nats_subject_prefix, replicas=settings.nats_replicas
+            ),
         )
         self.readiness.nats = True
-        log.info("nats_connected", url=mask_url(self.nats_url))
+        log.info(
+            "nats_connected",
+            url=mask_url(self.nats_url),
+            stream=settings.nats_stream,
+            replicas=info.config.num_replicas or 1,
+            cluster=info.cluster.name if info.cluster else None,
+        )
 
         if settings.relay_enabled if relay is None else relay:
             self.relay = Relay(

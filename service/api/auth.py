@@ -290,6 +290,7 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "delete_schedule": "workflows:write",
     "start_run": "runs:write",
     "cancel_run": "runs:write",
+    "signal_run": "runs:write",
     "replay_run": "runs:write",
     "list_runs": "runs:read",
     "get_run": "runs:read",

@@ -19,11 +19,13 @@ from schemas.codec import to_typed
 from schemas.envelope import EventEnvelope
 from service.api.dependencies import provide_runtime
 from service.api.errors import problem, problem_responses
+from service.domain.outputs import state_blob_refs
 from service.domain.run_diff import RunDiff, diff_runs
 from service.domain.workflow_spec import WorkflowGraph, build_graph
 from service.history.audit import AuditProblem, audit_runs
-from service.history.time_travel import RunStateView, SeqOutOfRange, state_at
+from service.history.time_travel import RunStateView, SeqOutOfRange, fold_at, view_at
 from service.runtime import Runtime
+from service.store.blobs import BlobStore, BlobUnavailable
 from service.store.workflow_store import UnknownWorkflow
 
 
@@ -48,8 +50,8 @@ async def _graph(runtime: Runtime, events: list[EventEnvelope]) -> WorkflowGraph
 
 @get(
     "/runs/{run_id:uuid}/state",
-    summary="The run's full state right after event at_seq (default: the latest): nodes, "
-    "what each saw, and what would run next",
+    summary="The run's full state right after event at_seq (default: the latest): nodes (their "
+    "outputs whole, large ones read from the blob store), what each saw, and what would run next",
     responses=problem_responses(
         (400, "A parameter is invalid, or at_seq is past the run's last event (`valid_range`)"),
         (404, "No such run"),
@@ -64,11 +66,22 @@ async def run_state_at(
     events = await _events(runtime, run_id)
     graph = await _graph(runtime, events)
     try:
-        return state_at(events, at_seq, graph)
+        state = fold_at(events, at_seq)
     except SeqOutOfRange as exc:
         raise problem(
             400, "at_seq out of range", str(exc), valid_range=[0, exc.last_seq], at_seq=exc.at_seq
         ) from exc
+    # Outputs stored as blobs are returned as their real values: whoever may read the run
+    # may read what its nodes produced (the blobs are only those this run's events reference).
+    assert runtime.pool is not None and runtime.store is not None
+    refs = state_blob_refs(state)
+    try:
+        blobs = await BlobStore(runtime.pool, schema=runtime.store.schema).load(
+            {sha: ref.size_bytes for sha, ref in refs.items()}
+        )
+    except BlobUnavailable as exc:
+        raise problem(500, "Blob unavailable", f"run {run_id}: {exc}") from exc
+    return view_at(state, events, graph, blobs)
 
 
 @get(

@@ -41,6 +41,8 @@ class ServiceFigures:
     running: int
     in_flight: int
     """Runs executing in this process (its worker's executors)."""
+    waiting: int = 0
+    """Parked runs (all instances): every unfinished node waits; they hold no slot or lease."""
     relay_active: bool | None = None
     """None: no relay in this process; False: a standby (another process relays)."""
     relay_lag_events: int | None = None
@@ -58,7 +60,7 @@ async def read_service(runtime: Runtime, projections: list[ProjectorStatus]) -> 
     """Queue depth (all instances), this process's in-flight runs and its relay's lag, beside
     the ``projections`` lag (read from the checkpoints, so it too covers every instance)."""
     assert runtime.store is not None
-    queued, running = await runtime.queue.depth()
+    queued, running, waiting = await runtime.queue.depth()
     head = projections[0].head if projections else await runtime.store.head_position()
     relay = runtime.relay
     relay_lag = None
@@ -70,6 +72,7 @@ async def read_service(runtime: Runtime, projections: list[ProjectorStatus]) -> 
         queued=queued,
         running=running,
         in_flight=len(runtime.worker.executors) if runtime.worker is not None else 0,
+        waiting=waiting,
         relay_active=None if relay is None else relay.status.active,
         relay_lag_events=relay_lag,
     )
@@ -203,6 +206,7 @@ def _service_families(service: ServiceFigures | None) -> Iterator[Metric]:
             relay_lag.add_metric([], service.relay_lag_events)
         depth.add_metric(["queued"], service.queued)
         depth.add_metric(["running"], service.running)
+        depth.add_metric(["waiting"], service.waiting)
         in_flight.add_metric([], service.in_flight)
     yield from (lag_events, lag_seconds, position, head, relay_active, relay_lag, depth, in_flight)
 

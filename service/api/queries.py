@@ -54,6 +54,10 @@ class LineageNode(msgspec.Struct, frozen=True):
     finished_at: datetime | None
     error: str | None
     skip_reason: str | None
+    signal: str | None = None
+    """The signal a ``waiting`` node waits for (``POST /v1/runs/{id}/signals/{signal}``)."""
+    child_run_id: str | None = None
+    """The child run a ``workflow`` node started."""
 
 
 class LineageEdge(msgspec.Struct, frozen=True):
@@ -150,6 +154,8 @@ async def get_lineage(runtime: NamedDependency[Runtime], run_id: FromPath[UUID])
                 finished_at=e.finished_at if e else None,
                 error=f"{e.error_kind}: {e.error_message}" if e and e.error_kind else None,
                 skip_reason=e.skip_reason if e else None,
+                signal=e.signal if e else None,
+                child_run_id=e.child_run_id if e else None,
             )
         )
     edges = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -21,6 +22,8 @@ from schemas.api import (
     RunAccepted,
     RunLogLine,
     RunLogs,
+    SendSignal,
+    SignalAccepted,
     StartRun,
     WorkflowDetail,
     WorkflowPage,
@@ -37,7 +40,13 @@ from service.api.errors import problem, problem_responses
 from service.api.layouts import layout_of_version
 from service.domain.run_document import fold_raw
 from service.domain.workflow_spec import InvalidWorkflow, check_spec, parse_spec, spec_warnings
-from service.engine.control import RunAlreadyEnded, UnknownRun, request_cancel
+from service.engine.control import (
+    NotWaitingForSignal,
+    RunAlreadyEnded,
+    UnknownRun,
+    request_cancel,
+    send_signal,
+)
 from service.engine.fork import ForkError, start_fork
 from service.runtime import Runtime
 from service.store.workflow_store import UnknownWorkflow
@@ -350,6 +359,58 @@ async def cancel_run(
     return CancelAccepted(run_id=run_id, status="cancel_requested")
 
 
+_SIGNAL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@post(
+    "/runs/{run_id:uuid}/signals/{name:str}",
+    status_code=202,
+    summary="Send a signal to a waiting run (409 when no node of it waits for that signal)",
+    before_request=json_body(SendSignal | None),
+    responses=problem_responses(
+        400,
+        (404, "No such run"),
+        (409, "The run has ended, or no node of it waits for this signal now"),
+        413,
+        415,
+    ),
+)
+async def signal_run(
+    runtime: NamedDependency[Runtime],
+    principal: NamedDependency[Principal],
+    run_id: FromPath[UUID],
+    name: FromPath[str],
+    data: JSONBody[SendSignal | None] = None,
+) -> SignalAccepted:
+    """Resume the run's ``wait`` nodes waiting for signal ``name``: the payload becomes their
+    output, and who sent it is recorded (``run_resumed.actor``)."""
+    if not _SIGNAL_NAME.match(name):
+        raise problem(
+            400, "Invalid signal name", f"signal names are 1-64 of A-Z a-z 0-9 _ . - (got {name!r})"
+        )
+    payload = data.payload if data else None
+    try:
+        worker = runtime.settings.worker
+        _state, resumed = await send_signal(
+            runtime.queue,
+            run_id,
+            name,
+            payload,
+            principal.actor,
+            tenant=principal.tenant,
+            max_bytes=min(worker.output_cap_bytes, worker.max_output_bytes),
+        )
+    except UnknownRun as exc:
+        raise problem(404, "Unknown run", str(exc)) from exc
+    except RunAlreadyEnded as exc:
+        raise problem(409, "Run already ended", str(exc), run_status=exc.status) from exc
+    except NotWaitingForSignal as exc:
+        raise problem(409, "Not waiting for this signal", str(exc), waiting_for=exc.waiting_for) from exc
+    except ValueError as exc:  # a payload over the event cap
+        raise problem(413, "Signal payload too large", str(exc)) from exc
+    return SignalAccepted(run_id=run_id, signal=name, resumed_nodes=resumed)
+
+
 @post(
     "/runs/{run_id:uuid}/replay",
     status_code=202,
@@ -413,6 +474,7 @@ def runs_router() -> Router:
             run_events,
             run_logs,
             cancel_run,
+            signal_run,
             replay_run,
         ],
         dependencies={"runtime": Provide(provide_runtime)},

@@ -58,7 +58,7 @@ from schemas.events import (
 from service.bench.report import Comparison, print_comparisons
 from service.bench.scratch import admin_token, scratch_schema
 from service.config import Settings
-from service.engine.executor import output_event
+from service.engine.outputs import record_output
 from service.runtime import running
 from service.store.event_store import EventStore
 from service.store.projection_log import StoreLog
@@ -109,12 +109,12 @@ class _Histories:
     def __init__(self, seed: int = 7) -> None:
         self.rng = random.Random(seed)
         cap = 5 * 1024 * 1024
-        self.fetch_data = {a: output_event("fetch", a, _HTTP_OUTPUT, cap) for a in (1, 2, 3)}
+        self.fetch_data = {a: record_output("fetch", a, _HTTP_OUTPUT, cap).data for a in (1, 2, 3)}
         self.failed_data = {a: NodeExecuteAfterData(node_id="fetch", attempt=a) for a in (1, 2, 3)}
         self.check_data = {
-            label: output_event("check", 1, {"branch": label}, cap) for label in ("true", "false")
+            label: record_output("check", 1, {"branch": label}, cap).data for label in ("true", "false")
         }
-        self.notify_data = output_event("notify", 1, {"ok": True, "order": "A-10023"}, cap)
+        self.notify_data = record_output("notify", 1, {"ok": True, "order": "A-10023"}, cap).data
 
     def shape(self) -> str:
         roll, acc = self.rng.random(), 0.0

@@ -121,8 +121,9 @@ def bench_spec(nodes: int, delay_ms: int) -> dict[str, Any]:
 
 
 def events_per_run(nodes: int) -> int:
-    """run_queued, run_started, 3 per node (the gate too), run_finished."""
-    return 3 + 3 * (nodes + 1)
+    """run_queued, run_started, the gate's 3, 5 per delay node (before, run_waiting, run_resumed,
+    after, after_data: a delay is a durable timer), run_finished."""
+    return 3 + 3 + 5 * nodes
 
 
 # -- the load generator (a process of its own) ----------------------------------------------------
@@ -284,13 +285,16 @@ async def _sse_client(config: GeneratorConfig, client: _Client, setup: asyncio.S
 async def _generate(config: GeneratorConfig) -> GeneratorReport:
     import nats
 
+    from service.infra.nats import parse_nats_servers
+
+    servers = parse_nats_servers(config.nats_url)  # one URL or a cluster's seed list
     clients = [_Client(run_id) for run_id in config.runs]
     probe: list[tuple[float, bytes]] = []
     connections = []
     tasks: list[asyncio.Task[None]] = []
     try:
         if config.relay_probe:
-            probe_nc = await nats.connect(config.nats_url, name="bench-push-probe")
+            probe_nc = await nats.connect(servers=servers, name="bench-push-probe")
             connections.append(probe_nc)
 
             async def on_probe(msg: Any) -> None:
@@ -304,7 +308,7 @@ async def _generate(config: GeneratorConfig) -> GeneratorReport:
         else:
             per = SUBSCRIBERS_PER_CONNECTION
             for start in range(0, len(clients), per):
-                nc = await nats.connect(config.nats_url, name=f"bench-push-{start // per}")
+                nc = await nats.connect(servers=servers, name=f"bench-push-{start // per}")
                 connections.append(nc)
                 for client in clients[start : start + per]:
 

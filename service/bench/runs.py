@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import multiprocessing
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -47,6 +48,8 @@ from service.config import Settings, WorkerSettings
 from service.engine.nodes import default_registry
 from service.engine.worker import Worker
 from service.followers.relay import Relay
+from service.infra.db import create_pool
+from service.infra.event_loop import event_loop_factory
 from service.runtime import running
 from service.store.event_store import EventStore
 from service.store.run_queue import RunQueue
@@ -110,6 +113,8 @@ class SideResult:
 class RunsBenchResult:
     ours: SideResult
     dbos: SideResult | None
+    scaling: tuple[int, SideResult, SideResult] | None = None
+    """With ``--processes N``: (N, ours on 1 worker process, ours on N worker processes)."""
 
     @property
     def ratio(self) -> float | None:
@@ -143,11 +148,13 @@ async def _ours(
     concurrency: int,
     progress: Progress,
     node_type: str = "noop",
+    processes: int = 0,
 ) -> SideResult:
-    async with _our_side(pool, nc, concurrency, node_type) as side:
-        enqueued = progress.add_task("flowledger: enqueued", total=runs)
-        finished = progress.add_task("flowledger: finished", total=runs)
-        relayed = progress.add_task("flowledger: relayed events", total=runs * EVENTS_PER_RUN)
+    async with _our_side(pool, nc, concurrency, node_type, database_url, processes) as side:
+        label = f"flowledger ({processes} worker processes)" if processes else "flowledger"
+        enqueued = progress.add_task(f"{label}: enqueued", total=runs)
+        finished = progress.add_task(f"{label}: finished", total=runs)
+        relayed = progress.add_task(f"{label}: relayed events", total=runs * EVENTS_PER_RUN)
         relay = side.relay
         start = await _run_all(side, database_url, runs, progress, enqueued, finished, relayed)
         head = await side.store.head_position()
@@ -165,25 +172,35 @@ async def _ours(
 
 @contextlib.asynccontextmanager
 async def _our_side(
-    pool: asyncpg.Pool, nc: NATS, concurrency: int, node_type: str = "noop"
+    pool: asyncpg.Pool,
+    nc: NATS,
+    concurrency: int,
+    node_type: str = "noop",
+    database_url: str = "",
+    processes: int = 0,
 ) -> AsyncIterator[_OurSide]:
     """Start our side in a scratch schema and stream, the bench workflow registered and the
-    relay active; stop it and drop the scratch schema and stream on exit."""
+    relay active; stop it and drop the scratch schema and stream on exit. ``processes`` 0: the
+    worker runs in this process; N: in N processes of their own (``concurrency`` split among
+    them), as ``serve --processes N`` runs it."""
     async with scratch_schema(pool) as schema, scratch_stream(nc, "RUNS") as (stream, prefix):
         store = EventStore(pool, schema=schema)
         await store.start()
         registry = default_registry()
         background: list[asyncio.Task[None]] = []
+        workers = _WorkerProcesses(database_url, schema, processes, concurrency)
         try:
             queue = RunQueue(store, schema=schema)
             workflows = WorkflowStore(pool, schema=schema)
             stored, _ = await workflows.register(bench_spec(node_type), tenant=TENANT)
-            worker = Worker(store, queue, workflows, registry, WorkerSettings(max_runs=concurrency))
             relay = Relay(store, nc, stream=stream, subject_prefix=prefix, name=f"bench-{stream}")
-            background = [
-                asyncio.create_task(worker.run(), name="bench-worker"),
-                asyncio.create_task(relay.run(), name="bench-relay"),
-            ]
+            background = [asyncio.create_task(relay.run(), name="bench-relay")]
+            if processes:
+                await workers.start()
+                background.append(asyncio.create_task(workers.watch(), name="bench-worker-processes"))
+            else:
+                worker = Worker(store, queue, workflows, registry, WorkerSettings(max_runs=concurrency))
+                background.append(asyncio.create_task(worker.run(), name="bench-worker"))
             await _until(lambda: relay.status.active, background, lambda: "the relay did not become active")
             await asyncio.sleep(0.1)  # the worker's LISTEN is in place: it is woken by the first enqueue
             yield _OurSide(schema, store, queue, stored, relay, background)
@@ -193,8 +210,80 @@ async def _our_side(
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await asyncio.to_thread(workers.stop)
             await registry.aclose()
             await store.close()
+
+
+class _WorkerProcesses:
+    """``count`` processes, each running a ``Worker`` on the bench's scratch schema."""
+
+    def __init__(self, database_url: str, schema: str, count: int, concurrency: int) -> None:
+        self._context = multiprocessing.get_context("spawn")  # no inherited event loop or pool
+        self._stop = self._context.Event()
+        self._args = (database_url, schema, max(1, -(-concurrency // max(1, count))))
+        self._count = count
+        self._procs: list[Any] = []
+
+    async def start(self) -> None:
+        ready = [self._context.Event() for _ in range(self._count)]
+        for event in ready:
+            proc = self._context.Process(target=_worker_process, args=(*self._args, event, self._stop))
+            proc.start()
+            self._procs.append(proc)
+        deadline = time.monotonic() + 60
+        while not all(event.is_set() for event in ready):
+            if time.monotonic() > deadline or any(not p.is_alive() for p in self._procs):
+                raise RuntimeError("the bench's worker processes did not start")
+            await asyncio.sleep(0.05)
+
+    async def watch(self) -> None:
+        """Fails when a worker process dies during the bench (the bench then stops)."""
+        while True:
+            await asyncio.sleep(0.2)
+            if any(not p.is_alive() for p in self._procs):
+                raise RuntimeError("a worker process of the bench died")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for proc in self._procs:
+            proc.join(timeout=20)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _worker_process(database_url: str, schema: str, max_runs: int, ready: Any, stop: Any) -> None:
+    """A worker process of ``bench runs --processes`` (the target of a spawned process)."""
+
+    async def main() -> None:
+        pool = await create_pool(database_url)
+        store = EventStore(pool, schema=schema)
+        await store.start()
+        registry = default_registry()
+        worker = Worker(
+            store,
+            RunQueue(store, schema=schema),
+            WorkflowStore(pool, schema=schema),
+            registry,
+            WorkerSettings(max_runs=max_runs),
+        )
+        task = asyncio.create_task(worker.run(), name="bench-worker")
+        await asyncio.sleep(0.1)  # LISTEN in place
+        ready.set()
+        stopped = asyncio.ensure_future(asyncio.to_thread(stop.wait))
+        try:
+            await asyncio.wait([stopped, task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await registry.aclose()
+            await store.close()
+            await pool.close()
+
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())
 
 
 async def _run_all(
@@ -416,24 +505,54 @@ async def bench_runs(
     concurrency: int = 100,
     baseline: bool = True,
     node_type: str = "noop",
+    processes: int = 0,
 ) -> RunsBenchResult:
-    """Measure ours, then DBOS (when ``baseline`` and installed), and print them side by side."""
+    """Measure ours, then DBOS (when ``baseline`` and installed), and print them side by side.
+
+    ``processes`` N > 0: ours runs its workers in 1 process, then in N processes (the scaling,
+    same machine, same run), and the N-process figure is the one compared with DBOS."""
     if runs < 1 or concurrency < 1:
         raise ValueError("--runs and --concurrency must be at least 1")
+    if processes < 0:
+        raise ValueError("--processes must be 0 (the worker in the bench's own process) or more")
     bench_spec(node_type)  # refuses an unknown node type before anything starts
     with_dbos = baseline and dbos_available()
     async with running(settings, relay=False, worker=False) as runtime:
         assert runtime.pool is not None and runtime.nats is not None and runtime.database_url is not None
         with Progress(transient=True) as progress:
-            ours = await _ours(
-                runtime.pool, runtime.database_url, runtime.nats, runs, concurrency, progress, node_type
-            )
+            scaling = None
+            if processes:
+                one = await _ours(
+                    runtime.pool,
+                    runtime.database_url,
+                    runtime.nats,
+                    runs,
+                    concurrency,
+                    progress,
+                    node_type,
+                    1,
+                )
+                ours = await _ours(
+                    runtime.pool,
+                    runtime.database_url,
+                    runtime.nats,
+                    runs,
+                    concurrency,
+                    progress,
+                    node_type,
+                    processes,
+                )
+                scaling = (processes, one, ours)
+            else:
+                ours = await _ours(
+                    runtime.pool, runtime.database_url, runtime.nats, runs, concurrency, progress, node_type
+                )
             theirs = (
                 await _dbos(runtime.pool, runtime.database_url, runs, concurrency, progress)
                 if with_dbos
                 else None
             )
-    result = RunsBenchResult(ours, theirs)
+    result = RunsBenchResult(ours, theirs, scaling)
     _print(result, runs, concurrency, baseline, node_type)
     return result
 
@@ -450,6 +569,18 @@ def _print(
         f"flowledger run latency (run_queued -> run_finished): p50 {ours.p50_ms:,.1f} ms, "
         f"p99 {ours.p99_ms:,.1f} ms; {ours.elapsed_s:,.2f} s in all.",
     ]
+    rows: list[Comparison] = []
+    if result.scaling is not None:
+        count, one, many = result.scaling
+        rows.append(
+            Comparison(
+                f"scaling: {count} worker processes", many.rate, one.rate, "1 worker process", "runs/s", 1.6
+            )
+        )
+        notes.append(
+            f"worker processes: 1 -> {one.rate:,.0f} runs/s, {count} -> {many.rate:,.0f} runs/s; the bench's "
+            "own process enqueues and relays in both."
+        )
     if result.dbos is not None:
         dbos = result.dbos
         notes.append(
@@ -461,10 +592,14 @@ def _print(
             [
                 Comparison(
                     f"runs end to end ({node_type})", ours.rate, dbos.rate, "DBOS, 5 steps", "runs/s", 3.0
-                )
+                ),
+                *rows,
             ],
             notes,
         )
+        return
+    if rows:
+        print_comparisons("flowledger bench runs", rows, notes)
         return
     console = Console()
     console.print(f"[bold]flowledger bench runs[/bold]: {ours.rate:,.0f} runs/s")

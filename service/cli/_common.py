@@ -18,6 +18,7 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from service.config import Settings, default_api_url
+from service.infra.event_loop import event_loop_factory
 from service.infra.keyfile import ADMIN_TOKEN_FILE
 from service.logs import quiet_http_client_logs
 
@@ -41,7 +42,8 @@ def run_async(main: Awaitable[T]) -> T:
     from service.runtime import STARTUP_ERRORS  # the runtime pulls in the whole service: only when used
 
     try:
-        return asyncio.run(main)  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(main)  # type: ignore[arg-type]
     except STARTUP_ERRORS as exc:
         click.echo(f"flowledger: {exc}", err=True)
         sys.exit(2)
@@ -131,6 +133,12 @@ def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
             message = body.get("detail") or body.get("title") or response.text
         except ValueError:
             message = response.text
+        if response.status_code == 401:
+            message += (
+                "; give a key with --token or FLOWLEDGER_TOKEN (the admin key `serve` wrote is "
+                f"{ADMIN_TOKEN_FILE} under its home: run this from the directory `make run` was "
+                "started in, or set FLOWLEDGER_HOME to that home)"
+            )
         raise ApiError(f"{response.status_code}: {message}")
     return response.json()
 
@@ -196,8 +204,10 @@ def _run_details(kind: str, data: Mapping[str, Any]) -> list[str]:
     match kind:
         case "run_queued":
             parts.append(f"version {data.get('workflow_version', '?')}")
-            if data.get("parent_run_id"):
-                parts.append(f"parent {data['parent_run_id']}")
+            if data.get("parent_node_id"):
+                parts.append(f"child of run {data['parent_run_id']} (node {data['parent_node_id']})")
+            elif data.get("parent_run_id"):
+                parts.append(f"forked from {data['parent_run_id']}")
             if data.get("actor"):
                 parts.append(f"by {data['actor']}")
         case "run_started" | "run_recovered":
@@ -212,6 +222,12 @@ def _run_details(kind: str, data: Mapping[str, Any]) -> list[str]:
         case "run_waiting" | "run_resumed" | "run_cancel_requested" | "run_cancelled":
             if data.get("node_id"):
                 parts.append(f"{data['node_id']}")
+            if data.get("signal") and kind == "run_waiting":
+                parts.append(f"waits for signal {data['signal']}")
+            if data.get("child_run_id"):
+                parts.append(f"child run {data['child_run_id']}")
+            if data.get("wake_at"):
+                parts.append(f"until {data['wake_at']}")
             if data.get("reason"):
                 parts.append(f"reason {data['reason']}")
             if data.get("requested_by"):

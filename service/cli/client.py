@@ -262,6 +262,38 @@ def cancel(ctx: click.Context, run_id: UUID, reason: str) -> None:
     console.print(f"cancel requested for run {run_id}")
 
 
+@click.command("signal")
+@click.argument("run_id", type=RUN_ID)
+@click.argument("name")
+@click.option("--payload", default=None, help="JSON value: the output of the wait nodes it resumes.")
+@click.option(
+    "--payload-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the JSON payload from a file ('-' is not accepted; use --payload).",
+)
+@click.pass_context
+def signal(
+    ctx: click.Context, run_id: UUID, name: str, payload: str | None, payload_file: Path | None
+) -> None:
+    """Send signal NAME to a run waiting for it (its wait nodes resume with the payload)."""
+    if payload is not None and payload_file is not None:
+        raise click.UsageError("give --payload or --payload-file, not both")
+    body: dict[str, Any] = {}
+    text, hint = (
+        (payload, "--payload") if payload_file is None else (payload_file.read_text(), "--payload-file")
+    )
+    if text is not None:
+        try:
+            body["payload"] = json.loads(text)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
+    with api_client(ctx) as client:
+        answer = call_api(client, "POST", f"/v1/runs/{run_id}/signals/{name}", json=body)
+    nodes = ", ".join(answer["resumed_nodes"])
+    console.print(f"signal {name} sent to run {run_id}: resumed {nodes}")
+
+
 @click.group("runs")
 def runs() -> None:
     """Run summaries from the read models."""
@@ -312,8 +344,20 @@ NODE_COLUMNS = (
     Column("duration", lambda n: ms(n["duration_ms"]), right=True),
     Column("items", lambda n: str(n["item_count"]), right=True),
     Column("bytes", lambda n: str(n["output_bytes"]), right=True),
-    Column("error / reason", lambda n: one_line(n["error"] or n["skip_reason"], 60)),
+    Column("error / reason", lambda n: one_line(_node_note(n), 60)),
 )
+
+
+def _node_note(node: dict[str, Any]) -> str | None:
+    """What the lineage says of a node beside its figures: its error or skip reason, else what
+    it waits for, or the child run it started."""
+    if node["error"] or node["skip_reason"]:
+        return str(node["error"] or node["skip_reason"])
+    if node.get("status") == "waiting" and node.get("signal"):
+        return f"waits for signal {node['signal']}"
+    if node.get("child_run_id"):
+        return f"child run {node['child_run_id']}"
+    return None
 
 
 @runs.command("show")
@@ -336,8 +380,12 @@ def runs_show(ctx: click.Context, run_id: UUID, fmt: str) -> None:
         console.print(f"duration {summary['duration_ms']:.0f} ms, retries {summary['retries']}")
     if summary["error"]:
         console.print(f"[red]error[/red]: {escape(summary['error'])}")
-    if summary["parent_run_id"]:
+    if summary.get("parent_node_id"):
+        console.print(f"child of run {summary['parent_run_id']} (its node {summary['parent_node_id']})")
+    elif summary["parent_run_id"]:
         console.print(f"forked from {summary['parent_run_id']}")
+    if summary.get("waiting_nodes"):
+        console.print(f"waiting: {', '.join(summary['waiting_nodes'])}")
     print_table([[c.text(n) for c in NODE_COLUMNS] for n in lineage["nodes"]], NODE_COLUMNS)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,10 +15,11 @@ from service.cli._common import api_url, reader_may_leave, run_async, settings_o
 from service.cli.access import keys, secrets
 from service.cli.admin import projections
 from service.cli.audit import audit, export_bundle, import_bundle_command, verify_bundle_command
-from service.cli.client import cancel, events, history, lineage, metrics, run, runs, workflows
+from service.cli.client import cancel, events, history, lineage, metrics, run, runs, signal, workflows
 from service.cli.history import diff
 from service.cli.logs import logs
 from service.cli.node_options import node_options, node_settings
+from service.cli.processes import LISTEN_FD_OPTION, default_processes, supervise, watch_parent
 from service.cli.replay import replay
 from service.cli.schedules import schedules as schedules_group
 from service.cli.serve_options import access_options, access_settings
@@ -33,6 +35,7 @@ from service.config import (
     ENV_LOG_FORMAT,
     ENV_LOG_LEVEL,
     ENV_MAX_JSON_DEPTH,
+    ENV_NATS_REPLICAS,
     ENV_NATS_URL,
     Settings,
     WorkerSettings,
@@ -56,7 +59,8 @@ T = TypeVar("T")
     envvar=ENV_NATS_URL,
     show_envvar=True,
     default=None,
-    help="NATS URL (JetStream enabled). Unset: start the embedded nats-server under --home.",
+    help="NATS URL (JetStream enabled), or a cluster's seed list: nats://h1:4222,nats://h2:4222,... "
+    "Unset: start the embedded nats-server under --home.",
 )
 @click.option(
     "--nats-stream",
@@ -77,7 +81,8 @@ T = TypeVar("T")
     envvar="FLOWLEDGER_API_URL",
     show_envvar=True,
     default=None,
-    help="HTTP API used by the client commands (workflows, run, events, cancel). "
+    help="HTTP API used by the client commands (workflows, run, runs, events, cancel, signal, "
+    "lineage, diff, replay, ...). "
     "Unset: http://FLOWLEDGER_HTTP_HOST:FLOWLEDGER_HTTP_PORT (127.0.0.1:8000), where serve listens.",
 )
 @click.option(
@@ -184,12 +189,30 @@ def cli(
     help="Run lease; a crashed worker's runs are recovered once it expires.",
 )
 @click.option(
+    "--park-after",
+    "park_after_s",
+    envvar="FLOWLEDGER_PARK_AFTER_SECONDS",
+    show_envvar=True,
+    default=2.0,
+    type=click.FloatRange(0.0),
+    help="Seconds: a run whose every unfinished node waits longer gives its slot and lease back.",
+)
+@click.option(
     "--output-cap-bytes",
     envvar="FLOWLEDGER_OUTPUT_CAP_BYTES",
     show_envvar=True,
-    default=5 * 1024 * 1024,
+    default=1024 * 1024,
     type=click.IntRange(1024),
-    help="Larger node outputs are recorded as a marker with size and SHA-256.",
+    help="The event payload cap: a node output whose JSON is larger is stored whole in the blob "
+    "store and its event references it.",
+)
+@click.option(
+    "--max-output-bytes",
+    envvar="FLOWLEDGER_MAX_OUTPUT_BYTES",
+    show_envvar=True,
+    default=64 * 1024 * 1024,
+    type=click.IntRange(1024),
+    help="A node output whose JSON is larger fails the node with output_too_large.",
 )
 @click.option(
     "--worker/--no-worker",
@@ -215,6 +238,38 @@ def cli(
     help="An origin (scheme://host[:port]) whose browser pages may call the API and follow its "
     "streams; repeat it, or list them in the variable, comma-separated; '*' for any. Default: none.",
 )
+@click.option(
+    "--nats-replicas",
+    envvar=ENV_NATS_REPLICAS,
+    show_envvar=True,
+    default=None,
+    type=click.IntRange(1, 5),
+    help="Replicas of the JetStream stream: created so, or an existing stream scaled to it. "
+    "More than 1 needs a NATS cluster (3: survives the loss of one node). "
+    "Unset: a new stream gets 1, an existing one keeps its count.",
+)
+@click.option(
+    "--processes",
+    envvar="FLOWLEDGER_PROCESSES",
+    show_envvar=True,
+    default=None,
+    type=click.IntRange(1, 256),
+    help="Service processes sharing the port, each with its own event loop, worker, relay and "
+    "projection runners (one relay and one runner per projection are active across all). "
+    "Default: one per core.",
+)
+@click.option(
+    "--role",
+    "roles",
+    envvar="FLOWLEDGER_ROLE",
+    show_envvar=True,
+    multiple=True,
+    type=click.Choice(["all", "api", "worker", "relay", "projections"]),
+    help="What this instance runs beside the HTTP API (which every role serves): worker, relay, "
+    "projections, or all (the default); repeat it, or list them in the variable, space-separated. "
+    "'api' alone serves the API and push only.",
+)
+@click.option(LISTEN_FD_OPTION, "listen_fd", type=int, default=None, hidden=True)
 @access_options
 @node_options
 @click.pass_context
@@ -227,10 +282,16 @@ def serve(
     max_node_tasks: int,
     max_parallel_nodes: int,
     lease_seconds: float,
+    park_after_s: float,
     output_cap_bytes: int,
+    max_output_bytes: int,
     worker: bool,
     max_json_depth: int,
     cors_origins: tuple[str, ...],
+    nats_replicas: int | None,
+    processes: int | None,
+    roles: tuple[str, ...],
+    listen_fd: int | None,
     **access: Any,
 ) -> None:
     """Serve the HTTP API, execute runs and relay events to NATS (Ctrl-C stops everything it started)."""
@@ -239,25 +300,60 @@ def serve(
     import uvicorn
 
     from service.api.app import begin_shutdown, create_app
+    from service.infra.nats import InvalidNatsUrl, parse_nats_servers
 
     worker_settings = WorkerSettings(
         max_runs=max_runs,
         max_node_tasks=max_node_tasks,
         max_parallel_nodes=max_parallel_nodes,
         lease_s=lease_seconds,
+        park_after_s=park_after_s,
         output_cap_bytes=output_cap_bytes,
+        max_output_bytes=max_output_bytes,
     )
+    role = set(roles) or {"all"}
+
+    def runs(part: str) -> bool:
+        return "all" in role or part in role
+
     settings = dataclasses.replace(
         settings_of(ctx),
         http_host=host,
         http_port=port,
         worker=worker_settings,
-        worker_enabled=worker,
+        worker_enabled=worker and runs("worker"),
+        relay_enabled=runs("relay"),
+        projections_enabled=runs("projections"),
         max_json_depth=max_json_depth,
         cors_origins=parse_origins(" ".join(cors_origins)),
+        nats_replicas=nats_replicas,
     )
     auth, limits = access_settings(host, access)
     settings = dataclasses.replace(settings, auth=auth, limits=limits, nodes=node_settings(access))
+    if settings.nats_url:  # a typo in the seed list is reported before anything starts
+        try:
+            parse_nats_servers(settings.nats_url)
+        except InvalidNatsUrl as exc:
+            click.echo(f"flowledger: {exc}", err=True)
+            sys.exit(2)
+    count = processes if processes is not None else default_processes()
+    if listen_fd is None and count > 1:
+        from service.runtime import STARTUP_ERRORS
+
+        try:
+            sys.exit(
+                supervise(
+                    processes=count,
+                    host=host,
+                    port=port,
+                    home=Path(settings.home),
+                    database_url=settings.database_url,
+                    nats_url=settings.nats_url,
+                )
+            )
+        except STARTUP_ERRORS as exc:
+            click.echo(f"flowledger: {exc}", err=True)
+            sys.exit(2)
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -274,10 +370,13 @@ def serve(
             begin_shutdown(app)
 
     # A request still open 10 s after Ctrl-C is cut off: the service stops in bounded time.
+    if listen_fd is not None:  # a process of `serve --processes N`: the parent's socket
+        watch_parent(os.getppid())
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        fd=listen_fd,
         log_config=None,
         lifespan="on",
         access_log=False,
@@ -481,6 +580,14 @@ def _register_benches() -> None:
             show_default=True,
             help="Our nodes: noop, or python (json:dumps in the isolated worker processes: the cost of isolation).",
         ),
+        processes=click.Option(
+            ["--processes"],
+            default=0,
+            show_default=True,
+            type=click.IntRange(0, 64),
+            help="Run our workers in N processes of their own, after a run with 1, and print the "
+            "scaling; 0: the worker in the bench's own process.",
+        ),
     )
 
     _bench_command(
@@ -514,6 +621,7 @@ cli.add_command(run)
 cli.add_command(events)
 cli.add_command(logs)
 cli.add_command(cancel)
+cli.add_command(signal)
 cli.add_command(projections)
 cli.add_command(runs)
 cli.add_command(schedules_group)

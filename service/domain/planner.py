@@ -63,13 +63,15 @@ class Plan:
     """Nodes that will never run, with the reason (in topological order)."""
     cancel: tuple[str, ...] = ()
     """Live node tasks to cancel."""
+    interrupt: tuple[str, ...] = ()
+    """Waiting nodes (no task) to end as cancelled: the run halted while they waited."""
     finish: Outcome | None = None
     """Set when the run is over: append the terminal event."""
     error: str | None = None
 
     @property
     def idle(self) -> bool:
-        return not (self.start or self.skip or self.cancel or self.finish)
+        return not (self.start or self.skip or self.cancel or self.interrupt or self.finish)
 
 
 def edge_taken(edge: EdgeSpec, upstream: NodeState) -> bool:
@@ -103,14 +105,15 @@ def plan(graph: WorkflowGraph, state: RunState, active: Set[str] = frozenset()) 
 
     if halt_reason is not None:
         cancel = tuple(n for n in graph.topo_order if n in active)
+        interrupt = tuple(n for n in graph.topo_order if nodes[n].status == "waiting" and n not in active)
         skip = tuple(
             (n, halt_reason)
             for n in graph.topo_order
             if nodes[n].status in ("pending", "retry_wait")
             or (nodes[n].status == "running" and n not in active)
         )
-        if cancel:
-            return Plan(cancel=cancel, skip=tuple(s for s in skip if s[0] not in active))
+        if cancel or interrupt:
+            return Plan(cancel=cancel, interrupt=interrupt, skip=tuple(s for s in skip if s[0] not in active))
         # A cancelled run's reason is the one given (its skipped nodes say "run cancelled: <it>").
         if outcome == "cancelled":
             error = state.cancel_reason

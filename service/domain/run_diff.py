@@ -3,8 +3,10 @@
 Pure: two folded states (``projections.run_state.fold``) and their workflow
 graphs in, a ``RunDiff`` out. Outputs are compared by SHA-256 of their
 canonical JSON (keys sorted), so two runs of a deterministic workflow with the
-same inputs diff as ``equal`` on every node; when an output was recorded only
-as a marker (over the output cap) the recorded ``output_sha256`` decides.
+same inputs diff as ``equal`` on every node; when either output was stored as a
+blob (over the event cap; its event holds a ``{"$blob": ...}`` reference) or, in
+old events, recorded only as a marker, the recorded ``output_sha256`` (of the
+output's JSON) decides, so no blob is read.
 Small outputs (both under ``JSON_DIFF_MAX_BYTES``) that differ also get a JSON
 diff: the paths added, removed and changed.
 """
@@ -17,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from projections.run_state import NodeState, RunState
+from service.domain.outputs import node_blob_ref
 from service.domain.workflow_spec import BRANCH_NODE_TYPE, WorkflowGraph
 
 __all__ = [
@@ -189,9 +192,9 @@ def _has_output(node: NodeState) -> bool:
     return node.status == "succeeded" and bool(node.output_sha256)
 
 
-def _output_key(node: NodeState) -> str:
-    # A marker stands in for an output too large to record: only its recorded hash is known.
-    return node.output_sha256 if node.marker is not None else canonical_sha256(node.output)
+def _by_recorded_hash(node: NodeState) -> bool:
+    """The output itself is not in the state (a blob reference or an old marker): only its hash is."""
+    return node.marker is not None or node_blob_ref(node) is not None
 
 
 def _branch(node: NodeState, node_type: str | None) -> str | None:
@@ -242,9 +245,13 @@ def _diff_node(
     truncated = False
     output: OutputComparison
     if has_a and has_b:
-        output = "equal" if _output_key(na) == _output_key(nb) else "changed"
+        if _by_recorded_hash(na) or _by_recorded_hash(nb):
+            same = na.output_sha256 == nb.output_sha256
+        else:
+            same = canonical_sha256(na.output) == canonical_sha256(nb.output)
+        output = "equal" if same else "changed"
         small = max(na.output_bytes, nb.output_bytes) < JSON_DIFF_MAX_BYTES
-        if output == "changed" and small and na.marker is None and nb.marker is None:
+        if output == "changed" and small and not (_by_recorded_hash(na) or _by_recorded_hash(nb)):
             changes, truncated = json_diff(na.output, nb.output)
     else:
         output = "only_a" if has_a else "only_b" if has_b else "none"

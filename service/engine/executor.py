@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import msgspec
 import structlog
 
-from projections.run_state import RunState, apply
+from projections.run_state import NodeState, RunState, apply
 from schemas.codec import to_typed
 from schemas.envelope import RawEnvelope
 from schemas.events import (
@@ -40,16 +39,18 @@ from schemas.events import (
     NodeExecuteBefore,
     NodeRetryScheduled,
     NodeSkipped,
-    OutputMarker,
     ReuseRef,
     RunCancelled,
     RunFinished,
     RunRecovered,
+    RunResumed,
     RunStarted,
+    RunWaiting,
 )
 from schemas.workflow import NodeSpec, RetryPolicy
+from service.domain.outputs import state_blob_refs
 from service.domain.planner import POISON_LIMIT, Plan, plan
-from service.domain.run_document import node_document
+from service.domain.run_document import fold_raw, node_document, run_outputs, sink_nodes
 from service.domain.workflow_spec import WorkflowGraph
 from service.engine.nodes.config_values import (
     SECRET_KEY,
@@ -60,6 +61,14 @@ from service.engine.nodes.config_values import (
 )
 from service.engine.nodes.node_logs import NodeLogCollector, flush_periodically
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
+from service.engine.outputs import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_OUTPUT_CAP_BYTES,
+    RecordedOutput,
+    RunOutputs,
+    record_output,
+)
+from service.store.blobs import BlobStore
 from service.store.event_store import ConcurrencyError, EventStore
 from service.store.run_queue import Claim, LeaseLost, RunQueue
 
@@ -68,13 +77,52 @@ log = structlog.get_logger(__name__)
 SecretReader = Callable[[str, set[str]], Awaitable[dict[str, str]]]
 """(tenant, names) -> values: the run's tenant's secrets, decrypted (``SecretStore.reveal``)."""
 
-DEFAULT_OUTPUT_CAP_BYTES = 5 * 1024 * 1024
+
+@dataclass(frozen=True)
+class ChildRequest:
+    """A ``workflow`` node's child run: started once per (parent, node, retry) by its key."""
+
+    tenant: str
+    workflow_id: str
+    version: str | None
+    inputs: dict[str, Any]
+    parent_run_id: str
+    parent_node_id: str
+    idempotency_key: str
+    depth: int = 1
+
+
+@dataclass(frozen=True)
+class Children:
+    """What the engine needs from the service to run ``workflow`` nodes."""
+
+    start: Callable[[ChildRequest], Awaitable[UUID]]
+    """Queue the child (idempotent by its key); ``LookupError`` for an unknown workflow."""
+    cancel: Callable[[UUID, str], Awaitable[None]]
+    """Ask a child to cancel (it may have ended already)."""
+    graph: Callable[[str, str, str], Awaitable[WorkflowGraph]]
+    """(tenant, workflow_id, version) -> the graph a child ran (for its outputs)."""
+
+
+MAX_RUN_DEPTH = 16
+"""Child runs nest at most this deep (a workflow that starts itself stops there)."""
+CHILD_ERROR_CHARS = 500
+"""How much of a failed child's error its parent's node error quotes."""
+
+WAITING_NODE_TYPES = frozenset({"delay", "wait", "workflow"})
+"""Node types the executor runs itself: they wait (a timer, a signal, a child run) without
+holding a node slot, and a run whose every unfinished node waits is parked."""
 
 
 @dataclass(frozen=True)
 class ExecutionLimits:
     max_parallel_nodes: int = 16
     output_cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES
+    """Outputs whose JSON is larger are stored as blobs, referenced by their event."""
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    """Larger outputs fail their node with ``output_too_large``."""
+    park_after_s: float = 2.0
+    """A run whose every unfinished node waits longer than this gives its slot and lease back."""
 
 
 def backoff_ms(policy: RetryPolicy, failures: int) -> int:
@@ -91,31 +139,21 @@ def item_count(output: Any) -> int:
     return 1
 
 
-def output_event(node_id: str, attempt: int, output: Any, cap_bytes: int) -> NodeExecuteAfterData:
-    """The recorded output: JSON-normalised, or a marker with size and SHA-256 when over the cap."""
-    try:
-        encoded = msgspec.json.encode(output)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise NodeFailure(
-            "bad_output", f"node {node_id} returned a value that is not JSON: {exc}", retryable=False
-        ) from exc
-    digest = hashlib.sha256(encoded).hexdigest()
-    if len(encoded) > cap_bytes:
-        return NodeExecuteAfterData(
-            node_id=node_id,
-            attempt=attempt,
-            output=None,
-            output_bytes=len(encoded),
-            output_sha256=digest,
-            marker=OutputMarker(size_bytes=len(encoded), sha256=digest),
-        )
-    return NodeExecuteAfterData(
-        node_id=node_id,
-        attempt=attempt,
-        output=msgspec.json.decode(encoded),
-        output_bytes=len(encoded),
-        output_sha256=digest,
-    )
+def output_event(node_id: str, attempt: int, output: Any, limits: ExecutionLimits) -> RecordedOutput:
+    """The recorded output: inline, or a blob reference plus its blob when over the event cap
+    (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit."""
+    return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes)
+
+
+def _clip(text: str | None) -> str:
+    """A child's error as its parent quotes it: the first ``CHILD_ERROR_CHARS`` characters."""
+    text = text or ""
+    return text if len(text) <= CHILD_ERROR_CHARS else text[:CHILD_ERROR_CHARS] + "…"
+
+
+def _since(started: datetime | None, now: datetime) -> float:
+    """Milliseconds from ``started`` (a node attempt's start) to ``now``."""
+    return max(0.0, (now - started).total_seconds() * 1000) if started is not None else 0.0
 
 
 def _failed_attempt(
@@ -150,8 +188,13 @@ class RunExecutor:
         node_slots: asyncio.Semaphore,
         limits: ExecutionLimits = ExecutionLimits(),
         secrets: SecretReader | None = None,
+        children: Children | None = None,
     ) -> None:
         self.store = store
+        self.children = children
+        self._check_children = True
+        self.parked_until: datetime | None = None
+        """Set when the run was parked: when it is due (None: it waits for a signal or a child)."""
         self.secrets = secrets
         self.queue = queue
         self.registry = registry
@@ -169,6 +212,7 @@ class RunExecutor:
         self._record_cancel: dict[str, str] = {}
         self._configs: dict[str, Any] = {}
         self._reused: dict[str, list[Event]] = {}
+        self._outputs = RunOutputs(BlobStore(store.pool, schema=store.schema).load)
         self._log = log.bind(run_id=str(self.run_id), workflow_id=claim.workflow_id)
 
     # -- the run loop ----------------------------------------------------------------------------
@@ -178,11 +222,15 @@ class RunExecutor:
         raw = await self.store.read_run(self.run_id)
         self._fold(raw)
         if self.state.ended:  # ended, but the row was left open (a crash right after the end)
-            await self.queue.mark_ended(self.worker_id, self.run_id)
+            await self.queue.mark_ended(self.worker_id, self.run_id, wake=self._parent())
             return
         if self.state.fork is not None:
             self._reused = await self._reuse_events(self.state.fork)
-        if self.state.started:
+        if self.state.started and self.claim.woke:
+            self._log.info(
+                "run_woke", waiting=sorted(n for n, s in self.state.nodes.items() if s.status == "waiting")
+            )
+        elif self.state.started:
             completed = [
                 n for n, s in self.state.nodes.items() if s.status in ("succeeded", "failed", "skipped")
             ]
@@ -205,9 +253,16 @@ class RunExecutor:
             self._changed.clear()
             self._reap()
             step = plan(self.graph, self.state, self._tasks.keys())
+            if step.interrupt:
+                await self._interrupt(step.interrupt)
+                continue
             if step.skip:
                 await self._append([NodeSkipped(node_id=n, reason=r) for n, r in step.skip])
             for node_id in step.cancel:
+                if self.graph.nodes[node_id].type in WAITING_NODE_TYPES:
+                    # Starting a wait is short and must complete: a child run it queued must be
+                    # recorded (run_waiting) so the halt can cancel it, never left behind.
+                    continue
                 if node_id not in self._record_cancel:
                     self._record_cancel[node_id] = (
                         "run cancelled" if self.state.cancel_requested else "run stopped"
@@ -217,22 +272,61 @@ class RunExecutor:
                 if await self._finish(step):
                     return
                 continue
+            if step.skip or await self._resume_due(datetime.now(UTC)):
+                continue
+            now = datetime.now(UTC)
             for node_id in step.start:
                 if len(self._tasks) >= self.limits.max_parallel_nodes:
                     break
-                if node_id not in self._tasks:
+                due = self.state.node(node_id).retry_due_at
+                if node_id not in self._tasks and (due is None or due <= now):
                     self._tasks[node_id] = asyncio.create_task(
                         self._run_node(node_id), name=f"node:{node_id}"
                     )
-            if step.skip:
+            wake = self._next_wake()
+            wait_s = max(0.0, (wake - now).total_seconds()) if wake is not None else None
+            if (
+                not self._tasks
+                and step.finish is None
+                and (wait_s is None or wait_s > self.limits.park_after_s)
+            ):
+                # Every unfinished node waits (a signal, a timer, a child run): give the run back.
+                if await self._park(wake):
+                    return
                 continue
-            await self._wait_for_change()
+            await self._wait_for_change(wait_s)
 
-    async def _wait_for_change(self) -> None:
+    def _next_wake(self) -> datetime | None:
+        """The earliest timer of the run's nodes: a delay's end, a wait's timeout, a retry's due time."""
+        times = [
+            t
+            for node_id, n in self.state.nodes.items()
+            if node_id not in self._tasks
+            for t in (
+                n.wake_at if n.status == "waiting" else None,
+                n.retry_due_at if n.status == "retry_wait" else None,
+            )
+            if t is not None
+        ]
+        return min(times, default=None)
+
+    async def _park(self, wake: datetime | None) -> bool:
+        """Give the run back as waiting until ``wake``; False when the log moved on meanwhile."""
+        async with self._lock:
+            parked = await self.queue.park(self.worker_id, self.run_id, self.next_seq - 1, wake)
+            if not parked:  # a signal, a cancel, or a child's end came meanwhile: look again
+                self._check_children = True
+                await self._catch_up_locked()
+                return False
+        self.parked_until = wake
+        self._log.info("run_parked", wake_at=wake.isoformat() if wake else None)
+        return True
+
+    async def _wait_for_change(self, timeout_s: float | None = None) -> None:
         waiters: list[asyncio.Future[Any]] = list(self._tasks.values())
         changed = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait([*waiters, changed], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*waiters, changed], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()
 
@@ -242,6 +336,139 @@ class RunExecutor:
                 del self._tasks[node_id]
                 if not task.cancelled() and (exc := task.exception()) is not None:
                     raise exc
+
+    async def _resume_due(self, now: datetime) -> bool:
+        """Record the end of every wait that is over: a delay or a timeout that has passed, a
+        child run that has ended. True when something was appended."""
+        appended = False
+        for node_id in self.graph.topo_order:
+            node = self.state.node(node_id)
+            if node.status == "waiting" and node.wake_at is not None and node.wake_at <= now:
+                await self._wake_node(node_id, node, now)
+                appended = True
+        if self._check_children and self.children is not None:
+            self._check_children = False
+            for node_id in self.graph.topo_order:
+                node = self.state.node(node_id)
+                if node.status == "waiting" and node.child_run_id is not None:
+                    appended = (
+                        await self._resume_from_child(node_id, UUID(node.child_run_id), now) or appended
+                    )
+        return appended
+
+    async def _wake_node(self, node_id: str, node: NodeState, now: datetime) -> None:
+        """A waiting node's wake time has come: a delay has ended, or a timeout has passed (the
+        ``wait`` node's own ``timeout_ms``, or the node's ``timeout_ms`` for any waiting node)."""
+        spec = self.graph.nodes[node_id]
+        policy = spec.retry or RetryPolicy()
+        duration = _since(node.started_at, now)
+        started = node.started_at or now
+        try:
+            config, _secrets = await self._config(node_id, await self._document(node_id))
+        except NodeFailure as invalid:
+            resumed = RunResumed(reason="timer", node_id=node_id, cause="timer")
+            await self._record_failure(
+                node_id, spec.type, policy, node.attempts, duration, invalid, prefix=[resumed]
+            )
+            return
+        assert node.wake_at is not None
+        if spec.type == "delay" and node.wake_at >= started + timedelta(milliseconds=config.ms):
+            data = self._outputs.keep(
+                output_event(node_id, node.attempts, {"delayed_ms": config.ms}, self.limits)
+            )
+            after = NodeExecuteAfter(
+                node_id=node_id,
+                node_type=spec.type,
+                status="succeeded",
+                attempt=node.attempts,
+                duration_ms=duration,
+                item_count=1,
+            )
+            await self._append([RunResumed(reason="timer", node_id=node_id, cause="timer"), after, data])
+            return
+        own = getattr(config, "timeout_ms", None) if spec.type == "wait" else None
+        if own is not None and node.wake_at >= started + timedelta(milliseconds=own):
+            failure = NodeFailure(
+                "wait_timeout",
+                f"node {node_id} got no signal {node.signal!r} within {own} ms",
+                retryable=False,
+            )
+        else:
+            failure = NodeFailure("timeout", f"node {node_id} did not finish within {spec.timeout_ms} ms")
+        if node.child_run_id is not None and self.children is not None:
+            await self.children.cancel(UUID(node.child_run_id), f"parent node {node_id} timed out")
+        resumed = RunResumed(reason="timeout", node_id=node_id, cause="timeout")
+        await self._record_failure(
+            node_id, spec.type, policy, node.attempts, duration, failure, prefix=[resumed]
+        )
+
+    async def _resume_from_child(self, node_id: str, child_id: UUID, now: datetime) -> bool:
+        """Record a ``workflow`` node's result once its child run has ended: the child's outputs,
+        or a failure (retried per the node's policy when the child failed)."""
+        assert self.children is not None
+        events = await self.store.read_run(child_id)
+        child = fold_raw(events) if events else None
+        if child is not None and not child.ended:
+            return False
+        node = self.state.node(node_id)
+        spec = self.graph.nodes[node_id]
+        duration = _since(node.started_at, now)
+        resumed = RunResumed(reason=f"child run {child_id} ended", node_id=node_id, cause="child")
+        if child is not None and child.status == "succeeded":
+            graph = await self.children.graph(child.tenant, child.workflow_id, child.workflow_version)
+            values = await self._outputs.values(state_blob_refs(child, sink_nodes(graph)))
+            data = self._outputs.keep(
+                output_event(node_id, node.attempts, run_outputs(graph, child, values), self.limits)
+            )
+            after = NodeExecuteAfter(
+                node_id=node_id,
+                node_type=spec.type,
+                status="succeeded",
+                attempt=node.attempts,
+                duration_ms=duration,
+                item_count=1,
+            )
+            await self._append([resumed, after, data])
+            return True
+        if child is None:
+            failure = NodeFailure("child_failed", f"child run {child_id} does not exist", retryable=False)
+        elif child.status == "cancelled":
+            failure = NodeFailure(
+                "child_cancelled",
+                f"child run {child_id} was cancelled: {_clip(child.error)}",
+                retryable=False,
+            )
+        else:
+            failure = NodeFailure("child_failed", f"child run {child_id} failed: {_clip(child.error)}")
+        await self._record_failure(
+            node_id,
+            spec.type,
+            spec.retry or RetryPolicy(),
+            node.attempts,
+            duration,
+            failure,
+            prefix=[resumed],
+        )
+        return True
+
+    async def _interrupt(self, node_ids: Sequence[str]) -> None:
+        """The run halted while these nodes waited: each ends as a cancelled attempt (a child run
+        it waits for is asked to cancel first)."""
+        reason = "run cancelled" if self.state.cancel_requested else "run stopped"
+        now = datetime.now(UTC)
+        events: list[Event] = []
+        for node_id in node_ids:
+            node = self.state.node(node_id)
+            if node.child_run_id is not None and self.children is not None:
+                await self.children.cancel(UUID(node.child_run_id), f"parent run {self.run_id}: {reason}")
+            error = NodeError(
+                kind="cancelled", message=f"node {node_id} was cancelled: {reason}", retryable=False
+            )
+            events += [
+                RunResumed(reason=reason, node_id=node_id, cause="halt"),
+                *_failed_attempt(node_id, node.node_type, node.attempts, _since(node.started_at, now), error),
+            ]
+        await self._append(events)
 
     async def _finish(self, step: Plan) -> bool:
         """Append the terminal event and end the queue row together; False if the log moved on."""
@@ -263,6 +490,7 @@ class RunExecutor:
                     self.next_seq,
                     tenant=self.claim.tenant,
                     workflow_id=self.claim.workflow_id,
+                    wake=self._parent(),
                 )
             except ConcurrencyError:
                 await self._catch_up_locked()
@@ -270,6 +498,12 @@ class RunExecutor:
             self._fold(stored)
         self._log.info("run_ended", status=self.state.status, error=self.state.error)
         return True
+
+    def _parent(self) -> UUID | None:
+        """The parent run waiting for this one (a child run of a ``workflow`` node)."""
+        if self.state.parent_node_id is None or self.state.parent_run_id is None:
+            return None
+        return UUID(self.state.parent_run_id)
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks.values():
@@ -356,7 +590,8 @@ class RunExecutor:
                 if source
                 else ReuseRef(fork.parent_run_id, -1, "", overridden=True)
             )
-            recorded = output_event(node_id, 1, output, self.limits.output_cap_bytes)
+            recorded = output_event(node_id, 1, output, self.limits)
+            self._outputs.keep(recorded)  # a blob is written with the reused events
             out[node_id] = [
                 NodeExecuteBefore(
                     node_id=node_id, node_type=self.graph.nodes[node_id].type, reused_from=reuse
@@ -365,10 +600,10 @@ class RunExecutor:
                     node_id=node_id,
                     node_type=self.graph.nodes[node_id].type,
                     status="succeeded",
-                    item_count=item_count(recorded.output if recorded.marker is None else [None]),
+                    item_count=item_count(recorded.value),
                     reused_from=reuse,
                 ),
-                msgspec.structs.replace(recorded, reused_from=reuse),
+                msgspec.structs.replace(recorded.data, reused_from=reuse),
             ]
         return out
 
@@ -388,42 +623,40 @@ class RunExecutor:
         started = 0.0
         logs: NodeLogCollector | None = None
         try:
+            if spec.type in WAITING_NODE_TYPES:
+                await self._start_waiting(node_id, spec, policy, attempt)
+                return
             async with self.node_slots:
-                while True:
-                    await self._append(
-                        [NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)]
-                    )
-                    logs = NodeLogCollector(node_id, attempt)
-                    ctx = NodeContext(
-                        run_id=str(self.run_id),
+                await self._append([NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)])
+                logs = NodeLogCollector(node_id, attempt)
+                ctx = NodeContext(
+                    run_id=str(self.run_id),
+                    node_id=node_id,
+                    node_type=spec.type,
+                    attempt=attempt,
+                    document=await self._document(node_id),
+                    tenant=self.claim.tenant,
+                    log_sink=logs,
+                )
+                started = time.perf_counter()
+                data, failure = await self._call_handler(node_id, spec, attempt, ctx)
+                duration = (time.perf_counter() - started) * 1000
+                last_lines = [batch] if (batch := logs.take(final=True)) is not None else []
+                if failure is None and data is not None:
+                    after = NodeExecuteAfter(
                         node_id=node_id,
                         node_type=spec.type,
+                        status="succeeded",
                         attempt=attempt,
-                        document=node_document(self.graph, self.state, node_id),
-                        tenant=self.claim.tenant,
-                        log_sink=logs,
+                        duration_ms=duration,
+                        item_count=item_count(self._outputs.value_of(data)),
                     )
-                    started = time.perf_counter()
-                    data, failure = await self._call_handler(node_id, spec, attempt, ctx)
-                    duration = (time.perf_counter() - started) * 1000
-                    last_lines = [batch] if (batch := logs.take(final=True)) is not None else []
-                    if failure is None and data is not None:
-                        after = NodeExecuteAfter(
-                            node_id=node_id,
-                            node_type=spec.type,
-                            status="succeeded",
-                            attempt=attempt,
-                            duration_ms=duration,
-                            item_count=item_count(data.output if data.marker is None else [None]),
-                        )
-                        await self._append([*last_lines, after, data])  # lines just before their result
-                        return
-                    assert failure is not None
-                    if last_lines:
-                        await self._append(last_lines, only_if_running=node_id)
-                    if not await self._record_failure(node_id, spec.type, policy, attempt, duration, failure):
-                        return
-                    attempt += 1
+                    await self._append([*last_lines, after, data])  # lines just before their result
+                    return
+                assert failure is not None
+                await self._record_failure(
+                    node_id, spec.type, policy, attempt, duration, failure, prefix=last_lines
+                )
         except asyncio.CancelledError:
             reason = self._record_cancel.get(node_id)
             if reason is None:
@@ -439,6 +672,78 @@ class RunExecutor:
                 [*([last] if last else []), *_failed_attempt(node_id, spec.type, attempt, duration, error)],
                 only_if_running=node_id,
             )
+
+    async def _document(self, node_id: str) -> dict[str, Any]:
+        """What ``node_id`` sees, its upstream blob outputs as their values."""
+        values = await self._outputs.document_values(self.graph, self.state, node_id)
+        return node_document(self.graph, self.state, node_id, values)
+
+    async def _start_waiting(self, node_id: str, spec: NodeSpec, policy: RetryPolicy, attempt: int) -> None:
+        """Start a node that waits (``delay``, ``wait``, ``workflow``): record its start and what
+        it waits for, then end the task; the run loop resumes it (``_resume_due``) or a signal does."""
+        await self._append([NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)])
+        try:
+            config, _secrets = await self._config(node_id, await self._document(node_id))
+            waiting = await self._waiting_event(node_id, spec, config)
+        except NodeFailure as failure:
+            await self._record_failure(node_id, spec.type, policy, attempt, 0.0, failure)
+            return
+        await self._append([waiting])
+        if waiting.child_run_id is not None:
+            self._check_children = True  # the child may have ended already
+            self._changed.set()
+
+    async def _waiting_event(self, node_id: str, spec: NodeSpec, config: Any) -> RunWaiting:
+        """What the node waits for, and until when: its own end (a delay), its own timeout (a
+        wait), or the node's ``timeout_ms`` when that is sooner."""
+        node = self.state.node(node_id)
+        started = node.started_at or datetime.now(UTC)
+        deadline = started + timedelta(milliseconds=spec.timeout_ms) if spec.timeout_ms else None
+
+        def sooner(wake: datetime | None) -> datetime | None:
+            return min((t for t in (wake, deadline) if t is not None), default=None)
+
+        if spec.type == "delay":
+            return RunWaiting(
+                reason=f"delay {config.ms} ms",
+                node_id=node_id,
+                wake_at=sooner(started + timedelta(milliseconds=config.ms)),
+            )
+        if spec.type == "wait":
+            timeout = config.timeout_ms
+            return RunWaiting(
+                reason=f"signal {config.signal}",
+                node_id=node_id,
+                signal=config.signal,
+                wake_at=sooner(started + timedelta(milliseconds=timeout) if timeout is not None else None),
+            )
+        if self.children is None:
+            raise NodeFailure("unsupported", "this engine cannot start child runs", retryable=False)
+        if self.state.depth + 1 > MAX_RUN_DEPTH:
+            raise NodeFailure(
+                "too_deep",
+                f"node {node_id}: this run is nested {self.state.depth} deep; child runs nest at most "
+                f"{MAX_RUN_DEPTH} deep (does the workflow start itself?)",
+                retryable=False,
+            )
+        request = ChildRequest(
+            tenant=self.claim.tenant,
+            workflow_id=config.workflow_id,
+            version=config.version,
+            inputs=config.inputs,
+            parent_run_id=str(self.run_id),
+            parent_node_id=node_id,
+            # One child per try of the node: a crash before the wait is recorded finds the same child.
+            idempotency_key=f"parent:{self.run_id}:{node_id}:{node.failures + 1}",
+            depth=self.state.depth + 1,
+        )
+        try:
+            child = await self.children.start(request)
+        except LookupError as exc:
+            raise NodeFailure("unknown_workflow", f"node {node_id}: {exc}", retryable=False) from None
+        return RunWaiting(
+            reason=f"child run {child}", node_id=node_id, child_run_id=str(child), wake_at=deadline
+        )
 
     async def _call_handler(
         self, node_id: str, spec: NodeSpec, attempt: int, ctx: NodeContext
@@ -461,8 +766,8 @@ class RunExecutor:
                 if secrets:
                     ctx = msgspec.structs.replace(ctx, secrets=secrets)
                 output = await self.registry.execute(spec.type, config, ctx)
-            data = output_event(
-                node_id, attempt, redact_output(output, ctx.secrets), self.limits.output_cap_bytes
+            data = self._outputs.keep(
+                output_event(node_id, attempt, redact_output(output, ctx.secrets), self.limits)
             )
         except NodeFailure as exc:
             failure = exc
@@ -485,8 +790,13 @@ class RunExecutor:
         attempt: int,
         duration: float,
         failure: NodeFailure,
-    ) -> bool:
-        """Record a failed attempt; True when a retry was scheduled (its delay has passed then)."""
+        *,
+        prefix: Sequence[Event] = (),
+    ) -> None:
+        """Record a failed attempt (after ``prefix``, e.g. the ``run_resumed`` of a wait that
+        timed out), and a retry when the policy allows one. The retry's due time is in the log
+        (a durable timer): the run loop starts the next attempt then, and a recovered run waits
+        only what is left."""
         retryable = failure.retryable and failure.kind not in policy.non_retryable
         error = NodeError(kind=failure.kind, message=failure.message, retryable=retryable)
         failed = _failed_attempt(node_id, node_type, attempt, duration, error)
@@ -501,13 +811,12 @@ class RunExecutor:
                 next_attempt=attempt + 1,
                 delay_ms=delay,
                 error=error,
+                due_at=datetime.now(UTC) + timedelta(milliseconds=delay),
             )
-            await self._append([*failed, retry])
+            await self._append([*prefix, *failed, retry])
             self._log.info("node_retry_scheduled", node_id=node_id, attempt=attempt, delay_ms=delay)
-            await asyncio.sleep(delay / 1000)
-            return True
-        await self._append(failed)
-        return False
+            return
+        await self._append([*prefix, *failed])
 
     # -- appending and folding ---------------------------------------------------------------------
 
@@ -528,6 +837,7 @@ class RunExecutor:
             while True:
                 if only_if_running is not None and self.state.node(only_if_running).status != "running":
                     return []
+                blobs = self._outputs.blobs_for(events)  # large outputs: same transaction
                 try:
                     stored = await self.store.append(
                         self.run_id,
@@ -535,17 +845,22 @@ class RunExecutor:
                         self.next_seq,
                         tenant=self.claim.tenant,
                         workflow_id=self.claim.workflow_id,
+                        blobs=blobs,
                     )
                 except ConcurrencyError:
                     await self._catch_up_locked()
                     continue
+                self._outputs.written(blobs)
                 self._fold(stored)
                 return stored
 
     async def refresh(self) -> None:
-        """Read events others appended (e.g. a cancel request) and wake the run loop."""
+        """Read events others appended (a cancel request, a signal), look at child runs again,
+        and wake the run loop."""
         async with self._lock:
+            self._check_children = True
             await self._catch_up_locked()
+            self._changed.set()
 
     async def _catch_up_locked(self) -> None:
         newer = await self.store.read_run(self.run_id, after_seq=self.next_seq - 1)

@@ -14,13 +14,15 @@ import os
 import socket
 import time
 import uuid
+from datetime import UTC, datetime
 from uuid import UUID
 
 import structlog
 
 from service.config import WorkerSettings
 from service.domain.workflow_spec import WorkflowGraph, build_graph
-from service.engine.executor import ExecutionLimits, RunExecutor, SecretReader
+from service.engine.control import RunAlreadyEnded, request_cancel
+from service.engine.executor import Children, ChildRequest, ExecutionLimits, RunExecutor, SecretReader
 from service.engine.nodes.registry import NodeRegistry
 from service.infra.db import is_retryable
 from service.infra.listen import listen
@@ -56,7 +58,13 @@ class Worker:
         self.settings = settings = settings or WorkerSettings()
         self.worker_id = worker_id or new_worker_id()
         self.node_slots = asyncio.Semaphore(settings.max_node_tasks)
-        self.limits = ExecutionLimits(settings.max_parallel_nodes, settings.output_cap_bytes)
+        self.limits = ExecutionLimits(
+            settings.max_parallel_nodes,
+            settings.output_cap_bytes,
+            settings.max_output_bytes,
+            park_after_s=settings.park_after_s,
+        )
+        self.children = Children(start=self._start_child, cancel=self._cancel_child, graph=self._graph_of)
         self.executors: dict[UUID, RunExecutor] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -134,14 +142,27 @@ class Worker:
             self._refresh(run_id)
 
     def _refresh(self, run_id: UUID) -> None:
-        """Let the run's executor read events others appended (a cancel request)."""
+        """Let the run's executor read events others appended (a cancel request, a signal)."""
         executor = self.executors.get(run_id)
         if executor is not None:
-            asyncio.create_task(executor.refresh())  # noqa: RUF006 - refresh is short and self-contained
+            asyncio.create_task(self._refresh_executor(run_id, executor))  # noqa: RUF006 - short, self-contained
+
+    async def _refresh_executor(self, run_id: UUID, executor: RunExecutor) -> None:
+        try:
+            await executor.refresh()
+        except LeaseLost as exc:
+            # Someone else writes the run now: this executor must stop (its next append would
+            # fail the same way).
+            log.warning("run_lease_lost", run_id=str(run_id), error=str(exc))
+            task = self._tasks.get(run_id)
+            if task is not None and self.executors.get(run_id) is executor:
+                task.cancel()
+        except Exception as exc:  # a database error: the run loop meets it too, and handles it
+            log.warning("run_refresh_failed", run_id=str(run_id), error=f"{type(exc).__name__}: {exc}")
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, _, run = str(payload).partition(":")
-        if kind == "cancel":
+        if kind in ("cancel", "wake"):
             with contextlib.suppress(ValueError):
                 self._refresh(UUID(run))
             return
@@ -151,17 +172,44 @@ class Worker:
         self._tasks[claim.run_id] = asyncio.create_task(self._execute(claim), name=f"run:{claim.run_id}")
 
     async def _graph(self, claim: Claim) -> WorkflowGraph:
-        key = (claim.tenant, claim.workflow_id, claim.workflow_version)
+        return await self._graph_of(claim.tenant, claim.workflow_id, claim.workflow_version)
+
+    async def _graph_of(self, tenant: str, workflow_id: str, version: str) -> WorkflowGraph:
+        key = (tenant, workflow_id, version)
         graph = self._graphs.get(key)
         if graph is None:
-            spec = await self.workflows.spec(claim.workflow_id, claim.workflow_version, tenant=claim.tenant)
+            spec = await self.workflows.spec(workflow_id, version, tenant=tenant)
             graph = build_graph(spec)
             self._graphs[key] = graph
         return graph
 
+    async def _start_child(self, request: ChildRequest) -> UUID:
+        """Queue a ``workflow`` node's child run (once per key); ``LookupError`` for an unknown
+        workflow or version."""
+        stored = await self.workflows.get(request.workflow_id, request.version, tenant=request.tenant)
+        enqueued = await self.queue.enqueue(
+            tenant=request.tenant,
+            workflow_id=request.workflow_id,
+            workflow_version=stored.version,
+            inputs=request.inputs,
+            idempotency_key=request.idempotency_key,
+            parent_run_id=request.parent_run_id,
+            parent_node_id=request.parent_node_id,
+            depth=request.depth,
+            node_count=len(stored.spec.nodes),
+            actor=f"run:{request.parent_run_id}",
+        )
+        return enqueued.run_id
+
+    async def _cancel_child(self, run_id: UUID, reason: str) -> None:
+        with contextlib.suppress(RunAlreadyEnded, LookupError):
+            await request_cancel(self.queue, run_id, reason, requested_by="parent")
+
     async def _execute(self, claim: Claim) -> None:
         bound = log.bind(run_id=str(claim.run_id), workflow_id=claim.workflow_id)
         hand_back = False
+        executor: RunExecutor | None = None
+        me = asyncio.current_task()
         try:
             executor = RunExecutor(
                 store=self.store,
@@ -173,10 +221,15 @@ class Worker:
                 node_slots=self.node_slots,
                 limits=self.limits,
                 secrets=self.secrets,
+                children=self.children,
             )
             self.executors[claim.run_id] = executor
             await executor.execute()
-            self.completed += 1
+            if executor.state.ended:  # not parked: a parked run ends in a later claim
+                self.completed += 1
+            elif executor.parked_until is not None:  # be the one to claim it when it is due
+                delay = (executor.parked_until - datetime.now(UTC)).total_seconds()
+                asyncio.get_running_loop().call_later(max(0.0, delay), self._wake.set)
         except LeaseLost as exc:
             bound.warning("run_lease_lost", error=str(exc))
         except asyncio.CancelledError:
@@ -192,8 +245,11 @@ class Worker:
                 # once: an error of the run itself would otherwise repeat in a tight loop).
                 bound.exception("run_execution_error")
         finally:
-            self.executors.pop(claim.run_id, None)
-            self._tasks.pop(claim.run_id, None)
+            # A parked run may already be claimed again (woken at once): leave the new entries.
+            if executor is not None and self.executors.get(claim.run_id) is executor:
+                del self.executors[claim.run_id]
+            if self._tasks.get(claim.run_id) is me:
+                del self._tasks[claim.run_id]
             # Released only once out of _tasks: the heartbeat must not renew the lease after it.
             if hand_back:
                 await self._hand_back(claim.run_id)

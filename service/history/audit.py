@@ -25,6 +25,11 @@ The database scan also cross-checks ``run_queue``: a queued run must have events
 and a run marked ended there must end with a terminal event (the terminal event
 is appended before the row is marked ended). A chain alone cannot reveal a
 truncated tail; this catches it for ended runs.
+
+And every output stored as a blob (a ``{"$blob": ...}`` reference in a
+``node_execute_after_data`` event, ``service.domain.outputs``) must be in the blob
+store, its bytes of the recorded size and hashing to the recorded SHA-256 (the
+database computes the hash: the bytes are not transferred).
 """
 
 from __future__ import annotations
@@ -43,12 +48,21 @@ from projections.run_state import IllegalEvent, RunState, apply
 from schemas.canonical import envelope_hash
 from schemas.codec import event_decoder
 from schemas.envelope import Envelope, EventEnvelope, RawEnvelope
-from schemas.events import EVENT_TYPE_BY_TAG, SCHEMA_VERSION, Event, RunQueued, event_tag
+from schemas.events import (
+    EVENT_TYPE_BY_TAG,
+    SCHEMA_VERSION,
+    Event,
+    NodeExecuteAfterData,
+    RunQueued,
+    event_tag,
+)
+from service.domain.outputs import blob_ref
 from service.infra.db import Conn
+from service.store.blobs import check_blobs_conn
 from service.store.event_store import EventStore
 from service.store.run_queue import queue_statuses_conn
 
-ProblemKind = Literal["chain", "stream", "schema", "legality", "queue", "bundle"]
+ProblemKind = Literal["chain", "stream", "schema", "legality", "queue", "bundle", "blob"]
 
 PAGE_SIZE = 10_000
 """Events per read of the log scan: large pages keep the per-query overhead negligible."""
@@ -95,6 +109,7 @@ class RunVerifier:
     """
 
     __slots__ = (
+        "blobs",
         "events",
         "last_hash",
         "next_seq",
@@ -117,6 +132,8 @@ class RunVerifier:
         self.terminal_seq: int | None = None
         self.workflow_version: str | None = None
         """From the run's ``run_queued`` event, when its first event is one."""
+        self.blobs: dict[str, tuple[int, int]] = {}
+        """sha256 -> (seq of the first event referencing it, its recorded size): outputs stored as blobs."""
 
     @property
     def ended(self) -> bool:
@@ -178,6 +195,8 @@ class RunVerifier:
         tag = event_tag(body)
         if tag != event.type:
             self._report(seq, "schema", f"type column is {event.type!r} but the body is a {tag}", line)
+        if isinstance(body, NodeExecuteAfterData) and (ref := blob_ref(body.output, body.output_sha256)):
+            self.blobs.setdefault(ref.sha256, (seq, ref.size_bytes))
         self._legal(event, body, line)
 
     def _legal(self, event: RawEnvelope, body: Event, line: int | None) -> None:
@@ -297,6 +316,30 @@ def _queue_check(
             )
 
 
+async def _blob_check(
+    conn: Conn, schema: str, verifiers: Iterable[RunVerifier], problems: list[AuditProblem]
+) -> None:
+    """Every blob the runs reference is stored, of its recorded size, hashing to its key."""
+    refs = [(v.run_id, sha, seq, size) for v in verifiers for sha, (seq, size) in v.blobs.items()]
+    if not refs:
+        return
+    stored = await check_blobs_conn(conn, {sha for _, sha, _, _ in refs}, schema=schema)
+    for run_id, sha, seq, size in refs:
+        found = stored.get(sha)
+        if found is None:
+            problems.append(AuditProblem(run_id, seq, "blob", f"blob {sha} is referenced but not stored"))
+        elif found.actual_sha256 != sha or found.size_bytes != size:
+            problems.append(
+                AuditProblem(
+                    run_id,
+                    seq,
+                    "blob",
+                    f"blob {sha} does not match its reference: {found.size_bytes} bytes hashing to "
+                    f"{found.actual_sha256}, recorded {size} bytes",
+                )
+            )
+
+
 async def audit_log(
     store: EventStore,
     conn: Conn,
@@ -361,6 +404,7 @@ async def audit_log(
         if gc_was_enabled:
             gc.enable()
     _queue_check(queue, verifiers, problems)
+    await _blob_check(conn, store.schema, verifiers.values(), problems)
     report.runs = len(verifiers)
     report.events = events
     problems.sort(key=sort_key)
@@ -383,6 +427,7 @@ async def audit_runs(store: EventStore, conn: Conn, run_ids: Sequence[UUID]) -> 
             verifier.feed(event)
         report.events += len(events)
     _queue_check([row for row in queue if row[0] in verifiers], verifiers, report.problems)
+    await _blob_check(conn, store.schema, verifiers.values(), report.problems)
     report.runs = len(verifiers)
     report.problems.sort(key=sort_key)
     return report

@@ -8,6 +8,10 @@ A bundle is NDJSON, one JSON object per line, each line ending in ``\\n``:
    version the run executed, ``null`` when it is not registered), then every event
    of the run in seq order, each the stored envelope exactly as the API serves it
    (``hash``, ``prev_hash`` and the body bytes verbatim);
+   After a run's events, a blob line ``{"bundle":"blob","sha256","size_bytes","value"}``
+   for each output stored as a blob that its events reference and that no earlier
+   section carried (``value`` is the blob's JSON bytes verbatim; format version 2,
+   written only when there are blobs, so bundles without blobs stay version 1);
 3. a digest line ``{"bundle":"digest","sha256":...,"runs":{run_id: {"events",
    "head_hash"}}}``: SHA-256 over the bytes of every line before it (newlines
    included), and each run's event count and head hash.
@@ -18,12 +22,15 @@ Guarantees:
   canonical form this module writes. Any changed byte, removed, added or
   reordered line, or event re-hashed in place is reported. A forger who rewrites
   the whole bundle consistently is not: compare the digest with the one printed
-  at export time (``--expect-digest``) for that.
+  at export time (``--expect-digest``) for that. Every blob line must hash to its
+  ``sha256`` and have its ``size_bytes``; every blob a run references must have
+  a line, and every blob line must be referenced.
 - ``import_bundle`` refuses a bundle that does not verify and writes nothing
   then; it keeps every event exactly (event_id, seq, recorded_at, prev_hash,
   hash, body bytes), so the chain still verifies in the target log; importing
   the same bundle again writes nothing. Its workflow versions are registered with
-  their original registration time, in the same transaction.
+  their original registration time, in the same transaction, and so are its
+  blobs (a blob the target already holds is left as it is: same key, same bytes).
 """
 
 from __future__ import annotations
@@ -47,12 +54,16 @@ from schemas.names import DB_SCHEMA
 from schemas.workflow import WorkflowSpec, spec_version
 from service.history.audit import AuditProblem, ProblemKind, RunVerifier, plural, sort_key
 from service.infra.db import Conn
+from service.store.blobs import Blob, BlobStore, insert_blobs_txn
 from service.store.bundle_sql import event_id_users, register_version_txn, stored_chains
 from service.store.event_store import EventStore
 from service.store.workflow_store import UnknownWorkflow, WorkflowStore
 
 FORMAT_VERSION = 1
-"""Version of the bundle layout written by this module."""
+"""Version of the bundle layout written by this module for bundles without blobs."""
+BLOBS_FORMAT_VERSION = 2
+"""Version of a bundle that carries blob lines (a reader of version 1 refuses it clearly)."""
+READ_FORMAT_VERSIONS = (FORMAT_VERSION, BLOBS_FORMAT_VERSION)
 
 
 class _Line(msgspec.Struct, frozen=True, tag_field="bundle", forbid_unknown_fields=True):
@@ -86,17 +97,26 @@ class BundleDigest(_Line, frozen=True, tag="digest"):
     runs: dict[str, RunHead]
 
 
-_meta_decoder = msgspec.json.Decoder(BundleHeader | BundleRun | BundleDigest)
+class BundleBlob(_Line, frozen=True, tag="blob"):
+    """A node output stored as a blob: its JSON bytes verbatim, its key and size."""
+
+    sha256: str
+    size_bytes: int
+    value: msgspec.Raw
+
+
+_meta_decoder = msgspec.json.Decoder(BundleHeader | BundleRun | BundleDigest | BundleBlob)
 _META_PREFIX = b'{"bundle":'
 _DIGEST_PREFIX = b'{"bundle":"digest"'
 
 
 @dataclass
 class RunExport:
-    """One run of a bundle: its run line and its events in seq order."""
+    """One run of a bundle: its run line, its events in seq order, and the blobs they reference."""
 
     run: BundleRun
     events: list[RawEnvelope]
+    blobs: dict[str, bytes] = field(default_factory=dict)
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -112,12 +132,18 @@ def bundle_lines(runs: Sequence[RunExport], exported_at: datetime) -> Iterator[b
         digest.update(line)
         return line
 
-    yield emit(encode(BundleHeader(FORMAT_VERSION, exported_at, [r.run.run_id for r in runs])))
+    version = BLOBS_FORMAT_VERSION if any(r.blobs for r in runs) else FORMAT_VERSION
+    yield emit(encode(BundleHeader(version, exported_at, [r.run.run_id for r in runs])))
+    carried: set[str] = set()
     for run in runs:
         yield emit(encode(run.run))
         for event in run.events:
             # The envelope as stored: a raw body is embedded byte for byte, never re-encoded.
             yield emit(encode(event))
+        for sha, data in sorted(run.blobs.items()):
+            if sha not in carried:
+                carried.add(sha)
+                yield emit(encode(BundleBlob(sha, len(data), msgspec.Raw(data))))
         heads[str(run.run.run_id)] = RunHead(len(run.events), run.events[-1].hash if run.events else "")
     yield encode(BundleDigest(digest.hexdigest(), heads)) + b"\n"
 
@@ -167,6 +193,7 @@ async def collect_runs(
     """
     problems: list[AuditProblem] = []
     runs: list[RunExport] = []
+    blob_store = BlobStore(store.pool, schema=store.schema)
     for run_id in dict.fromkeys(run_ids):
         events = await store.read_run(run_id)
         if not events:
@@ -193,7 +220,20 @@ async def collect_runs(
             except UnknownWorkflow:
                 pass
         run = BundleRun(run_id, first.tenant, first.workflow_id, version, spec, registered_at)
-        runs.append(RunExport(run, events))
+        blobs = await blob_store.fetch(list(verifier.blobs))
+        for sha, (seq, size) in verifier.blobs.items():
+            blob_bytes = blobs.get(sha)
+            if blob_bytes is None or len(blob_bytes) != size or Blob.of(blob_bytes).sha256 != sha:
+                problems.append(
+                    AuditProblem(
+                        run_id, seq, "blob", f"blob {sha} is missing or does not match its reference"
+                    )
+                )
+            elif (
+                b"\n" in blob_bytes or b"\r" in blob_bytes
+            ):  # never written so (msgspec escapes them), but checked
+                problems.append(AuditProblem(run_id, seq, "bundle", f"blob {sha} contains a line break"))
+        runs.append(RunExport(run, events, blobs))
     if problems:
         problems.sort(key=sort_key)
         raise ExportRefused(problems)
@@ -221,6 +261,8 @@ class BundleCheck:
     lines: int = 0
     events: int = 0
     runs: list[RunExport] = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    """The blobs the bundle carries (each verified against its key), by SHA-256."""
 
     @property
     def clean(self) -> bool:
@@ -255,6 +297,7 @@ def verify_bundle(lines: Iterable[bytes], *, expect_digest: str | None = None) -
     if reading.header is None and not any(p.line == 1 for p in check.problems):
         reading.report(1, "the first line is not the bundle header")
     reading.check_sections()
+    reading.check_blobs()
     if reading.header is not None:
         reading.check_header_lists_sections(reading.header)
     reading.check_digest_line()
@@ -294,6 +337,7 @@ class _Reading:
     sections: dict[UUID, _Section] = field(default_factory=dict)
     current: _Section | None = None
     event_ids: dict[UUID, tuple[UUID, int]] = field(default_factory=dict)
+    blob_lines: dict[str, int] = field(default_factory=dict)
 
     def report(
         self,
@@ -358,17 +402,40 @@ class _Reading:
             self.digest_line = number
             self.report(number, "the digest line is not in canonical form: it was edited")
             return
+        if isinstance(meta, BundleBlob):
+            self._read_blob(number, meta)
+            return
         self._open_section(number, meta)
+
+    def _read_blob(self, number: int, blob: BundleBlob) -> None:
+        """A blob line: its bytes must be those its key and size name; kept for the import."""
+        data = bytes(blob.value)
+        if blob.sha256 in self.blob_lines:
+            self.report(
+                number, f"blob {blob.sha256} again (first at line {self.blob_lines[blob.sha256]})", "blob"
+            )
+            return
+        self.blob_lines[blob.sha256] = number
+        actual = Blob.of(data)
+        if actual.sha256 != blob.sha256 or len(data) != blob.size_bytes:
+            self.report(
+                number,
+                f"blob {blob.sha256} does not match its contents: {len(data)} bytes hashing to "
+                f"{actual.sha256}, the line says {blob.size_bytes} bytes (the blob was changed)",
+                "blob",
+            )
+            return
+        self.check.blobs[blob.sha256] = data
 
     def _read_header(self, number: int, meta: BundleHeader | BundleRun | BundleDigest) -> None:
         """Keep line 1 as the header if it is one, of the format version this module reads."""
         if not isinstance(meta, BundleHeader):
             self.report(number, "the first line is not the bundle header")
-        elif meta.format_version != FORMAT_VERSION:
+        elif meta.format_version not in READ_FORMAT_VERSIONS:
             self.report(
                 number,
                 f"bundle format version {meta.format_version} is not supported "
-                f"(this Flowledger reads version {FORMAT_VERSION})",
+                f"(this Flowledger reads versions {', '.join(map(str, READ_FORMAT_VERSIONS))})",
             )
         else:
             self.header = meta
@@ -452,6 +519,37 @@ class _Reading:
                     seq=0,
                 )
             self.check.runs.append(RunExport(run, section.events))
+
+    def check_blobs(self) -> None:
+        """Every blob a run references has a line (verified), and every blob line is referenced;
+        each run keeps the blobs it references (for the import)."""
+        referenced: set[str] = set()
+        for section in self.sections.values():
+            for sha, (seq, size) in section.verifier.blobs.items():
+                referenced.add(sha)
+                line = self.blob_lines.get(sha)
+                if line is None:
+                    self.report(
+                        section.line,
+                        f"the run references blob {sha}, which the bundle does not carry",
+                        "blob",
+                        section.run.run_id,
+                        seq,
+                    )
+                elif sha in self.check.blobs and len(self.check.blobs[sha]) != size:
+                    self.report(
+                        line,
+                        f"blob {sha} has {len(self.check.blobs[sha])} bytes, the run's event records {size}",
+                        "blob",
+                        section.run.run_id,
+                        seq,
+                    )
+        for sha, line in self.blob_lines.items():
+            if sha not in referenced:
+                self.report(line, f"blob {sha} is referenced by no event of the bundle", "blob")
+        for run in self.check.runs:
+            verifier = self.sections[run.run.run_id].verifier
+            run.blobs = {sha: self.check.blobs[sha] for sha in verifier.blobs if sha in self.check.blobs}
 
     def check_header_lists_sections(self, header: BundleHeader) -> None:
         """The header lists exactly the runs that have a section, in the order of the sections."""
@@ -599,6 +697,8 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
         if conflicts:
             conflicts.sort(key=sort_key)
             raise ImportRefused(conflicts)
+        # The blobs first: a committed reference always has its blob (the same transaction).
+        await insert_blobs_txn(conn, (Blob.of(d) for r in runs for d in r.blobs.values()), schema=schema)
         await store.insert_recorded_txn(conn, to_write)  # also wakes the relay and projection runners
         result.events_written = len(to_write)
         await _register_versions_txn(conn, schema, runs, result)

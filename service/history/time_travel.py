@@ -10,7 +10,10 @@ the engine never looked at but the log implies). What each node saw is
 run from that very point would start (so a node that was running at N is
 listed: recovery runs it again).
 
-Everything here is pure: events, graph and ``at_seq`` in, a view out.
+Everything here is pure: events, graph and ``at_seq`` in, a view out. Outputs stored as
+blobs (``service.domain.outputs``) are shown as their real values when the caller passes them
+(``blobs``: sha256 -> value, loaded for ``state_blob_refs(fold_at(...))``); without them, as the
+``{"$blob": ...}`` reference their event recorded.
 """
 
 from __future__ import annotations
@@ -24,11 +27,21 @@ import msgspec
 from projections.run_state import NodeState, RunState, fold
 from schemas.envelope import EventEnvelope
 from schemas.events import NodeLog
+from service.domain.outputs import real_output
 from service.domain.planner import plan
 from service.domain.run_document import node_document
 from service.domain.workflow_spec import WorkflowGraph
 
-__all__ = ["NodeView", "RunStateView", "SeqOutOfRange", "SkipView", "fold_at", "state_at", "view_of"]
+__all__ = [
+    "NodeView",
+    "RunStateView",
+    "SeqOutOfRange",
+    "SkipView",
+    "fold_at",
+    "state_at",
+    "view_at",
+    "view_of",
+]
 
 
 class SeqOutOfRange(ValueError):
@@ -122,9 +135,12 @@ def view_of(
     event: EventEnvelope,
     last_seq: int,
     log_lines: Mapping[str, int] | None = None,
+    blobs: Mapping[str, Any] | None = None,
 ) -> RunStateView:
     """The view of an already folded ``state``; ``event`` is the one it was folded up to;
-    ``log_lines``: node id -> lines it had logged by then (none when left out)."""
+    ``log_lines``: node id -> lines it had logged by then (none when left out).
+
+    ``blobs`` (sha256 -> value) replaces blob references, in ``output`` and in documents."""
     step = plan(graph, state)
     ready = set(step.start)
     nodes: dict[str, NodeView] = {}
@@ -134,12 +150,11 @@ def view_of(
         if not node.node_type and node_id in graph.nodes:
             node = msgspec.structs.replace(node, node_type=graph.nodes[node_id].type)
         seen = node.attempts > 0 or node_id in ready
-        document = node_document(graph, state, node_id) if seen and node_id in graph.nodes else None
+        document = node_document(graph, state, node_id, blobs) if seen and node_id in graph.nodes else None
+        fields = msgspec.structs.asdict(node)
+        fields["output"] = real_output(node, blobs)
         nodes[node_id] = NodeView(
-            **msgspec.structs.asdict(node),
-            inputs=document,
-            ready=node_id in ready,
-            log_lines=(log_lines or {}).get(node_id, 0),
+            **fields, inputs=document, ready=node_id in ready, log_lines=(log_lines or {}).get(node_id, 0)
         )
     return RunStateView(
         run_id=state.run_id or str(event.run_id),
@@ -166,16 +181,31 @@ def view_of(
     )
 
 
-def state_at(events: Sequence[EventEnvelope], at_seq: int | None, graph: WorkflowGraph) -> RunStateView:
+def state_at(
+    events: Sequence[EventEnvelope],
+    at_seq: int | None,
+    graph: WorkflowGraph,
+    blobs: Mapping[str, Any] | None = None,
+) -> RunStateView:
     """The run's full state right after event ``at_seq`` (``None``: the latest).
 
     ``graph`` is the run's own workflow version (``run_queued.workflow_version``).
     Raises ``SeqOutOfRange`` for an ``at_seq`` outside ``0..last_seq``.
     """
     state = fold_at(events, at_seq)
+    return view_at(state, events, graph, blobs)
+
+
+def view_at(
+    state: RunState,
+    events: Sequence[EventEnvelope],
+    graph: WorkflowGraph,
+    blobs: Mapping[str, Any] | None = None,
+) -> RunStateView:
+    """``view_of`` a state ``fold_at`` made of ``events``."""
     event = next(e for e in events if e.seq == state.seq)
     lines: dict[str, int] = {}
     for e in events:
         if e.seq <= state.seq and isinstance(e.data, NodeLog):
             lines[e.data.node_id] = lines.get(e.data.node_id, 0) + len(e.data.lines)
-    return view_of(state, graph, event, events[-1].seq, lines)
+    return view_of(state, graph, event, events[-1].seq, lines, blobs)

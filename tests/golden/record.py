@@ -138,6 +138,47 @@ NODE_LOGS = {
     "edges": [{"from": "total", "to": "report"}],
 }
 
+BLOB_OUTPUT = {
+    "id": "golden-blob-output",
+    "nodes": [
+        {"id": "make", "type": "transform", "config": {"expression": "inputs.text"}},
+        {"id": "count", "type": "transform", "config": {"expression": "{length: length(nodes.make)}"}},
+    ],
+    "edges": [{"from": "make", "to": "count"}],
+}
+BLOB_CAP_BYTES = 1024
+"""The event cap of the ``blob_output`` recording: small, so the stored history stays small."""
+
+
+WAIT_SIGNAL = {
+    "id": "golden-approval",
+    "nodes": [
+        {"id": "draft", "type": "transform", "config": {"expression": "{amount: inputs.amount}"}},
+        {"id": "approve", "type": "wait", "config": {"signal": "approve", "timeout_ms": 600000}},
+        {"id": "book", "type": "transform", "config": {"expression": "nodes.approve.by"}},
+    ],
+    "edges": [{"from": "draft", "to": "approve"}, {"from": "approve", "to": "book"}],
+}
+
+SUB_CHILD = {
+    "id": "golden-child",
+    "nodes": [{"id": "total", "type": "transform", "config": {"expression": "sum(inputs.prices)"}}],
+    "edges": [],
+}
+
+SUB_WORKFLOW = {
+    "id": "golden-parent",
+    "nodes": [
+        {
+            "id": "invoice",
+            "type": "workflow",
+            "config": {"workflow_id": "golden-child", "inputs": {"prices": {"$expr": "inputs.prices"}}},
+        },
+        {"id": "report", "type": "transform", "config": {"expression": "nodes.invoice.total"}},
+    ],
+    "edges": [{"from": "invoice", "to": "report"}],
+}
+
 
 # -- recorders --------------------------------------------------------------------------------------
 
@@ -214,6 +255,44 @@ async def _record_fork(pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]
         return await engine.wait_ended(enqueued.run_id)
 
 
+async def _record_wait_signal(
+    pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]
+) -> list[EventEnvelope]:
+    """The run parks at ``approve``; a signal resumes it with its payload as the node's output."""
+    from service.engine.control import send_signal
+
+    async with engine_on(pool, schema) as engine:
+        await engine.register(workflow)
+        run_id = await engine.start(workflow["id"], {"amount": 120})
+        await engine.wait_for(run_id, lambda es: es[-1].type == "run_waiting")
+        await send_signal(engine.queue, run_id, "approve", {"by": "ada"}, "key:golden")
+        return await engine.wait_ended(run_id)
+
+
+async def _record_sub_workflow(
+    pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]
+) -> list[EventEnvelope]:
+    """The parent's history: ``invoice`` starts a child run, waits, and outputs its outputs."""
+    async with engine_on(pool, schema) as engine:
+        await engine.register(SUB_CHILD)
+        return await engine.wait_ended(await _start(engine, workflow, {"prices": [3, 4]}))
+
+
+async def _start(engine: Engine, workflow: dict[str, Any], inputs: dict[str, Any]) -> UUID:
+    await engine.register(workflow)
+    return await engine.start(workflow["id"], inputs)
+
+
+async def _record_blob(pool: asyncpg.Pool, schema: str, workflow: dict[str, Any]) -> list[EventEnvelope]:
+    """An output over the event cap (1 KiB here): stored as a blob, the next node gets its value."""
+    from service.config import WorkerSettings
+
+    settings = WorkerSettings(lease_s=5, poll_s=0.2, output_cap_bytes=BLOB_CAP_BYTES)
+    async with engine_on(pool, schema, settings=settings) as engine:
+        run_id = await _run_to_end(engine, workflow, {"text": "blob " * 400})
+        return await engine.events(run_id)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "parallel_branches": Scenario(
         "start fans out to three independent nodes (two 40 ms delays run concurrently), which join",
@@ -252,6 +331,24 @@ SCENARIOS: dict[str, Scenario] = {
         "node_execute_after; the fold ignores it",
         NODE_LOGS,
         _plain({"items": [{"sku": "A-1", "price": 2.5, "quantity": 12}, {"sku": "B-2", "price": 10.0}]}),
+    ),
+    "wait_signal": Scenario(
+        "a wait node parks the run; signal 'approve' (key:golden) resumes it and its payload is the "
+        "node's output",
+        WAIT_SIGNAL,
+        _record_wait_signal,
+    ),
+    "sub_workflow": Scenario(
+        "a workflow node starts a child run of golden-child, waits for it, and outputs the child's "
+        "outputs (the parent's history only)",
+        SUB_WORKFLOW,
+        _record_sub_workflow,
+    ),
+    "blob_output": Scenario(
+        "'make' returns 2002 bytes of JSON, over the 1 KiB event cap of this recording: its event "
+        "carries a $blob reference, and 'count' gets the real value (length 2000)",
+        BLOB_OUTPUT,
+        _record_blob,
     ),
 }
 

@@ -51,7 +51,9 @@ def _db_token(database_url: str) -> str:
 class ServeProcess:
     """One ``flowledger serve`` subprocess; its JSON log goes to ``<log_dir>/<name>.log``."""
 
-    def __init__(self, name: str, *, database_url: str, nats_url: str, home: Path, log_dir: Path) -> None:
+    def __init__(
+        self, name: str, *, database_url: str, nats_url: str, home: Path, log_dir: Path, processes: str = "1"
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -63,6 +65,7 @@ class ServeProcess:
             FLOWLEDGER_HOME=str(home),
             FLOWLEDGER_LOG_FORMAT="json",
             FLOWLEDGER_LEASE_SECONDS="4",  # recovery after a kill -9 waits for the lease
+            FLOWLEDGER_PROCESSES=processes,  # the tests kill and inspect this very process
             # One stream per database: each test's log is a different log.
             FLOWLEDGER_NATS_STREAM=f"CRASH_{_db_token(database_url)}",
             FLOWLEDGER_NATS_SUBJECT_PREFIX=f"crash{_db_token(database_url)}.events",

@@ -62,6 +62,8 @@ output_markers = st.builds(
     OutputMarker, size_bytes=st.integers(0, 2**62), sha256=sha256_hex, truncated=st.booleans()
 )
 
+utc_datetimes = st.datetimes(timezones=st.just(UTC))
+
 EVENT_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     RunQueued: st.builds(
         RunQueued,
@@ -98,10 +100,25 @@ EVENT_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         next_attempt=int64s,
         delay_ms=int64s,
         error=st.none() | node_errors,
+        due_at=st.none() | utc_datetimes,
     ),
     NodeSkipped: st.builds(NodeSkipped, node_id=identifiers, reason=texts),
-    RunWaiting: st.builds(RunWaiting, reason=texts, node_id=st.none() | texts),
-    RunResumed: st.builds(RunResumed, reason=texts),
+    RunWaiting: st.builds(
+        RunWaiting,
+        reason=texts,
+        node_id=st.none() | identifiers,
+        signal=st.none() | texts,
+        wake_at=st.none() | utc_datetimes,
+        child_run_id=st.none() | texts,
+    ),
+    RunResumed: st.builds(
+        RunResumed,
+        reason=texts,
+        actor=texts,
+        node_id=st.none() | identifiers,
+        cause=st.sampled_from(["signal", "timer", "timeout", "child", "halt", ""]),
+        signal=st.none() | texts,
+    ),
     RunCancelRequested: st.builds(RunCancelRequested, reason=texts, requested_by=texts),
     RunCancelled: st.builds(RunCancelled, reason=texts),
     RunRecovered: st.builds(RunRecovered, worker_id=texts, completed_nodes=st.lists(identifiers, max_size=5)),
@@ -125,7 +142,6 @@ EVENT_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
 }
 """One strategy per event type, each building only valid bodies."""
 events: st.SearchStrategy[Event] = st.one_of(*EVENT_STRATEGIES.values())
-utc_datetimes = st.datetimes(timezones=st.just(UTC))
 
 # -- envelopes and chains ---------------------------------------------------------------------------
 

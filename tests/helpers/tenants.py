@@ -60,6 +60,7 @@ class TenantObjects:
             "run_id": self.run_id,
             "other_run_id": self.other_run_id,
             "schedule_id": self.schedule_id,
+            "name": "approve",  # a signal's name
         }
 
     @property

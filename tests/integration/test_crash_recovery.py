@@ -33,7 +33,9 @@ from schemas.events import (
     NodeExecuteBefore,
     RunFinished,
     RunRecovered,
+    RunResumed,
     RunStarted,
+    RunWaiting,
 )
 from service.infra.db import init_connection
 from service.infra.embedded import EmbeddedNats
@@ -104,13 +106,18 @@ async def db(crash_db: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-def spawn(crash_db: str, private_nats: str, tmp_path: Path) -> Iterator[Callable[[str], ServeProcess]]:
+def spawn(crash_db: str, private_nats: str, tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """Start ``flowledger serve`` processes on the test's database; every one is killed at the end."""
     started: list[ServeProcess] = []
 
-    def start(name: str) -> ServeProcess:
+    def start(name: str, processes: int = 1) -> ServeProcess:
         proc = ServeProcess(
-            name, database_url=crash_db, nats_url=private_nats, home=tmp_path / "home", log_dir=tmp_path
+            name,
+            database_url=crash_db,
+            nats_url=private_nats,
+            home=tmp_path / "home",
+            log_dir=tmp_path,
+            processes=str(processes),
         )
         started.append(proc)
         return proc.start()
@@ -248,6 +255,7 @@ async def test_kill_9_with_200_runs_in_flight_then_restart(
     }
     done_before: dict[UUID, set[tuple[str, int]]] = {}
     running_before: dict[UUID, dict[str, int]] = {}
+    waiting_before: dict[UUID, set[str]] = {}
     for run_id, raw in before.items():
         events = typed(raw)
         done_before[run_id] = {(a.node_id, a.attempt) for a in bodies(events, NodeExecuteAfter)}
@@ -255,6 +263,8 @@ async def test_kill_9_with_200_runs_in_flight_then_restart(
         running_before[run_id] = {
             b.node_id: b.attempt for b in bodies(events, NodeExecuteBefore) if b.node_id not in finished_nodes
         }
+        # A delay whose run_waiting (with its due time) was committed waits on: no new attempt.
+        waiting_before[run_id] = {w.node_id for w in bodies(events, RunWaiting) if w.node_id} - finished_nodes
     assert len(started_before) >= runs // 2
 
     second = spawn("second")
@@ -279,10 +289,18 @@ async def test_kill_9_with_200_runs_in_flight_then_restart(
         new_befores = bodies(new, NodeExecuteBefore)
         rerun = {b.node_id for b in new_befores} & {n for n, _ in done_before[run_id]}
         assert not rerun, f"run {run_id}: re-ran {rerun} although their node_execute_after was committed"
-        # A node interrupted mid-attempt runs again, as the next attempt.
+        # A node interrupted mid-attempt runs again, as the next attempt; a delay that was
+        # waiting (its due time in the log) is resumed instead, when it is due.
         for node_id, attempt in running_before[run_id].items():
             attempts = [b.attempt for b in new_befores if b.node_id == node_id]
-            assert attempts == [attempt + 1], f"run {run_id} node {node_id}: attempts after kill {attempts}"
+            if node_id in waiting_before[run_id]:
+                assert attempts == [], f"run {run_id} node {node_id}: a waiting delay started again"
+                resumed = [r for r in bodies(new, RunResumed) if r.node_id == node_id]
+                assert [r.cause for r in resumed] == ["timer"], f"run {run_id} node {node_id}: {resumed}"
+            else:
+                assert attempts == [attempt + 1], (
+                    f"run {run_id} node {node_id}: attempts after kill {attempts}"
+                )
         starts = bodies(events, RunStarted)
         recoveries = bodies(new, RunRecovered)
         assert len(starts) == 1, f"run {run_id}: {len(starts)} run_started"

@@ -19,7 +19,7 @@ from tests.helpers.serving import free_port
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-    env.update(FLOWLEDGER_HOME=str(home), FLOWLEDGER_LOG_FORMAT="json", **extra)
+    env.update(FLOWLEDGER_HOME=str(home), FLOWLEDGER_LOG_FORMAT="json", FLOWLEDGER_PROCESSES="1", **extra)
     return env
 
 
@@ -171,3 +171,39 @@ def test_unreachable_server_gives_one_clear_line(
     assert last_line.startswith("flowledger: " + named.format(port=dead)), stderr
     assert secret not in stderr + proc.stdout.decode()
     assert "Traceback" not in stderr
+
+
+def test_make_run_uses_every_core_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    """The default of `make run` on a machine with more than one core: a supervising parent,
+    the embedded servers started once, one service process per core on the one port."""
+    home = tmp_path / "home"
+    port = free_port()
+    proc = subprocess.Popen(
+        [FLOWLEDGER, "serve", "--port", str(port), "--processes", "2"],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_ready(port, proc)
+        token = (home / "admin.token").read_text().strip()
+        runs = httpx.get(f"http://127.0.0.1:{port}/v1/runs", headers={"Authorization": f"Bearer {token}"})
+        assert runs.status_code == 200
+        deadline = time.monotonic() + 60
+        while len(services := _service_children(proc.pid)) < 2:
+            assert time.monotonic() < deadline, services
+            time.sleep(0.2)
+        children = [psutil.Process(pid) for pid in services]
+        assert len(_processes_of(home)) >= 2, "postgres and nats-server, started once by the parent"
+    finally:
+        _interrupt(proc)
+    assert proc.returncode == 0, proc.stdout.read().decode() if proc.stdout else ""
+    assert _leftovers(home) == [], "postgres or nats-server outlived the service"
+    assert not [c for c in children if c.is_running()], "a service process outlived the parent"
+
+
+def _service_children(parent: int) -> list[int]:
+    """The ``serve`` processes the parent started (not the embedded servers)."""
+    return [
+        c.pid for c in psutil.Process(parent).children() if any("--listen-fd" in part for part in c.cmdline())
+    ]

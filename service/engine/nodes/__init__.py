@@ -23,6 +23,7 @@ from service.engine.nodes.registry import (
     NodeType,
     UnknownNodeType,
 )
+from service.engine.nodes.waiting import register_waiting
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -59,5 +60,6 @@ def default_registry(
     )
     register_builtins(registry)
     register_integrations(registry, Path(DEFAULT_HOME) if home is None else home)
+    register_waiting(registry)
     registry.load_entry_points()
     return registry

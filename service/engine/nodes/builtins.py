@@ -125,7 +125,7 @@ async def branch(config: BranchConfig, ctx: NodeContext) -> dict[str, str]:
 
 
 async def delay(config: DelayConfig, ctx: NodeContext) -> dict[str, int]:
-    """Sleeps ``ms`` milliseconds (cancellable); output ``{"delayed_ms": ms}``."""
+    """Sleeps ``ms`` milliseconds (a durable timer in a run); output ``{"delayed_ms": ms}``."""
     await asyncio.sleep(config.ms / 1000)
     return {"delayed_ms": config.ms}
 

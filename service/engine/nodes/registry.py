@@ -27,7 +27,7 @@ import structlog
 
 from schemas.events import WORKER_CRASHED, NodeError
 from service.config import DEFAULT_TENANT
-from service.engine.nodes.config_values import SECRET_KEY, dynamic_values, redact
+from service.engine.nodes.config_values import SECRET_KEY, dynamic_values, redact, resolve_config
 from service.engine.nodes.egress import EgressPolicy
 from service.engine.nodes.expressions import ExpressionError
 from service.engine.nodes.http_transport import checked_client
@@ -82,6 +82,10 @@ class NodeFailure(Exception):
 
 def _rebuild_failure(kind: str, message: str, retryable: bool) -> NodeFailure:
     return NodeFailure(kind, message, retryable=retryable)
+
+
+SECRET_STAND_INS = ("postgresql://user@stand-in.invalid/db", "https://stand-in.invalid/", "stand-in-token")
+"""Values a secret is checked as at registration (its real value is known only at run time)."""
 
 
 class NodeContext(msgspec.Struct, frozen=True):
@@ -270,12 +274,37 @@ class NodeRegistry:
                 raise InvalidNodeConfig(
                     name, f"unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(fields))}"
                 )
+            if all(kind == SECRET_KEY for _where, kind, _arg in dynamic):
+                self._check_with_secret_stand_ins(name, config)
             return None
         parsed = self.parse_config(name, config)
         check = self.get(name).check
         if check is not None and (problem := check(parsed)) is not None:
             raise InvalidNodeConfig(name, problem)
         return parsed
+
+    def _check_with_secret_stand_ins(self, name: str, config: dict[str, Any]) -> None:
+        """Check a config whose only run-time values are secrets: everything but the secrets'
+        values is known now. Each secret is replaced by stand-ins of the shapes a secret takes
+        (a database URL, an https URL, a token); the config passes if one set of stand-ins
+        parses. When none does, a problem that every set shows is not the secrets' (it is
+        reported); problems that differ between sets are about the secrets' values, which are
+        only known at run time (not reported)."""
+        problems: list[str] = []
+        names = {argument for _where, _kind, argument in dynamic_values(config)}
+        for stand_in in SECRET_STAND_INS:
+            try:
+                parsed = self.parse_config(name, resolve_config(config, {}, dict.fromkeys(names, stand_in)))
+            except InvalidNodeConfig as exc:
+                problems.append(exc.problem)
+                continue
+            check = self.get(name).check
+            if check is not None and (problem := check(parsed)) is not None:
+                raise InvalidNodeConfig(name, problem)
+            return
+        common = {p for p in problems if problems.count(p) > 1}
+        if common:
+            raise InvalidNodeConfig(name, sorted(common)[0])
 
     def parse_config(self, name: str, config: dict[str, Any]) -> msgspec.Struct:
         """The typed config, or :class:`InvalidNodeConfig` naming what is wrong (``UnknownNodeType`` for a bad name)."""

@@ -100,6 +100,9 @@ def parse_rows(lines: list[str] | Any) -> tuple[list[Row], list[tuple[int, str]]
         if unknown:
             problems.append((number, f"unknown field(s) {', '.join(unknown)}; fields: id, vector, payload"))
             continue
+        if "id" not in row:
+            problems.append((number, "missing id (a non-empty string or an integer)"))
+            continue
         ident = row.get("id")
         if isinstance(ident, bool) or not isinstance(ident, str | int) or ident == "":
             problems.append((number, f"id must be a non-empty string or an integer, got {ident!r}"))

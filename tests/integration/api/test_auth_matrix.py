@@ -54,6 +54,7 @@ MISSING = {
     "run_id": "00000000-0000-4000-8000-000000000001",
     "other_run_id": "00000000-0000-4000-8000-000000000002",
     "schedule_id": "00000000-0000-4000-8000-000000000003",
+    "name": "approve",  # a signal name names no object: the same for every tenant
 }
 """Path values naming nothing: another tenant's object must answer exactly as these do."""
 RUN_PARAMS = ("run_id", "other_run_id")

@@ -63,6 +63,7 @@ def service(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Itera
             FLOWLEDGER_NATS_SUBJECT_PREFIX=f"{stream.lower()}.events",
             FLOWLEDGER_HOME=str(home),
             FLOWLEDGER_LOG_FORMAT="json",
+            FLOWLEDGER_PROCESSES="1",
         )
         log = home / "serve.log"
         with log.open("wb") as out:

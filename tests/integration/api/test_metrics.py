@@ -224,7 +224,8 @@ async def test_prometheus_exposition(api: httpx.AsyncClient) -> None:
 
 async def test_in_flight_and_queue_gauges_see_a_running_run(api: httpx.AsyncClient) -> None:
     wid = _wid("slow")
-    await _register(api, {"id": wid, "nodes": [{"id": "wait", "type": "delay", "config": {"ms": 10_000}}]})
+    # 1.5 s: shorter than the 2 s after which a waiting run is parked (it stays in flight).
+    await _register(api, {"id": wid, "nodes": [{"id": "wait", "type": "delay", "config": {"ms": 1500}}]})
     run_id = (await api.post(f"/v1/workflows/{wid}/runs", json={})).json()["run_id"]
     try:
         for _ in range(400):
@@ -235,5 +236,21 @@ async def test_in_flight_and_queue_gauges_see_a_running_run(api: httpx.AsyncClie
         else:
             raise AssertionError("the running run never showed in flowledger_runs_in_flight")
         assert _value(samples, "flowledger_run_queue_depth", status="running") >= 1
+    finally:
+        assert (await api.post(f"/v1/runs/{run_id}/cancel")).status_code in (202, 409)
+
+
+async def test_a_parked_run_shows_in_the_waiting_queue_gauge(api: httpx.AsyncClient) -> None:
+    wid = _wid("parked")
+    await _register(api, {"id": wid, "nodes": [{"id": "ask", "type": "wait", "config": {"signal": "go"}}]})
+    run_id = (await api.post(f"/v1/workflows/{wid}/runs", json={})).json()["run_id"]
+    try:
+        for _ in range(400):
+            samples = _samples((await api.get("/metrics")).text)
+            if _value(samples, "flowledger_run_queue_depth", status="waiting") >= 1:
+                break
+            await asyncio.sleep(0.025)
+        else:
+            raise AssertionError("the parked run never showed in flowledger_run_queue_depth{status=waiting}")
     finally:
         assert (await api.post(f"/v1/runs/{run_id}/cancel")).status_code == 202

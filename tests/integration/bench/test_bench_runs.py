@@ -42,3 +42,15 @@ async def test_side_by_side_with_dbos(servers: Servers, capsys: pytest.CaptureFi
     out = " ".join(capsys.readouterr().out.split())
     assert re.search(r"runs end to end .*runs/s.*DBOS.* \d+\.\d\dx ", out), out
     assert "p99" in out
+
+
+async def test_worker_processes_run_every_run_and_the_scaling_is_printed(
+    servers: Servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = await bench_runs(_settings(servers), runs=RUNS, concurrency=8, baseline=False, processes=2)
+    assert result.scaling is not None
+    count, one, two = result.scaling
+    assert count == 2 and one.runs == two.runs == RUNS and result.ours is two
+    assert len(one.latencies_ms) == len(two.latencies_ms) == RUNS  # every run checked succeeded
+    out = " ".join(capsys.readouterr().out.split())
+    assert "scaling: 2 worker" in out and re.search(r"1 -> [\d,]+ runs/s, 2 -> [\d,]+ runs/s", out), out

@@ -127,6 +127,17 @@ async def test_client_commands_find_the_service_by_its_http_port(api: httpx.Asyn
     assert given.code == 0, given  # an explicit --api-url still wins
 
 
+async def test_a_401_says_where_a_key_comes_from(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    """Run from elsewhere than the service's directory: no admin.token is found, and the
+    answer says how to give a key instead of only "401"."""
+    ran = await _flowledger(
+        "--api-url", str(api.base_url), "workflows", "list", env={"FLOWLEDGER_HOME": str(tmp_path / "none")}
+    )
+    assert ran.code != 0
+    said = ran.out + ran.err
+    assert "401" in said and "--token" in said and "FLOWLEDGER_TOKEN" in said and "FLOWLEDGER_HOME" in said
+
+
 async def test_client_commands_do_not_log_each_request(api: httpx.AsyncClient) -> None:
     _, run_id = await _finished_run(api)
     ran = await _cli(api, "events", run_id)  # the default log level: info

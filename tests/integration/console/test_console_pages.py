@@ -187,7 +187,9 @@ async def test_the_runs_list_shows_a_run_started_elsewhere_live(
     await expect(row).to_be_visible(timeout=5000)
     assert await row.locator("td").nth(0).inner_text() == run_id.replace("-", "")[-8:]
     await expect(row.get_by_role("link", name=workflow)).to_be_visible()
-    await expect(row.locator("[data-status]")).to_have_attribute("data-status", "running", timeout=5000)
+    await expect(row.locator("[data-status]")).to_have_attribute(
+        "data-status", "waiting", timeout=5000
+    )  # the delay
     await expect(row.locator("[data-status]")).to_have_attribute("data-status", "succeeded", timeout=10_000)
     await expect(row.locator("progress")).to_have_attribute("value", "100")
     assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"

@@ -128,7 +128,7 @@ async def test_the_dag_follows_a_live_run_within_a_second(
     )
     run_id = await _start(api, workflow)
     await _open_run(page, api, run_id)
-    wait_node = page.get_by_role("button", name="node wait (delay): running")
+    wait_node = page.get_by_role("button", name="node wait (delay): waiting")
     await wait_node.wait_for(timeout=5000)
     # when did the DOM say succeeded? (the browser's clock is this machine's, like the server's)
     await page.evaluate(
@@ -361,7 +361,7 @@ async def test_cancel_from_the_page_ends_the_run(console: Page, api: httpx.Async
     )
     run_id = await _start(api, workflow)
     await _open_run(page, api, run_id)
-    await page.get_by_role("button", name="node long (delay): running").wait_for()
+    await page.get_by_role("button", name="node long (delay): waiting").wait_for()
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     await page.get_by_role("button", name="Cancel run").click()
     await expect(page.locator(".run-head .status")).to_have_text("cancelled", timeout=5000)
@@ -370,6 +370,41 @@ async def test_cancel_from_the_page_ends_the_run(console: Page, api: httpx.Async
     events = await wait_ended(api, run_id, timeout=5)
     assert events[-1]["type"] == "run_cancelled"
     assert any(e["type"] == "run_cancel_requested" for e in events)
+
+
+async def test_a_waiting_node_takes_a_signal_from_the_page(console: Page, api: httpx.AsyncClient) -> None:
+    page = console
+    workflow = await _register(
+        api,
+        {
+            "id": _unique("console-signal"),
+            "nodes": [
+                {"id": "ask", "type": "wait", "config": {"signal": "approve"}},
+                {"id": "book", "type": "transform", "config": {"expression": "nodes.ask.by"}},
+            ],
+            "edges": [{"from": "ask", "to": "book"}],
+        },
+    )
+    run_id = await _start(api, workflow)
+    await _open_run(page, api, run_id, "?node=ask")
+    await expect(page.locator(".run-head .status")).to_have_text("waiting", timeout=5000)
+    inspector = page.locator("section.inspector")
+    await expect(inspector).to_contain_text("Waiting for")
+    await expect(inspector.locator("code", has_text="approve").first).to_be_visible()
+    payload = inspector.get_by_label("Payload for approve (JSON, optional)")
+    await payload.fill("{not json")
+    await inspector.get_by_role("button", name="Send signal approve").click()
+    await expect(inspector.locator(".signal-form .form-message")).to_contain_text("not valid JSON")
+    await payload.fill('{"by": "the console"}')
+    await inspector.get_by_role("button", name="Send signal approve").click()
+    await expect(page.locator(".run-head .status")).to_have_text("succeeded", timeout=5000)
+    await expect(page.locator('.dag [data-node-id="book"]')).to_have_attribute("data-status", "succeeded")
+    events = await wait_ended(api, run_id, timeout=5)
+    outputs = {
+        e["data"]["node_id"]: e["data"]["output"] for e in events if e["type"] == "node_execute_after_data"
+    }
+    assert outputs == {"ask": {"by": "the console"}, "book": "the console"}
+    await shoot(page, "run-signal")
 
 
 async def test_fork_from_a_node_with_an_override_opens_the_child_run(

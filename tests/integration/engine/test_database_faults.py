@@ -79,7 +79,7 @@ async def test_a_cancel_still_reaches_a_running_node_after_the_listen_session_is
     async with engine_on(pool, schema, settings=settings) as engine:
         await engine.register(_delay_chain("long", 60_000, 0))
         run = await engine.start("long")
-        await engine.wait_for(run, lambda events: events[-1].type == "node_execute_before")
+        await engine.wait_for(run, lambda events: events[-1].type in ("node_execute_before", "run_waiting"))
         channel = engine.queue.notify_channel
         assert await _terminate(pool, f"query LIKE 'LISTEN %{channel}%'") == 1
         await asyncio.sleep(1.5)  # the worker notices and listens again

@@ -290,11 +290,11 @@ async def test_node_timeout_fails_the_attempt(engine: Engine) -> None:
     assert "100 ms" in after.error.message
 
 
-async def test_output_over_the_cap_becomes_a_marker_and_the_run_goes_on(
+async def test_output_over_the_cap_is_stored_as_a_blob_and_the_next_node_gets_it(
     pool: asyncpg.Pool, schema: str
 ) -> None:
     async with engine_on(
-        pool, schema, settings=WorkerSettings(lease_s=5, poll_s=0.2, output_cap_bytes=1000)
+        pool, schema, settings=WorkerSettings(lease_s=5, poll_s=0.2, output_cap_bytes=1024)
     ) as e:
         await e.register(
             wf(
@@ -310,17 +310,15 @@ async def test_output_over_the_cap_becomes_a_marker_and_the_run_goes_on(
         data = next(
             ev.data for ev in events if ev.type == "node_execute_after_data" and ev.data.node_id == "make"
         )
-        assert data.output is None and data.marker is not None
-        assert data.marker.size_bytes == 5002  # the JSON string with its quotes
         import hashlib
 
-        assert data.marker.sha256 == hashlib.sha256(b'"' + b"x" * 5000 + b'"').hexdigest()
+        digest = hashlib.sha256(b'"' + b"x" * 5000 + b'"').hexdigest()
+        assert data.marker is None and data.output_bytes == 5002  # the JSON string with its quotes
+        assert data.output == {"$blob": {"sha256": digest, "size_bytes": 5002}}
+        assert data.output_sha256 == digest
         state = await e.state(events[0].run_id)
-        assert state.nodes["use"].output == {
-            "size_bytes": 5002,
-            "sha256": data.marker.sha256,
-            "truncated": True,
-        }
+        # use returned what it got: the same 5002 bytes (so the same blob), not the reference
+        assert state.nodes["use"].output == data.output and state.nodes["use"].output_sha256 == digest
         assert state.status == "succeeded"
 
 

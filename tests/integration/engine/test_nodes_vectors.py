@@ -155,7 +155,7 @@ def test_bad_rows_are_reported_with_their_line_numbers_and_nothing_is_written(tm
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "vectors", "build", "bad", str(source)])
     assert result.exit_code == 1
     stderr = result.stderr
-    for line in ("line 2: not JSON", "line 3: vector has dimension 2, the index has 4", "line 5: id must be",
+    for line in ("line 2: not JSON", "line 3: vector has dimension 2, the index has 4", "line 5: missing id",
                  "line 6: duplicate id 'ok'", "line 7: vector is all zeros", "line 8: vector must be",
                  "line 9: payload must be a JSON object"):  # fmt: skip
         assert line in stderr, stderr

@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from service.config import ALL_SCOPES
-from service.infra.embedded import _nats_binary
+from service.infra.embedded import nats_server_binary
 from tests.helpers.api import wait_ended
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.servers import Servers
@@ -73,7 +73,7 @@ def tenant_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     assert "store_dir:" in documented
     config.write_text(re.sub(r"store_dir: .*", f'store_dir: "{root / "js"}"', documented))
     port = free_port()
-    cmd = [str(_nats_binary()), "-c", str(config), "-a", "127.0.0.1", "-p", str(port)]
+    cmd = [str(nats_server_binary()), "-c", str(config), "-a", "127.0.0.1", "-p", str(port)]
     log = (root / "nats.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
     try:

@@ -116,7 +116,8 @@ async def test_state_at_follows_a_cancel_appended_by_someone_else(pool: asyncpg.
     """A cancel request is appended by the API, not the engine: the engine folds it on catch-up."""
     spec = {
         "id": "tt-cancel",
-        "nodes": [{"id": "slow", "type": "delay", "config": {"ms": 20000}}, {"id": "after", "type": "noop"}],
+        # Shorter than the 2 s after which a waiting run is parked: the executor stays live.
+        "nodes": [{"id": "slow", "type": "delay", "config": {"ms": 1900}}, {"id": "after", "type": "noop"}],
         "edges": [{"from": "slow", "to": "after"}],
     }
     async with engine_on(pool, schema, worker=False) as engine:

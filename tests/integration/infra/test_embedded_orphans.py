@@ -37,7 +37,7 @@ GONE_WITHIN_S = 10.0
 def _env(home: Path, **extra: str) -> dict[str, str]:
     """No FLOWLEDGER_* URL: the process under test starts the embedded servers itself."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-    env.update(FLOWLEDGER_HOME=str(home), FLOWLEDGER_LOG_FORMAT="json", **extra)
+    env.update(FLOWLEDGER_HOME=str(home), FLOWLEDGER_LOG_FORMAT="json", FLOWLEDGER_PROCESSES="1", **extra)
     return env
 
 

@@ -21,6 +21,7 @@ COMMANDS = sorted(
         "metrics",
         "schedules",
         "secrets",
+        "signal",
         "vectors",
     ]
 )

@@ -74,12 +74,21 @@ def legal_histories(draw: st.DrawFn, end: str | None = None) -> list[Event]:
     history: list[Event] = [draw(EVENT_STRATEGIES[RunQueued]), draw(EVENT_STRATEGIES[RunStarted])]
     for node in draw(st.lists(identifiers, unique=True, max_size=3)):
         if draw(st.booleans()):
-            history += [draw(EVENT_STRATEGIES[RunWaiting]), draw(EVENT_STRATEGIES[RunResumed])]
+            history += [_body(draw, RunWaiting, node_id=None), _body(draw, RunResumed, node_id=None)]
         if draw(st.booleans()):
             history.append(draw(EVENT_STRATEGIES[RunRecovered]))
-        kind = draw(st.sampled_from(["succeeded", "failed", "retried", "skipped"]))
+        kind = draw(st.sampled_from(["succeeded", "failed", "retried", "skipped", "waited"]))
         if kind == "skipped":
             history.append(_body(draw, NodeSkipped, node_id=node))
+            continue
+        if kind == "waited":  # a wait node: started, waiting, resumed (a signal or timer), done
+            history += [
+                _body(draw, NodeExecuteBefore, node_id=node, attempt=1),
+                _body(draw, RunWaiting, node_id=node),
+                _body(draw, RunResumed, node_id=node),
+                _body(draw, NodeExecuteAfter, node_id=node, attempt=1, status="succeeded"),
+                _body(draw, NodeExecuteAfterData, node_id=node, attempt=1),
+            ]
             continue
         attempts = 2 if kind == "retried" else 1
         for attempt in range(1, attempts + 1):

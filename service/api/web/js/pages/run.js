@@ -125,7 +125,7 @@ export async function render(main, { params, query, ctx }) {
       ["Duration", summary.duration_ms != null ? formatDuration(summary.duration_ms) : "—"],
     ];
     if (summary.retries) items.push(["Retries", String(summary.retries)]);
-    if (summary.parent_run_id) items.push(["Forked from", h("a", { href: `/runs/${summary.parent_run_id}`, text: `run ${shortId(summary.parent_run_id)}`, "aria-label": `parent run ${summary.parent_run_id}` })]);
+    if (summary.parent_run_id) items.push([fold.parentNodeId ? "Parent run" : "Forked from", h("a", { href: `/runs/${summary.parent_run_id}`, text: `run ${shortId(summary.parent_run_id)}`, "aria-label": `parent run ${summary.parent_run_id}` })]);
     if (summary.error) items.push(["Error", h("span", { class: "error", text: summary.error })]);
     facts.replaceChildren();
     for (const [term, ...values] of items) {
@@ -229,7 +229,8 @@ export async function render(main, { params, query, ctx }) {
     // a redraw of the same node keeps what the user was doing in it (focus, override text)
     const same = inspectorSlot.querySelector(".inspector")?.getAttribute("data-node-id") === selected;
     const focusedInside = same && inspectorSlot.contains(document.activeElement) ? document.activeElement : null;
-    const keepText = same ? inspectorSlot.querySelector("textarea")?.value : null;
+    const keepText = same ? inspectorSlot.querySelector("textarea.fork-override")?.value : null;
+    const keepPayload = same ? inspectorSlot.querySelector("textarea.signal-payload")?.value : null;
     const keepOpen = same ? inspectorSlot.querySelector("details.fork")?.open : false;
     inspectorSlot.replaceChildren(
       renderInspector(selected, view, {
@@ -238,6 +239,7 @@ export async function render(main, { params, query, ctx }) {
         loading: viewState === null,
         logs: nodeLogLines(selected, following ? null : viewSeq),
         onFork: forkFrom,
+        onSignal: sendSignal,
         onClose: () => {
           const was = selected;
           selectNode(null);
@@ -245,8 +247,10 @@ export async function render(main, { params, query, ctx }) {
         },
       }),
     );
-    const ta = inspectorSlot.querySelector("textarea");
+    const ta = inspectorSlot.querySelector("textarea.fork-override");
     if (ta && keepText) ta.value = keepText;
+    const payload = inspectorSlot.querySelector("textarea.signal-payload");
+    if (payload && keepPayload) payload.value = keepPayload;
     if (keepOpen) inspectorSlot.querySelector("details.fork").open = true;
     if (focusedInside && focusedInside.id) document.getElementById(focusedInside.id)?.focus();
   }
@@ -256,6 +260,22 @@ export async function render(main, { params, query, ctx }) {
     syncUrl();
     paintInspector();
     if (selected && following) loadState();
+  }
+
+  async function sendSignal(name, payloadText) {
+    const body = {};
+    if (payloadText && payloadText.trim()) {
+      try {
+        body.payload = JSON.parse(payloadText);
+      } catch (err) {
+        throw new Error(`The payload is not valid JSON: ${err.message}`);
+      }
+    }
+    try {
+      await api(`/v1/runs/${enc}/signals/${encodeURIComponent(name)}`, { method: "POST", body });
+    } catch (err) {
+      throw new Error(problemText(err));
+    }
   }
 
   async function forkFrom(nodeId, overrideText) {

@@ -2,7 +2,7 @@
 // now): type, status, attempts, error, the document it saw, its output, where a fork reused it
 // from; and the "Fork from this node" form.
 
-import { formatDuration, h, shortId } from "../dom.js";
+import { formatDuration, formatTime, h, shortId } from "../dom.js";
 import { normalizeStatus } from "./dag.js";
 import { viewStatus } from "./model.js";
 
@@ -76,10 +76,10 @@ export function logBlock(nodeId, { lines, partial }, atSeq) {
 
 /**
  * `view`: state.nodes[nodeId] (may be undefined while the state loads); `ctx`: {runId, runEnded,
- * atSeq (null = now), onFork(nodeId, overrideText) -> Promise, logs: {lines, partial} (the node's
- * log lines up to atSeq)}.
+ * atSeq (null = now), onFork(nodeId, overrideText) -> Promise, onSignal(name, payloadText) -> Promise,
+ * logs: {lines, partial} (the node's log lines up to atSeq)}.
  */
-export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onClose, loading, logs } = {}) {
+export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onSignal, onClose, loading, logs } = {}) {
   const heading = h("h2", { id: "inspector-title", text: `Node ${nodeId}` });
   const close = h("button", { type: "button", class: "link-button", text: "Close", "aria-label": "Close the node inspector", onclick: () => onClose && onClose() });
   const section = h("section", { class: "panel inspector", "aria-labelledby": "inspector-title", "data-node-id": nodeId }, h("div", { class: "panel-head" }, heading, close));
@@ -99,11 +99,23 @@ export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onClose
   row(dl, "Type", view.node_type || "");
   row(dl, "Status", h("span", { class: `status status-${state}`, text: state }));
   row(dl, "Attempts", `${view.attempts}${view.failures ? ` (${view.failures} failed)` : ""}`);
-  if (view.attempts > 0 && view.status !== "running") row(dl, "Duration", formatDuration(view.duration_ms || 0) + (view.attempts > 1 ? " (last attempt)" : ""));
+  if (view.attempts > 0 && view.status !== "running" && view.status !== "waiting") row(dl, "Duration", formatDuration(view.duration_ms || 0) + (view.attempts > 1 ? " (last attempt)" : ""));
   if (view.item_count) row(dl, "Items", String(view.item_count));
   if (view.retry_delay_ms != null && view.status === "retry_wait") row(dl, "Next retry in", formatDuration(view.retry_delay_ms));
   if (view.first_seq != null) row(dl, "Events", `seq ${view.first_seq} – ${view.last_seq}`);
   if (view.skip_reason) row(dl, "Skipped", view.skip_reason);
+  if (view.status === "waiting") {
+    if (view.signal) {
+      row(dl, "Waiting for", "signal ", h("code", { text: view.signal }), view.wake_at ? ` (times out ${formatTime(view.wake_at)})` : "");
+    } else if (view.child_run_id) {
+      row(dl, "Waiting for", "its child run to end", view.wake_at ? ` (times out ${formatTime(view.wake_at)})` : "");
+    } else if (view.wake_at) {
+      row(dl, "Waiting until", formatTime(view.wake_at));
+    }
+  }
+  if (view.child_run_id) {
+    row(dl, "Child run", h("a", { href: `/runs/${view.child_run_id}`, text: `run ${shortId(view.child_run_id)}`, "aria-label": `child run ${view.child_run_id}` }));
+  }
   if (view.reused_from) {
     const r = view.reused_from;
     row(
@@ -141,10 +153,14 @@ export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onClose
   }
   if (logs) section.append(logBlock(nodeId, logs, atSeq));
 
+  if (view.status === "waiting" && view.signal && (atSeq === null || atSeq === undefined) && onSignal) {
+    section.append(signalForm(nodeId, view.signal, onSignal));
+  }
+
   // Fork from this node
   const fork = h("details", { class: "fork" }, h("summary", { text: "Fork from this node" }));
   const textareaId = `override-${nodeId}`;
-  const textarea = h("textarea", { id: textareaId, rows: "5", spellcheck: "false", placeholder: '{"key": "value"}', "aria-describedby": `${textareaId}-help` });
+  const textarea = h("textarea", { id: textareaId, class: "fork-override", rows: "5", spellcheck: "false", placeholder: '{"key": "value"}', "aria-describedby": `${textareaId}-help` });
   const help = h("p", { id: `${textareaId}-help`, class: "muted" }, `Runs ${nodeId} and everything downstream of it again, reusing the rest. With an output override, `, h("code", { text: nodeId }), " is given that output instead of running.");
   const message = h("p", { class: "form-message", role: "status" });
   const button = h("button", { type: "submit", class: "primary", text: `Fork from ${nodeId}` });
@@ -179,4 +195,40 @@ export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onClose
   fork.append(form);
   section.append(fork);
   return section;
+}
+
+/** "Send signal": resumes the waiting node (and any other waiting for the same signal). */
+function signalForm(nodeId, signal, onSignal) {
+  const id = `signal-${nodeId}`;
+  const textarea = h("textarea", { id, class: "signal-payload", rows: "4", spellcheck: "false", placeholder: '{"approved_by": "you"}', "aria-describedby": `${id}-help` });
+  const help = h("p", { id: `${id}-help`, class: "muted" }, "The payload becomes the output of every node waiting for ", h("code", { text: signal }), "; who sent it is recorded.");
+  const message = h("p", { class: "form-message", role: "status" });
+  const button = h("button", { type: "submit", class: "primary", text: `Send signal ${signal}` });
+  const form = h(
+    "form",
+    {
+      class: "signal-form",
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        message.textContent = "";
+        message.classList.remove("error");
+        button.disabled = true;
+        try {
+          await onSignal(signal, textarea.value);
+          message.textContent = `Signal ${signal} sent.`;
+        } catch (err) {
+          message.textContent = err.message || String(err);
+          message.classList.add("error");
+          button.disabled = false;
+        }
+      },
+    },
+    h("h3", { text: "Send a signal" }),
+    h("label", { for: id, text: `Payload for ${signal} (JSON, optional)` }),
+    textarea,
+    help,
+    button,
+    message,
+  );
+  return form;
 }

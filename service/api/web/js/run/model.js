@@ -40,6 +40,9 @@ export function applyEvent(fold, envelope) {
     return n;
   };
   switch (type) {
+    case "run_queued":
+      fold.parentNodeId = d.parent_node_id || null;
+      break;
     case "run_started":
       if (!fold.ended) fold.status = "running";
       break;
@@ -72,10 +75,14 @@ export function applyEvent(fold, envelope) {
       if (d.node_id) set(d.node_id, "waiting").waiting = true;
       break;
     case "run_resumed":
-      fold.status = "running";
-      for (const n of fold.nodes.values()) {
-        if (n.status === "waiting") set(n.id, "running");
+      if (d.node_id) {
+        set(d.node_id, "running").waiting = false;
+      } else {
+        for (const n of fold.nodes.values()) {
+          if (n.status === "waiting") set(n.id, "running");
+        }
       }
+      fold.status = [...fold.nodes.values()].some((n) => n.status === "waiting") ? "waiting" : "running";
       break;
     case "run_recovered": {
       // Another worker took over: nodes it had not completed will start again.
