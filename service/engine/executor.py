@@ -59,7 +59,7 @@ from service.engine.nodes.config_values import (
     redact_output,
     resolve_config,
 )
-from service.engine.nodes.node_logs import NodeLogCollector, flush_periodically
+from service.engine.nodes.node_logs import FLUSH_INTERVAL_S, NodeLogCollector
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
 from service.engine.outputs import (
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -194,6 +194,8 @@ class RunExecutor:
         self.children = children
         self._check_children = True
         self.parked_until: datetime | None = None
+        self._log_sinks: dict[str, NodeLogCollector] = {}
+        self._log_flusher: asyncio.Task[None] | None = None
         """Set when the run was parked: when it is due (None: it waits for a signal or a child)."""
         self.secrets = secrets
         self.queue = queue
@@ -506,6 +508,10 @@ class RunExecutor:
         return UUID(self.state.parent_run_id)
 
     async def _stop_tasks(self) -> None:
+        if self._log_flusher is not None:
+            self._log_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._log_flusher
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
@@ -750,16 +756,11 @@ class RunExecutor:
     ) -> tuple[NodeExecuteAfterData | None, NodeFailure | None]:
         """One attempt of the node's handler, within its timeout: its recorded output, or why it failed.
 
-        Meanwhile the lines it logs are recorded every second (``node_logs.flush_periodically``);
-        the rest are the caller's, to record with the attempt's result."""
+        Meanwhile the lines it logs are recorded every second (``_flush_logs``); the rest are
+        the caller's, to record with the attempt's result."""
         failure: NodeFailure | None = None
         data: NodeExecuteAfterData | None = None
-        stop_flushing = asyncio.Event()
-        flusher = asyncio.ensure_future(
-            flush_periodically(
-                ctx.log_sink, lambda batch: self._append([batch], only_if_running=node_id), stop_flushing
-            )
-        )
+        self._watch_logs(node_id, ctx.log_sink)
         try:
             async with asyncio.timeout(spec.timeout_ms / 1000 if spec.timeout_ms else None):
                 config, secrets = await self._config(node_id, ctx.document)
@@ -774,13 +775,31 @@ class RunExecutor:
         except TimeoutError:
             failure = NodeFailure("timeout", f"node {node_id} did not finish within {spec.timeout_ms} ms")
         finally:
-            stop_flushing.set()
-            await flusher  # an append in flight lands before the caller's last lines
+            # A batch the flusher took is already queued on the append lock (FIFO): it lands
+            # before the caller's last lines.
+            self._log_sinks.pop(node_id, None)
         if failure is not None and ctx.secrets:
             failure = NodeFailure(
                 failure.kind, redact(failure.message, ctx.secrets), retryable=failure.retryable
             )
         return data, failure
+
+    def _watch_logs(self, node_id: str, collector: NodeLogCollector | None) -> None:
+        """Have the lines ``node_id``'s running attempt logs recorded every second (one flusher
+        task per run, not per node: most nodes log nothing and end well within a second)."""
+        if collector is None:
+            return
+        self._log_sinks[node_id] = collector
+        if self._log_flusher is None or self._log_flusher.done():
+            self._log_flusher = asyncio.create_task(self._flush_logs(), name=f"logs:{self.run_id}")
+
+    async def _flush_logs(self) -> None:
+        while self._log_sinks:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            for node_id, collector in list(self._log_sinks.items()):
+                batch = collector.take()
+                if batch is not None:
+                    await self._append([batch], only_if_running=node_id)
 
     async def _record_failure(
         self,
