@@ -9,7 +9,10 @@ return value (JSON-serializable) is the node's output. Use them as
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+log = logging.getLogger("examples.orders")
 
 
 def order_total(document: dict[str, Any]) -> dict[str, Any]:
@@ -17,6 +20,19 @@ def order_total(document: dict[str, Any]) -> dict[str, Any]:
     items = document["inputs"].get("items", [])
     total = sum(item["price"] * item.get("quantity", 1) for item in items)
     return {"total": round(total, 2), "count": len(items)}
+
+
+def order_total_logged(document: dict[str, Any]) -> dict[str, Any]:
+    """``order_total`` that says what it does: its ``print`` and ``logging`` lines become the node's
+    log lines (``flowledger logs RUN``)."""
+    items = document["inputs"].get("items", [])
+    print(f"pricing {len(items)} items")
+    for item in items:
+        if item.get("quantity", 1) > 10:
+            log.warning("large quantity for %s: %s", item.get("sku", "?"), item["quantity"])
+    result = order_total(document)
+    log.info("order total %s", result["total"])
+    return result
 
 
 async def greeting(document: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from schemas.events import (
     NodeExecuteAfter,
     NodeExecuteAfterData,
     NodeExecuteBefore,
+    NodeLog,
     NodeRetryScheduled,
     NodeSkipped,
     OutputMarker,
@@ -132,6 +133,8 @@ def _with_node(state: RunState, node: NodeState, **changes: Any) -> dict[str, No
 
 def apply(state: RunState, event: EventEnvelope, *, strict: bool = False) -> RunState:
     """The state right after ``event``. Events at or below ``state.seq`` are ignored.
+
+    ``node_log`` changes nothing but ``seq``: log lines are read from the log, not folded.
 
     With ``strict`` an event that is not a legal continuation raises ``IllegalEvent``
     (the audit uses this); otherwise the fold is lenient and keeps going.
@@ -324,6 +327,15 @@ def _check_legal(state: RunState, event: EventEnvelope) -> None:
             if node.status != "failed":
                 raise IllegalEvent(
                     seq, f"retry of node {node_id} scheduled but its last attempt did not fail"
+                )
+        case NodeLog():
+            # Lines are recorded while the attempt runs and, at its end, in the same append
+            # just before its node_execute_after: never for an attempt that is not running.
+            if node.status != "running" or node.attempts != body.attempt:
+                raise IllegalEvent(
+                    seq,
+                    f"log lines of node {node_id} attempt {body.attempt} but that attempt is not running "
+                    f"({node.status}, attempt {node.attempts})",
                 )
         case NodeSkipped():
             # "running" here means an attempt interrupted by a crash that recovery chose not to re-run.

@@ -125,6 +125,34 @@ class EventPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
+class RunLogLine(msgspec.Struct, frozen=True):
+    """One node log line: ``seq`` is the ``node_log`` event that recorded it."""
+
+    node_id: str
+    attempt: int
+    seq: int
+    at: str
+    level: str
+    message: str
+    fields: dict[str, Any] = {}
+
+
+class RunLogs(msgspec.Struct, frozen=True):
+    """A run's node log lines in the order they were recorded (``GET /v1/runs/{id}/logs``)."""
+
+    run_id: UUID
+    lines: list[RunLogLine]
+    dropped: dict[str, int]
+    """Node id -> lines dropped by the per-attempt cap (summed over its attempts); nodes that
+    dropped none are left out."""
+    last_seq: int
+    """The seq of the last event this page read: pass it as ``after_seq`` for what comes next."""
+    more: bool
+    """More log events follow this page: ask again with ``after_seq=last_seq`` right away."""
+    ended: bool
+    """The run has ended (within what this page read): no more lines will come."""
+
+
 class ReplayRun(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Fork a finished run: reuse every recorded result not downstream of ``from_node``."""
 

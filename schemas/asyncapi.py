@@ -296,8 +296,8 @@ characters>`, upgraded to a WebSocket. Every frame, both ways, is one JSON text 
 A client `subscribe`s to runs (or `resume`s one after the last `seq` it processed) and receives each
 run's messages in `seq` order, from the stored log and then live, each exactly once, until the run
 ends with `executionFinished`. Several runs' messages interleave. Events with no n8n message
-(`run_queued`, `node_retry_scheduled`, `node_skipped`, `run_cancel_requested`, `run_resumed`) are
-not sent, so `seq` has gaps. A refused client message gets an `error` and the connection stays
+(`run_queued`, `node_retry_scheduled`, `node_skipped`, `run_cancel_requested`, `run_resumed`,
+`node_log`) are not sent, so `seq` has gaps. A refused client message gets an `error` and the connection stays
 open. Every message but `error` may come trimmed (`trimmed: true`, `url`): GET `url` for the whole
 event.
 

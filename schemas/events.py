@@ -187,6 +187,34 @@ class RunRecovered(_Event, frozen=True, tag="run_recovered"):
     ``poison_run``."""
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+"""Node log levels, least severe first (a ``level`` filter keeps that level and the ones after it)."""
+
+
+class LogLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """One line a node logged (``ctx.log``, or a python node's ``print`` / ``logging``)."""
+
+    at: str
+    """When it was logged: RFC 3339 UTC with milliseconds, from the process that ran the node."""
+    level: LogLevel
+    message: str
+    fields: dict[str, Any] = {}
+
+
+class NodeLog(_Event, frozen=True, tag="node_log"):
+    """A batch of one node attempt's log lines, recorded while the attempt runs (so a follower
+    sees progress) and at its end, just before its ``node_execute_after`` (in the same append
+    when the attempt succeeded or was cancelled)."""
+
+    node_id: Identifier
+    attempt: int = 1
+    lines: list[LogLine] = []
+    dropped: int = 0
+    """Lines of this attempt dropped by the per-attempt cap so far (0 while under it); the
+    attempt's last batch then ends with a marker line saying how many were dropped."""
+
+
 class RunFinished(_Event, frozen=True, tag="run_finished"):
     status: Literal["succeeded", "failed"]
     error: str | None = None
@@ -207,6 +235,7 @@ Event = (
     | RunCancelled
     | RunRecovered
     | RunFinished
+    | NodeLog
 )
 """Every event body; decoding dispatches on the ``type`` tag."""
 

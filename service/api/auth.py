@@ -295,6 +295,7 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "list_runs": "runs:read",
     "get_run": "runs:read",
     "run_events": "runs:read",
+    "run_logs": "runs:read",
     "get_lineage": "runs:read",
     "node_history": "runs:read",
     "run_state_at": "runs:read",

@@ -20,6 +20,8 @@ from schemas.api import (
     ForkAccepted,
     ReplayRun,
     RunAccepted,
+    RunLogLine,
+    RunLogs,
     SendSignal,
     SignalAccepted,
     StartRun,
@@ -30,6 +32,7 @@ from schemas.api import (
     WorkflowVersion,
 )
 from schemas.codec import to_typed
+from schemas.events import LOG_LEVELS, TERMINAL_TYPES, LogLevel, NodeLog
 from service.api.auth import Principal
 from service.api.bodies import json_body, max_depth, spec_format
 from service.api.dependencies import provide_runtime
@@ -269,6 +272,68 @@ async def run_events(
     )
 
 
+LOG_EVENT_TYPES = frozenset({"node_log", *TERMINAL_TYPES})
+
+
+@get(
+    "/runs/{run_id:uuid}/logs",
+    summary="The run's node log lines (node_id, minimum level), in the order they were recorded",
+    description=(
+        "Lines come from the run's `node_log` events: what handlers logged with `ctx.log` and what "
+        "python nodes printed or logged. Each node attempt keeps at most 1,000 lines and 64 KiB; "
+        "`dropped` counts the rest per node, and the attempt's last batch ends with a marker line "
+        "saying how many were dropped. Page (or follow a live run) with `after_seq=<last_seq>` "
+        "until `ended`."
+    ),
+    responses=problem_responses(
+        (400, "A bad parameter, e.g. a level that is not debug, info, warning or error"), (404, "No such run")
+    ),
+)
+async def run_logs(
+    runtime: NamedDependency[Runtime],
+    run_id: FromPath[UUID],
+    node_id: FromQuery[str | None] = None,
+    level: FromQuery[LogLevel | None] = None,
+    after_seq: Annotated[int, QueryParameter(ge=-1, le=2**31 - 1)] = -1,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_EVENTS_PAGE)] = MAX_EVENTS_PAGE,
+) -> RunLogs:
+    assert runtime.store is not None
+    minimum = LOG_LEVELS.index(level) if level is not None else 0  # another level: a 400 (the schema)
+    events = await runtime.store.read_run_types(run_id, LOG_EVENT_TYPES, after_seq=after_seq, limit=limit + 1)
+    if not events and await runtime.store.run_tenant(run_id) is None:
+        raise problem(404, "Unknown run", f"no run {run_id}")
+    page = events[:limit]
+    lines: list[RunLogLine] = []
+    dropped: dict[tuple[str, int], int] = {}
+    ended = False
+    for raw in page:
+        body = to_typed(raw).data
+        if not isinstance(body, NodeLog):
+            ended = True
+            continue
+        if node_id is not None and body.node_id != node_id:
+            continue
+        if body.dropped:
+            key = (body.node_id, body.attempt)
+            dropped[key] = max(dropped.get(key, 0), body.dropped)
+        lines.extend(
+            RunLogLine(body.node_id, body.attempt, raw.seq, line.at, line.level, line.message, line.fields)
+            for line in body.lines
+            if LOG_LEVELS.index(line.level) >= minimum
+        )
+    per_node: dict[str, int] = {}
+    for (node, _attempt), count in dropped.items():
+        per_node[node] = per_node.get(node, 0) + count
+    return RunLogs(
+        run_id=run_id,
+        lines=lines,
+        dropped=per_node,
+        last_seq=page[-1].seq if page else after_seq,
+        more=len(events) > limit,
+        ended=ended,
+    )
+
+
 @post(
     "/runs/{run_id:uuid}/cancel",
     status_code=202,
@@ -407,6 +472,7 @@ def runs_router() -> Router:
             get_workflow,
             start_run,
             run_events,
+            run_logs,
             cancel_run,
             signal_run,
             replay_run,

@@ -259,6 +259,11 @@ def describe_event(kind: str, data: Mapping[str, Any]) -> str:
                 parts.append(f"after {_error_text(data['error'])}")
         case "node_skipped":
             parts = [f"{node}"] + ([f"reason {data['reason']}"] if data.get("reason") else [])
+        case "node_log":
+            count = len(data.get("lines") or [])
+            parts = [f"{node} attempt {data.get('attempt', 1)}: {count} log line{'' if count == 1 else 's'}"]
+            if data.get("dropped"):
+                parts.append(f"({data['dropped']} dropped so far)")
         case _:
             parts = _run_details(kind, data)
     return " ".join(parts).replace("\r", "\\r").replace("\n", "\\n")

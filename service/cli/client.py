@@ -112,7 +112,7 @@ def _when(timestamp: str | None) -> str:
     return "" if not timestamp else timestamp.replace("T", " ").rstrip("Z")[:23]
 
 
-_NODE_MARKS = {"node_execute_before": "▶", "node_retry_scheduled": "↻"}
+_NODE_MARKS = {"node_execute_before": "▶", "node_retry_scheduled": "↻", "node_log": "✎"}
 
 
 def follow_line(event: dict[str, Any]) -> str | None:

@@ -17,6 +17,7 @@ from service.cli.admin import projections
 from service.cli.audit import audit, export_bundle, import_bundle_command, verify_bundle_command
 from service.cli.client import cancel, events, history, lineage, metrics, run, runs, signal, workflows
 from service.cli.history import diff
+from service.cli.logs import logs
 from service.cli.node_options import node_options, node_settings
 from service.cli.processes import LISTEN_FD_OPTION, default_processes, supervise, watch_parent
 from service.cli.replay import replay
@@ -618,6 +619,7 @@ _register_benches()
 cli.add_command(workflows)
 cli.add_command(run)
 cli.add_command(events)
+cli.add_command(logs)
 cli.add_command(cancel)
 cli.add_command(signal)
 cli.add_command(projections)

@@ -59,6 +59,7 @@ from service.engine.nodes.config_values import (
     redact_output,
     resolve_config,
 )
+from service.engine.nodes.node_logs import FLUSH_INTERVAL_S, NodeLogCollector
 from service.engine.nodes.registry import NodeContext, NodeFailure, NodeRegistry
 from service.engine.outputs import (
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -193,6 +194,8 @@ class RunExecutor:
         self.children = children
         self._check_children = True
         self.parked_until: datetime | None = None
+        self._log_sinks: dict[str, NodeLogCollector] = {}
+        self._log_flusher: asyncio.Task[None] | None = None
         """Set when the run was parked: when it is due (None: it waits for a signal or a child)."""
         self.secrets = secrets
         self.queue = queue
@@ -505,6 +508,10 @@ class RunExecutor:
         return UUID(self.state.parent_run_id)
 
     async def _stop_tasks(self) -> None:
+        if self._log_flusher is not None:
+            self._log_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._log_flusher
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
@@ -620,12 +627,14 @@ class RunExecutor:
         policy = spec.retry or RetryPolicy()
         attempt = self.state.node(node_id).attempts + 1
         started = 0.0
+        logs: NodeLogCollector | None = None
         try:
             if spec.type in WAITING_NODE_TYPES:
                 await self._start_waiting(node_id, spec, policy, attempt)
                 return
             async with self.node_slots:
                 await self._append([NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)])
+                logs = NodeLogCollector(node_id, attempt)
                 ctx = NodeContext(
                     run_id=str(self.run_id),
                     node_id=node_id,
@@ -633,10 +642,12 @@ class RunExecutor:
                     attempt=attempt,
                     document=await self._document(node_id),
                     tenant=self.claim.tenant,
+                    log_sink=logs,
                 )
                 started = time.perf_counter()
                 data, failure = await self._call_handler(node_id, spec, attempt, ctx)
                 duration = (time.perf_counter() - started) * 1000
+                last_lines = [batch] if (batch := logs.take(final=True)) is not None else []
                 if failure is None and data is not None:
                     after = NodeExecuteAfter(
                         node_id=node_id,
@@ -646,10 +657,12 @@ class RunExecutor:
                         duration_ms=duration,
                         item_count=item_count(self._outputs.value_of(data)),
                     )
-                    await self._append([after, data])
+                    await self._append([*last_lines, after, data])  # lines just before their result
                     return
                 assert failure is not None
-                await self._record_failure(node_id, spec.type, policy, attempt, duration, failure)
+                await self._record_failure(
+                    node_id, spec.type, policy, attempt, duration, failure, prefix=last_lines
+                )
         except asyncio.CancelledError:
             reason = self._record_cancel.get(node_id)
             if reason is None:
@@ -660,8 +673,10 @@ class RunExecutor:
             )
             # Checked under the append lock: a shielded append of this node's own result may
             # still be finishing, and a node that just succeeded must not also be "cancelled".
+            last = logs.take(final=True) if logs is not None else None
             await self._append(
-                _failed_attempt(node_id, spec.type, attempt, duration, error), only_if_running=node_id
+                [*([last] if last else []), *_failed_attempt(node_id, spec.type, attempt, duration, error)],
+                only_if_running=node_id,
             )
 
     async def _document(self, node_id: str) -> dict[str, Any]:
@@ -739,9 +754,13 @@ class RunExecutor:
     async def _call_handler(
         self, node_id: str, spec: NodeSpec, attempt: int, ctx: NodeContext
     ) -> tuple[NodeExecuteAfterData | None, NodeFailure | None]:
-        """One attempt of the node's handler, within its timeout: its recorded output, or why it failed."""
+        """One attempt of the node's handler, within its timeout: its recorded output, or why it failed.
+
+        Meanwhile the lines it logs are recorded every second (``_flush_logs``); the rest are
+        the caller's, to record with the attempt's result."""
         failure: NodeFailure | None = None
         data: NodeExecuteAfterData | None = None
+        self._watch_logs(node_id, ctx.log_sink)
         try:
             async with asyncio.timeout(spec.timeout_ms / 1000 if spec.timeout_ms else None):
                 config, secrets = await self._config(node_id, ctx.document)
@@ -755,11 +774,32 @@ class RunExecutor:
             failure = exc
         except TimeoutError:
             failure = NodeFailure("timeout", f"node {node_id} did not finish within {spec.timeout_ms} ms")
+        finally:
+            # A batch the flusher took is already queued on the append lock (FIFO): it lands
+            # before the caller's last lines.
+            self._log_sinks.pop(node_id, None)
         if failure is not None and ctx.secrets:
             failure = NodeFailure(
                 failure.kind, redact(failure.message, ctx.secrets), retryable=failure.retryable
             )
         return data, failure
+
+    def _watch_logs(self, node_id: str, collector: NodeLogCollector | None) -> None:
+        """Have the lines ``node_id``'s running attempt logs recorded every second (one flusher
+        task per run, not per node: most nodes log nothing and end well within a second)."""
+        if collector is None:
+            return
+        self._log_sinks[node_id] = collector
+        if self._log_flusher is None or self._log_flusher.done():
+            self._log_flusher = asyncio.create_task(self._flush_logs(), name=f"logs:{self.run_id}")
+
+    async def _flush_logs(self) -> None:
+        while self._log_sinks:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            for node_id, collector in list(self._log_sinks.items()):
+                batch = collector.take()
+                if batch is not None:
+                    await self._append([batch], only_if_running=node_id)
 
     async def _record_failure(
         self,

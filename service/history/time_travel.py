@@ -26,6 +26,7 @@ import msgspec
 
 from projections.run_state import NodeState, RunState, fold
 from schemas.envelope import EventEnvelope
+from schemas.events import NodeLog
 from service.domain.outputs import real_output
 from service.domain.planner import plan
 from service.domain.run_document import node_document
@@ -65,6 +66,9 @@ class NodeView(NodeState, frozen=True):
 
     inputs: dict[str, Any] | None = None
     ready: bool = False
+    log_lines: int = 0
+    """Log lines the node had recorded by this point (``node_log`` events, every attempt): the
+    lines themselves are ``GET /v1/runs/{id}/logs?node_id=`` with ``seq`` up to ``at_seq``."""
 
 
 class SkipView(msgspec.Struct, frozen=True):
@@ -130,9 +134,11 @@ def view_of(
     graph: WorkflowGraph,
     event: EventEnvelope,
     last_seq: int,
+    log_lines: Mapping[str, int] | None = None,
     blobs: Mapping[str, Any] | None = None,
 ) -> RunStateView:
-    """The view of an already folded ``state``; ``event`` is the one it was folded up to.
+    """The view of an already folded ``state``; ``event`` is the one it was folded up to;
+    ``log_lines``: node id -> lines it had logged by then (none when left out).
 
     ``blobs`` (sha256 -> value) replaces blob references, in ``output`` and in documents."""
     step = plan(graph, state)
@@ -147,7 +153,9 @@ def view_of(
         document = node_document(graph, state, node_id, blobs) if seen and node_id in graph.nodes else None
         fields = msgspec.structs.asdict(node)
         fields["output"] = real_output(node, blobs)
-        nodes[node_id] = NodeView(**fields, inputs=document, ready=node_id in ready)
+        nodes[node_id] = NodeView(
+            **fields, inputs=document, ready=node_id in ready, log_lines=(log_lines or {}).get(node_id, 0)
+        )
     return RunStateView(
         run_id=state.run_id or str(event.run_id),
         workflow_id=state.workflow_id,
@@ -196,4 +204,8 @@ def view_at(
 ) -> RunStateView:
     """``view_of`` a state ``fold_at`` made of ``events``."""
     event = next(e for e in events if e.seq == state.seq)
-    return view_of(state, graph, event, events[-1].seq, blobs)
+    lines: dict[str, int] = {}
+    for e in events:
+        if e.seq <= state.seq and isinstance(e.data, NodeLog):
+            lines[e.data.node_id] = lines.get(e.data.node_id, 0) + len(e.data.lines)
+    return view_of(state, graph, event, events[-1].seq, lines, blobs)

@@ -192,6 +192,10 @@ class EventStore:
         self._sql_read_all = (
             f"SELECT {cols} FROM {s}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
         )
+        self._sql_read_run_types = (
+            f"SELECT {cols} FROM {s}.events WHERE run_id = $1 AND seq > $2 AND type = ANY($3) "
+            "ORDER BY seq LIMIT $4"
+        )
         self._sql_run_tenant = f"SELECT tenant FROM {s}.events WHERE run_id = $1 AND seq = 0"
         self._sql_read_filtered = (
             f"SELECT {cols} FROM {s}.events WHERE global_position > $1 AND tenant = $2 "
@@ -465,6 +469,15 @@ class EventStore:
         """The run's events with ``seq > after_seq``, in seq order."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self._sql_read_run, run_id, after_seq, limit)
+        return [_envelope(row, msgspec.Raw) for row in rows]
+
+    async def read_run_types(
+        self, run_id: UUID, types: frozenset[str], after_seq: int = -1, limit: int = 1000
+    ) -> list[RawEnvelope]:
+        """The run's events of ``types`` with ``seq > after_seq``, in seq order (one run's
+        events are indexed by run and seq: this reads no other run's rows)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self._sql_read_run_types, run_id, after_seq, sorted(types), limit)
         return [_envelope(row, msgspec.Raw) for row in rows]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RawEnvelope]:

@@ -129,6 +129,15 @@ FORK = {
     "edges": [{"from": "fetch", "to": "enrich"}, {"from": "enrich", "to": "publish"}],
 }
 
+NODE_LOGS = {
+    "id": "golden-node-logs",
+    "nodes": [
+        {"id": "total", "type": "python", "config": {"callable": "examples.python_nodes:order_total_logged"}},
+        {"id": "report", "type": "transform", "config": {"expression": "nodes.total.total"}},
+    ],
+    "edges": [{"from": "total", "to": "report"}],
+}
+
 BLOB_OUTPUT = {
     "id": "golden-blob-output",
     "nodes": [
@@ -316,6 +325,12 @@ SCENARIOS: dict[str, Scenario] = {
         "'enrich' and 'publish' run again",
         FORK,
         _record_fork,
+    ),
+    "node_logs": Scenario(
+        "a python node prints and logs (a warning, an info line): one node_log event just before its "
+        "node_execute_after; the fold ignores it",
+        NODE_LOGS,
+        _plain({"items": [{"sku": "A-1", "price": 2.5, "quantity": 12}, {"sku": "B-2", "price": 10.0}]}),
     ),
     "wait_signal": Scenario(
         "a wait node parks the run; signal 'approve' (key:golden) resumes it and its payload is the "

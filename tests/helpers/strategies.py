@@ -17,10 +17,12 @@ from schemas.envelope import Envelope, EventEnvelope, RawEnvelope
 from schemas.events import (
     SCHEMA_VERSION,
     Event,
+    LogLine,
     NodeError,
     NodeExecuteAfter,
     NodeExecuteAfterData,
     NodeExecuteBefore,
+    NodeLog,
     NodeRetryScheduled,
     NodeSkipped,
     OutputMarker,
@@ -121,6 +123,22 @@ EVENT_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     RunCancelled: st.builds(RunCancelled, reason=texts),
     RunRecovered: st.builds(RunRecovered, worker_id=texts, completed_nodes=st.lists(identifiers, max_size=5)),
     RunFinished: st.builds(RunFinished, status=statuses, error=st.none() | texts, duration_ms=finite_floats),
+    NodeLog: st.builds(
+        NodeLog,
+        node_id=identifiers,
+        attempt=int64s,
+        lines=st.lists(
+            st.builds(
+                LogLine,
+                at=st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+                level=st.sampled_from(["debug", "info", "warning", "error"]),
+                message=texts,
+                fields=json_objects,
+            ),
+            max_size=3,
+        ),
+        dropped=int64s,
+    ),
 }
 """One strategy per event type, each building only valid bodies."""
 events: st.SearchStrategy[Event] = st.one_of(*EVENT_STRATEGIES.values())

@@ -30,8 +30,15 @@ service's user, with its file system and network.
 Protocol, over the worker's stdin and stdout (the worker moves its own fd 1 to stderr, so a
 ``print`` in user code cannot corrupt the stream): frames of a 4-byte big-endian length and
 a msgspec JSON body. The worker first sends a ``_Ready``; then the parent sends a ``_Call``
-and the worker answers it with a ``_Reply``, one at a time. The config and the node
-document go as JSON and the output comes back as JSON: nothing is pickled.
+and the worker answers it with any number of ``_Logs`` and then one ``_Reply``, one call at a
+time. The config and the node document go as JSON and the output comes back as JSON: nothing
+is pickled.
+
+Logs: during a call the worker captures ``print`` (``sys.stdout`` lines at ``info``,
+``sys.stderr`` at ``warning``), ``logging`` records (the root logger's level is at most
+``INFO`` meanwhile) and ``ctx.log``; it sends them in ``_Logs`` frames about every
+``FLUSH_INTERVAL_S`` while the code runs (so a long call shows progress) and the rest with the
+reply. At most ``MAX_LINES_PER_ATTEMPT`` lines of a call cross the pipe; the others are counted.
 """
 
 from __future__ import annotations
@@ -39,19 +46,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import io
 import json
+import logging
 import math
 import os
 import resource
 import signal
 import struct
 import sys
+import threading
+import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import structlog
+
+from service.engine.nodes.node_logs import (
+    FLUSH_INTERVAL_S,
+    MAX_LINES_PER_ATTEMPT,
+    level_of_record,
+    log_level,
+    timestamp,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -98,19 +118,39 @@ class _Call(msgspec.Struct, frozen=True):
     cpu_seconds: int = 0
 
 
-class _Reply(msgspec.Struct, frozen=True):
+class LogRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One line the called code logged: RFC 3339 time, level, message, JSON fields."""
+
+    at: str
+    level: str
+    message: str
+    fields: dict[str, Any] = {}
+
+
+LogReceiver = Callable[[list[LogRecord], int], None]
+"""(lines, how many more lines were dropped) -> None: where a call's logs go in the parent."""
+
+
+class _Logs(msgspec.Struct, frozen=True, tag="logs"):
+    lines: list[LogRecord] = []
+    dropped: int = 0
+
+
+class _Reply(msgspec.Struct, frozen=True, tag="reply"):
     ok: bool
     output: Any = None
     kind: str = ""
     message: str = ""
     retryable: bool = True
     traceback: str = ""
+    logs: list[LogRecord] = []
+    dropped: int = 0
 
 
 _encode = msgspec.json.Encoder().encode
 _decode_ready = msgspec.json.Decoder(_Ready).decode
 _decode_call = msgspec.json.Decoder(_Call).decode
-_decode_reply = msgspec.json.Decoder(_Reply).decode
+_decode_answer = msgspec.json.Decoder(_Reply | _Logs).decode
 
 
 def callable_ref(obj: Any) -> str:
@@ -225,9 +265,13 @@ class IsolatedPool:
         *,
         memory_mb: int | None = None,
         cpu_seconds: int | None = None,
+        on_logs: LogReceiver | None = None,
     ) -> Any:
         """Run ``handler(config, ctx)`` in a worker; its JSON output, or raises
-        :class:`CallFailed` (the code raised) or :class:`WorkerCrashed` (the worker died)."""
+        :class:`CallFailed` (the code raised) or :class:`WorkerCrashed` (the worker died).
+
+        ``on_logs`` gets the lines the code logged, in order, as they arrive (the last ones
+        just before this returns or raises ``CallFailed``)."""
         self._bind_loop()
         memory = self.memory_mb if memory_mb is None else memory_mb
         cpu = self.cpu_seconds if cpu_seconds is None else cpu_seconds
@@ -239,7 +283,9 @@ class IsolatedPool:
             try:
                 try:
                     await worker.send(frame)
-                    answer = await worker.receive()
+                    while isinstance(answer := _decode_answer(await worker.receive()), _Logs):
+                        if on_logs is not None:
+                            on_logs(answer.lines, answer.dropped)
                 except (asyncio.IncompleteReadError, ConnectionError) as exc:
                     status = await worker.exit_status()
                     what = describe_exit(status, memory_mb=memory, cpu_seconds=cpu)
@@ -252,7 +298,9 @@ class IsolatedPool:
                     self._wait_exit(worker)
                 else:
                     self._release(worker)
-        reply = _decode_reply(answer)
+        reply = answer
+        if on_logs is not None and (reply.logs or reply.dropped):
+            on_logs(reply.logs, reply.dropped)
         if not reply.ok:
             raise CallFailed(reply.kind, reply.message, retryable=reply.retryable, traceback=reply.traceback)
         return reply.output
@@ -367,8 +415,15 @@ def worker_main(options: dict[str, Any]) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     _write_frame(replies, _encode(_Ready(os.getpid())))
+    lock = threading.Lock()
+
+    def send(body: bytes) -> None:
+        with lock:  # code may log from its own threads
+            _write_frame(replies, body)
+
+    pump = _Pump()  # started before any call, so a call's memory limit never stops it
     while (frame := _read_frame(requests)) is not None:
-        _write_frame(replies, _serve(loop, frame))
+        send(_serve(loop, frame, send, pump))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -396,15 +451,22 @@ def _write_frame(stream: Any, body: bytes) -> None:
     stream.flush()
 
 
-def _serve(loop: asyncio.AbstractEventLoop, frame: bytes) -> bytes:
-    """One call's reply. ``MemoryError`` ends the process: the heap may be in any state."""
+def _serve(
+    loop: asyncio.AbstractEventLoop, frame: bytes, send: Callable[[bytes], None], pump: _Pump
+) -> bytes:
+    """One call's reply (its logs sent as they come). ``MemoryError`` ends the process: the heap
+    may be in any state."""
     try:
         call = _decode_call(frame)
         _limit_cpu(call.cpu_seconds)
+        capture = _Capture(send)
         try:
-            reply = loop.run_until_complete(_run(call))
+            with capture, pump.sending(capture):
+                reply = loop.run_until_complete(_run(call, capture))
         finally:
             _limit_cpu(0)
+        lines, dropped = capture.drain(close=True)  # a thread logging later is not heard
+        reply = msgspec.structs.replace(reply, logs=lines, dropped=dropped)
         try:
             return _encode(reply)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -415,6 +477,8 @@ def _serve(loop: asyncio.AbstractEventLoop, frame: bytes) -> bytes:
                     kind="invalid_output",
                     message=f"node type {node_type!r} returned a value that is not JSON-serializable: {exc}",
                     retryable=False,
+                    logs=lines,
+                    dropped=dropped,
                 )
             )
     except MemoryError:
@@ -423,13 +487,13 @@ def _serve(loop: asyncio.AbstractEventLoop, frame: bytes) -> bytes:
         os._exit(EXIT_OUT_OF_MEMORY)
 
 
-async def _run(call: _Call) -> _Reply:
+async def _run(call: _Call, capture: _Capture) -> _Reply:
     from service.engine.nodes.registry import NodeContext, NodeFailure
 
     try:
         handler: Callable[[Any, Any], Awaitable[Any]] = _import_ref(call.handler)
         config = msgspec.convert(call.config, _import_ref(call.config_type), strict=False)
-        ctx = msgspec.convert(call.context, NodeContext)
+        ctx = msgspec.structs.replace(msgspec.convert(call.context, NodeContext), log_sink=capture)
         return _Reply(ok=True, output=await handler(config, ctx))
     except MemoryError:
         raise
@@ -442,6 +506,154 @@ async def _run(call: _Call) -> _Reply:
             message=str(exc) or type(exc).__name__,
             traceback=traceback.format_exc(),
         )
+
+
+class _Pump:
+    """The worker's one thread that sends the running call's lines every ``FLUSH_INTERVAL_S``,
+    even while the code blocks (``time.sleep``, a long computation that releases the GIL)."""
+
+    def __init__(self) -> None:
+        self._current: _Capture | None = None
+        self._guard = threading.Lock()
+        previous = threading.stack_size(256 * 1024)  # little address space: memory limits
+        try:
+            threading.Thread(target=self._run, name="flowledger-log-pump", daemon=True).start()
+        finally:
+            threading.stack_size(previous)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL_S / 4)
+            with self._guard:
+                capture = self._current
+            if capture is not None and capture.due():
+                capture.send_now()
+
+    @contextlib.contextmanager
+    def sending(self, capture: _Capture) -> Iterator[None]:
+        with self._guard:
+            self._current = capture
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._current = None
+
+
+class _Capture(logging.Handler):
+    """A call's log lines in the worker: ``ctx.log`` (as its ``log_sink``), ``print`` and
+    ``logging`` records while it is entered; sent in ``_Logs`` frames about every
+    ``FLUSH_INTERVAL_S`` (on the next line logged, or by the worker's ``_Pump``)."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self._send = send
+        self._lines: list[LogRecord] = []
+        self._kept = 0
+        self._dropped = 0
+        self._last_sent = time.monotonic()
+        self._guard = threading.RLock()
+        self._saved: tuple[Any, Any, int] | None = None
+        self._closed = False
+
+    def add(
+        self,
+        level: str,
+        message: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        secrets: Mapping[str, str] | None = None,
+        at: str | None = None,
+    ) -> None:
+        """As ``NodeLogCollector.add``: the parent redacts and caps again when the lines arrive."""
+        name = log_level(level)
+        values = {str(k): v for k, v in (fields or {}).items()}
+        try:
+            msgspec.json.encode(values)
+        except (TypeError, ValueError, OverflowError):
+            values = {k: repr(v) for k, v in values.items()}
+        line = LogRecord(at or timestamp(datetime.now(UTC)), name, str(message), values)
+        with self._guard:
+            if self._closed:
+                return
+            if self._kept >= MAX_LINES_PER_ATTEMPT:
+                self._dropped += 1
+                return
+            self._kept += 1
+            self._lines.append(line)
+        if time.monotonic() - self._last_sent >= FLUSH_INTERVAL_S:
+            self.send_now()
+
+    def emit(self, record: logging.LogRecord) -> None:  # logging.Handler
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            self.add(level_of_record(record.levelno), message, {"logger": record.name})
+        except Exception:
+            self.handleError(record)
+
+    def drain(self, *, close: bool = False) -> tuple[list[LogRecord], int]:
+        with self._guard:
+            self._closed = self._closed or close
+            lines, dropped = self._lines, self._dropped
+            self._lines, self._dropped = [], 0
+            self._last_sent = time.monotonic()
+        return lines, dropped
+
+    def send_now(self) -> None:
+        with self._guard:  # so frames leave in the order their lines were logged
+            lines, dropped = self.drain()
+            if lines or dropped:
+                self._send(_encode(_Logs(lines, dropped)))
+
+    def due(self) -> bool:
+        """Lines are waiting and the last frame left at least ``FLUSH_INTERVAL_S`` ago."""
+        return bool(self._lines or self._dropped) and time.monotonic() - self._last_sent >= FLUSH_INTERVAL_S
+
+    def __enter__(self) -> _Capture:
+        root = logging.getLogger()
+        self._saved = (sys.stdout, sys.stderr, root.level)
+        sys.stdout = _LineWriter(self, "info")  # type: ignore[assignment]
+        sys.stderr = _LineWriter(self, "warning")  # type: ignore[assignment]
+        root.addHandler(self)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._saved is not None
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, _LineWriter):
+                stream.flush_partial()
+        root = logging.getLogger()
+        root.removeHandler(self)
+        sys.stdout, sys.stderr, level = self._saved
+        root.setLevel(level)
+
+
+class _LineWriter(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` during a call: each complete line becomes a log line."""
+
+    def __init__(self, capture: _Capture, level: str) -> None:
+        self._capture = capture
+        self._level = level
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + str(text)).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._capture.add(self._level, line)
+        return len(text)
+
+    def flush_partial(self) -> None:
+        if self._partial:
+            self._capture.add(self._level, self._partial)
+            self._partial = ""
 
 
 def _limit_cpu(seconds: int) -> None:

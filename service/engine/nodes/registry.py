@@ -18,6 +18,7 @@ import importlib.metadata
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -30,7 +31,8 @@ from service.engine.nodes.config_values import SECRET_KEY, dynamic_values, redac
 from service.engine.nodes.egress import EgressPolicy
 from service.engine.nodes.expressions import ExpressionError
 from service.engine.nodes.http_transport import checked_client
-from service.engine.nodes.isolated import CallFailed, IsolatedPool, WorkerCrashed, callable_ref
+from service.engine.nodes.isolated import CallFailed, IsolatedPool, LogRecord, WorkerCrashed, callable_ref
+from service.engine.nodes.node_logs import log_level
 
 ENTRY_POINT_GROUP = "flowledger.nodes"
 
@@ -100,9 +102,31 @@ class NodeContext(msgspec.Struct, frozen=True):
     handler raises before it is logged or recorded."""
     tenant: str = DEFAULT_TENANT
     """The run's tenant (whose secrets and vector indexes the node uses)."""
+    log_sink: Any = None
+    """Where ``log`` lines go: the attempt's ``NodeLogCollector`` (``node_logs.py``); None
+    discards them. Never sent to a worker process (see ``_execute_isolated``)."""
 
     def __repr__(self) -> str:  # never print secret values
         return f"NodeContext(run_id={self.run_id!r}, node_id={self.node_id!r}, attempt={self.attempt})"
+
+    def log(self, level: str, message: str, **fields: Any) -> None:
+        """Record a log line of this attempt (``debug``, ``info``, ``warning`` or ``error``;
+        another level is a ``ValueError``). It is stored as a ``node_log`` event, capped per
+        attempt, with this attempt's secret values redacted from the message and the fields."""
+        checked = log_level(level)
+        if self.log_sink is not None:
+            self.log_sink.add(checked, message, fields, secrets=self.secrets)
+
+
+def _receive_logs(ctx: NodeContext, lines: list[LogRecord], dropped: int) -> None:
+    """Lines an isolated call logged, into the attempt's collector (redacted and capped there)."""
+    for line in lines:
+        try:
+            ctx.log_sink.add(line.level, line.message, line.fields, secrets=ctx.secrets, at=line.at)
+        except ValueError:  # not a level the worker would send; keep the line anyway
+            ctx.log_sink.add("info", line.message, line.fields, secrets=ctx.secrets, at=line.at)
+    if dropped:
+        ctx.log_sink.count_dropped(dropped)
 
 
 # (typed config Struct, context) -> JSON-serializable output
@@ -376,9 +400,10 @@ class NodeRegistry:
                 callable_ref(node_type.handler),
                 callable_ref(node_type.config_type),
                 msgspec.to_builtins(config),
-                msgspec.to_builtins(ctx),
+                {k: v for k, v in msgspec.structs.asdict(ctx).items() if k != "log_sink"},
                 memory_mb=getattr(config, "memory_mb", None),
                 cpu_seconds=getattr(config, "cpu_seconds", None),
+                on_logs=None if ctx.log_sink is None else partial(_receive_logs, ctx),
             )
         except WorkerCrashed as exc:
             message = f"node {ctx.node_id}: {exc}"

@@ -283,6 +283,41 @@ async def test_the_inspector_shows_a_node_as_it_was_and_the_url_carries_it(
     await shoot(page, "run-inspector")
 
 
+async def test_the_inspector_shows_the_nodes_log_lines_as_of_the_viewed_event(
+    console: Page, api: httpx.AsyncClient
+) -> None:
+    page = console
+    workflow = await _register(
+        api,
+        {
+            "id": _unique("console-logs"),
+            "nodes": [
+                {"id": "chat", "type": "python", "config": {"callable": "tests.helpers.log_nodes:chatty"}},
+                {"id": "after", "type": "noop"},
+            ],
+            "edges": [{"from": "chat", "to": "after"}],
+        },
+    )
+    run_id = await _start(api, workflow, {"token": "<b>not markup</b>"})
+    events = await wait_ended(api, run_id)
+    log_seq = next(e["seq"] for e in events if e["type"] == "node_log")
+    await _open_run(page, api, run_id, "?node=chat")
+    inspector = page.locator("section.inspector")
+    lines = inspector.get_by_label("Log lines of chat")
+    await expect(inspector.get_by_role("heading", name="Logs (7 lines)")).to_be_visible()
+    await expect(lines.locator("li")).to_have_count(7)
+    await expect(lines.locator("li").first).to_contain_text("INFO printed to stdout")
+    await expect(lines.locator("li.log-warning").first).to_contain_text("printed to stderr")
+    await expect(lines.locator("li", has_text="logged at info")).to_contain_text('logger="tests.log_nodes"')
+    await expect(lines.locator("li", has_text="token is")).to_contain_text("token is <b>not markup</b>")
+    await expect(lines.locator("b")).to_have_count(0)  # text, never HTML
+    # time travel: just before the node_log event the node had logged nothing yet
+    await page.get_by_label("Event seq").fill(str(log_seq - 1))
+    await expect(inspector).to_contain_text("No log lines by this event.")
+    await page.get_by_label("Event seq").fill(str(log_seq))
+    await expect(inspector.get_by_role("heading", name="Logs (7 lines by this event)")).to_be_visible()
+
+
 async def test_a_large_output_is_collapsed_with_its_size(console: Page, api: httpx.AsyncClient) -> None:
     page = console
     workflow = await _register(

@@ -17,6 +17,7 @@ COMMANDS = sorted(
         "history",
         "keys",
         "lineage",
+        "logs",
         "metrics",
         "schedules",
         "secrets",
@@ -24,8 +25,8 @@ COMMANDS = sorted(
         "vectors",
     ]
 )
-"""The commands of ``flowledger --help`` before the restructure of service/, and the three that
-a27ad5c ("CLI: lineage, metrics and history commands") added after it."""
+"""The commands of ``flowledger --help`` before the restructure of service/, the three that
+a27ad5c ("CLI: lineage, metrics and history commands") added after it, and the later ones."""
 
 
 def listed_commands(help_text: str) -> list[str]:

@@ -48,6 +48,7 @@ N8N_TYPE = {
     "node_execute_after_data": "nodeExecuteAfterData",
     "node_retry_scheduled": None,
     "node_skipped": None,
+    "node_log": None,  # n8n has no such message: read logs with GET /v1/runs/{id}/logs
 }
 """The n8n message each event type is pushed as (None: not pushed on the n8n channel)."""
 

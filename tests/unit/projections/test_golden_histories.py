@@ -27,6 +27,7 @@ EXPECTED_SCENARIOS = {
     "cancel_during_node",
     "crash_recovered",
     "fork",
+    "node_logs",
 }
 
 

@@ -27,10 +27,12 @@ from schemas.envelope import RawEnvelope
 from schemas.events import (
     EVENT_TYPE_BY_TAG,
     Event,
+    LogLine,
     NodeError,
     NodeExecuteAfter,
     NodeExecuteAfterData,
     NodeExecuteBefore,
+    NodeLog,
     NodeRetryScheduled,
     NodeSkipped,
     RunCancelled,
@@ -283,6 +285,9 @@ BODIES: dict[str, Event] = {
     "node_execute_after_data": NodeExecuteAfterData(node_id="a", attempt=2, output={"rows": [1, 2]}),
     "node_retry_scheduled": NodeRetryScheduled(node_id="a", attempt=1, next_attempt=2, delay_ms=100),
     "node_skipped": NodeSkipped(node_id="b", reason="run stopped: node a failed"),
+    "node_log": NodeLog(
+        node_id="a", attempt=2, lines=[LogLine(at="2025-01-02T03:04:05.000Z", level="info", message="hi")]
+    ),
 }
 """One body of every event type."""
 

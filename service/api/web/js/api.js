@@ -17,6 +17,7 @@ export const EVENT_TYPES = [
   "run_cancel_requested",
   "run_cancelled",
   "run_finished",
+  "node_log",
 ];
 
 let csrfToken = null;

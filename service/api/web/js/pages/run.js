@@ -200,6 +200,22 @@ export async function render(main, { params, query, ctx }) {
     }
   }
 
+  /** The selected node's log lines from the run's node_log events (up to `upTo`, null = all). */
+  function nodeLogLines(nodeId, upTo) {
+    const lines = [];
+    let partial = false;
+    for (const e of events) {
+      if (e.type !== "node_log" || !e.data || e.data.node_id !== nodeId) continue;
+      if (upTo !== null && e.seq > upTo) continue;
+      if (!Array.isArray(e.data.lines)) {
+        partial = true; // trimmed on the stream
+        continue;
+      }
+      for (const line of e.data.lines) lines.push({ ...line, attempt: e.data.attempt || 1, seq: e.seq });
+    }
+    return { lines, partial };
+  }
+
   function paintInspector() {
     dag.select(selected);
     timeline.select(selected);
@@ -221,6 +237,7 @@ export async function render(main, { params, query, ctx }) {
         runEnded: fold.ended,
         atSeq: following ? null : viewSeq,
         loading: viewState === null,
+        logs: nodeLogLines(selected, following ? null : viewSeq),
         onFork: forkFrom,
         onSignal: sendSignal,
         onClose: () => {

@@ -38,11 +38,48 @@ function row(dl, term, ...values) {
   dl.append(h("dt", { text: term }), h("dd", {}, ...values));
 }
 
+const FIELD_LIMIT = 200;
+
+/** A node's log lines (`lines`: [{seq, attempt, at, level, message, fields}]), oldest first. */
+export function logBlock(nodeId, { lines, partial }, atSeq) {
+  const when = atSeq === null || atSeq === undefined ? "" : " by this event";
+  const box = h("div", { class: "node-logs" }, h("h4", { text: `Logs (${lines.length} ${lines.length === 1 ? "line" : "lines"}${when})` }));
+  if (partial) box.append(h("p", { class: "muted", text: "Some log events were too large for the live stream: reload the page to see every line." }));
+  if (!lines.length) {
+    box.append(h("p", { class: "muted", text: `No log lines${when}.` }));
+    return box;
+  }
+  const attempts = new Set(lines.map((l) => l.attempt)).size > 1;
+  const list = h("ol", { class: "log-lines", tabindex: "0", "aria-label": `Log lines of ${nodeId}` });
+  for (const line of lines) {
+    const fields = Object.entries(line.fields || {}).map(([k, v]) => {
+      const text = `${k}=${JSON.stringify(v)}`;
+      return text.length > FIELD_LIMIT ? `${text.slice(0, FIELD_LIMIT)}…` : text;
+    });
+    list.append(
+      h(
+        "li",
+        { class: `log-line log-${line.level}`, "data-seq": String(line.seq) },
+        h("time", { datetime: line.at, text: String(line.at).slice(11, 23) }),
+        " ",
+        h("span", { class: "log-level", text: line.level.toUpperCase() }),
+        attempts ? h("span", { class: "muted", text: ` #${line.attempt}` }) : "",
+        " ",
+        h("span", { class: "log-message", text: line.message }),
+        fields.length ? h("span", { class: "log-fields muted", text: ` ${fields.join(" ")}` }) : "",
+      ),
+    );
+  }
+  box.append(list);
+  return box;
+}
+
 /**
  * `view`: state.nodes[nodeId] (may be undefined while the state loads); `ctx`: {runId, runEnded,
- * atSeq (null = now), onFork(nodeId, overrideText) -> Promise, onSignal(name, payloadText) -> Promise}.
+ * atSeq (null = now), onFork(nodeId, overrideText) -> Promise, onSignal(name, payloadText) -> Promise,
+ * logs: {lines, partial} (the node's log lines up to atSeq)}.
  */
-export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onSignal, onClose, loading } = {}) {
+export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onSignal, onClose, loading, logs } = {}) {
   const heading = h("h2", { id: "inspector-title", text: `Node ${nodeId}` });
   const close = h("button", { type: "button", class: "link-button", text: "Close", "aria-label": "Close the node inspector", onclick: () => onClose && onClose() });
   const section = h("section", { class: "panel inspector", "aria-labelledby": "inspector-title", "data-node-id": nodeId }, h("div", { class: "panel-head" }, heading, close));
@@ -114,6 +151,7 @@ export function renderInspector(nodeId, view, { runEnded, atSeq, onFork, onSigna
   } else if (view.status === "succeeded" || view.output !== null) {
     section.append(jsonBlock("Output", view.output ?? null, view.output_bytes));
   }
+  if (logs) section.append(logBlock(nodeId, logs, atSeq));
 
   if (view.status === "waiting" && view.signal && (atSeq === null || atSeq === undefined) && onSignal) {
     section.append(signalForm(nodeId, view.signal, onSignal));

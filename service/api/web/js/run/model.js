@@ -104,6 +104,9 @@ export function applyEvent(fold, envelope) {
       fold.status = d.status || "succeeded";
       fold.ended = true;
       break;
+    case "node_log":
+      changed.push(d.node_id); // no new status, but the inspector shows the node's lines
+      break;
     default:
       break;
   }
