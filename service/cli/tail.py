@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TextIO
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -153,18 +154,31 @@ def format_line(envelope: Mapping[str, Any], headers: Mapping[str, str] | None, 
     return line.replace("\r", "\\r").replace("\n", "\\n")
 
 
+STREAM_INFO_ATTEMPTS = 5
+"""Tries of the stream lookup (each up to nats-py's 5 s request timeout) before giving up."""
+
+
 async def _subscribe(
     nc: NATS, stream: str, filters: list[str], *, from_start: bool
 ) -> tuple[JetStreamContext.PushSubscription, set[str] | None]:
     """An ordered consumer for ``filters``, and the event types to keep client-side (None: all)."""
     js = nc.jetstream()
-    try:
-        await js.stream_info(stream)
-    except NotFoundError:
-        raise TailError(
-            f"stream {stream} does not exist on this NATS server; `flowledger serve` creates it "
-            "(is --nats-url the server the service publishes to?)"
-        ) from None
+    for attempt in range(STREAM_INFO_ATTEMPTS):
+        try:
+            await js.stream_info(stream)
+            break
+        except NotFoundError:
+            raise TailError(
+                f"stream {stream} does not exist on this NATS server; `flowledger serve` creates it "
+                "(is --nats-url the server the service publishes to?)"
+            ) from None
+        except nats.errors.TimeoutError:
+            # JetStream does not answer while a cluster elects a leader (a node was lost).
+            if attempt + 1 == STREAM_INFO_ATTEMPTS:
+                raise TailError(
+                    f"JetStream did not answer for stream {stream} ({STREAM_INFO_ATTEMPTS} tries); "
+                    "is JetStream enabled, and does the cluster have a leader (a quorum of its nodes)?"
+                ) from None
     # Several types are filtered here, not with the consumer's filter_subjects: servers
     # before 2.10 ignore that field silently and would deliver every event.
     server_filter, wanted = filters[0], None

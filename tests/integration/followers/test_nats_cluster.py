@@ -149,6 +149,7 @@ async def test_runs_are_relayed_exactly_once_while_the_stream_leader_is_down(
 async def _seed_list_reaches_the_cluster_while(down: str, cluster: NatsCluster) -> None:
     """With node ``down`` dead, a seed list naming it still connects (the client picks its
     servers in random order: tried several times), and so does ``flowledger tail``."""
+    await asyncio.to_thread(cluster.wait_healthy)  # the survivors agree on a JetStream leader
     for _ in range(5):
         nc = await connect_nats(cluster.seed_url, connect_timeout=2)
         assert nc.connected_url is not None and nc.connected_url.port != cluster.node(down).client_port
