@@ -580,6 +580,12 @@ def _register_benches() -> None:
             show_default=True,
             help="Our nodes: noop, or python (json:dumps in the isolated worker processes: the cost of isolation).",
         ),
+        baseline=click.Option(
+            ["--baseline/--no-baseline"],
+            default=True,
+            show_default=True,
+            help="Also run the DBOS baseline (off: ours only, e.g. to profile it).",
+        ),
         processes=click.Option(
             ["--processes"],
             default=0,
