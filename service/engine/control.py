@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from projections.run_state import RunState
+from schemas.envelope import RawEnvelope
 from schemas.events import Event, NodeExecuteAfter, RunCancelRequested, RunResumed
 from service.domain.run_document import fold_raw
 from service.engine.executor import item_count
@@ -33,6 +34,20 @@ class RunAlreadyEnded(RuntimeError):
         self.status = status
 
 
+async def _live_run(queue: RunQueue, run_id: UUID, tenant: str | None) -> tuple[list[RawEnvelope], RunState]:
+    """The run's events and state, for a command on it: ``UnknownRun`` (also for another
+    tenant's run than ``tenant``) or ``RunAlreadyEnded`` when there is nothing to command."""
+    events = await queue.store.read_run(run_id)
+    if not events:
+        raise UnknownRun(f"no run {run_id}")
+    state = fold_raw(events)
+    if tenant is not None and state.tenant != tenant:
+        raise UnknownRun(f"no run {run_id}")
+    if state.ended:
+        raise RunAlreadyEnded(run_id, state.status)
+    return events, state
+
+
 async def request_cancel(
     queue: RunQueue, run_id: UUID, reason: str, requested_by: str = "api", *, tenant: str | None = None
 ) -> RunState:
@@ -44,14 +59,7 @@ async def request_cancel(
     """
     store = queue.store
     while True:
-        events = await store.read_run(run_id)
-        if not events:
-            raise UnknownRun(f"no run {run_id}")
-        state = fold_raw(events)
-        if tenant is not None and state.tenant != tenant:
-            raise UnknownRun(f"no run {run_id}")
-        if state.ended:
-            raise RunAlreadyEnded(run_id, state.status)
+        events, state = await _live_run(queue, run_id, tenant)
         if state.cancel_requested:
             return state
         try:
@@ -148,14 +156,7 @@ async def send_signal(
     another tenant's run), ``RunAlreadyEnded`` or ``NotWaitingForSignal``."""
     store = queue.store
     while True:
-        events = await store.read_run(run_id)
-        if not events:
-            raise UnknownRun(f"no run {run_id}")
-        state = fold_raw(events)
-        if tenant is not None and state.tenant != tenant:
-            raise UnknownRun(f"no run {run_id}")
-        if state.ended:
-            raise RunAlreadyEnded(run_id, state.status)
+        events, state = await _live_run(queue, run_id, tenant)
         body = signal_events(state, name, payload, actor, datetime.now(UTC), max_bytes)
         try:
             async with queue.pool.acquire() as conn, conn.transaction():

@@ -375,18 +375,8 @@ class RunExecutor:
             return
         assert node.wake_at is not None
         if spec.type == "delay" and node.wake_at >= started + timedelta(milliseconds=config.ms):
-            data = self._outputs.keep(
-                output_event(node_id, node.attempts, {"delayed_ms": config.ms}, self.limits)
-            )
-            after = NodeExecuteAfter(
-                node_id=node_id,
-                node_type=spec.type,
-                status="succeeded",
-                attempt=node.attempts,
-                duration_ms=duration,
-                item_count=1,
-            )
-            await self._append([RunResumed(reason="timer", node_id=node_id, cause="timer"), after, data])
+            resumed = RunResumed(reason="timer", node_id=node_id, cause="timer")
+            await self._resume_with_output(resumed, node, {"delayed_ms": config.ms}, duration)
             return
         own = getattr(config, "timeout_ms", None) if spec.type == "wait" else None
         if own is not None and node.wake_at >= started + timedelta(milliseconds=own):
@@ -404,6 +394,22 @@ class RunExecutor:
             node_id, spec.type, policy, node.attempts, duration, failure, prefix=[resumed]
         )
 
+    async def _resume_with_output(
+        self, resumed: RunResumed, node: NodeState, output: Any, duration_ms: float
+    ) -> None:
+        """A waiting node's wait is over and it succeeded with ``output``: one append of its
+        ``run_resumed``, ``node_execute_after`` and output."""
+        data = self._outputs.keep(output_event(node.node_id, node.attempts, output, self.limits))
+        after = NodeExecuteAfter(
+            node_id=node.node_id,
+            node_type=self.graph.nodes[node.node_id].type,
+            status="succeeded",
+            attempt=node.attempts,
+            duration_ms=duration_ms,
+            item_count=item_count(self._outputs.value_of(data)),
+        )
+        await self._append([resumed, after, data])
+
     async def _resume_from_child(self, node_id: str, child_id: UUID, now: datetime) -> bool:
         """Record a ``workflow`` node's result once its child run has ended: the child's outputs,
         or a failure (retried per the node's policy when the child failed)."""
@@ -419,18 +425,7 @@ class RunExecutor:
         if child is not None and child.status == "succeeded":
             graph = await self.children.graph(child.tenant, child.workflow_id, child.workflow_version)
             values = await self._outputs.values(state_blob_refs(child, sink_nodes(graph)))
-            data = self._outputs.keep(
-                output_event(node_id, node.attempts, run_outputs(graph, child, values), self.limits)
-            )
-            after = NodeExecuteAfter(
-                node_id=node_id,
-                node_type=spec.type,
-                status="succeeded",
-                attempt=node.attempts,
-                duration_ms=duration,
-                item_count=1,
-            )
-            await self._append([resumed, after, data])
+            await self._resume_with_output(resumed, node, run_outputs(graph, child, values), duration)
             return True
         if child is None:
             failure = NodeFailure("child_failed", f"child run {child_id} does not exist", retryable=False)

@@ -176,3 +176,19 @@ def cli_env(client: httpx.AsyncClient) -> dict[str, str]:
         "FLOWLEDGER_API_URL": str(client.base_url),
         "FLOWLEDGER_TOKEN": client.headers["Authorization"].removeprefix("Bearer "),
     }
+
+
+async def run_cli(client: httpx.AsyncClient, *args: str) -> tuple[int, str]:
+    """Run the installed ``flowledger`` client command against ``client``'s service, with its
+    credential and no other FLOWLEDGER_* setting; (exit code, stdout and stderr together)."""
+    import os
+
+    from tests.helpers.paths import FLOWLEDGER
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
+    env.update(cli_env(client), FLOWLEDGER_LOG_LEVEL="warning")
+    proc = await asyncio.create_subprocess_exec(
+        FLOWLEDGER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()

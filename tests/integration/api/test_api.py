@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.api import assert_problem, wait_ended
-from tests.helpers.paths import EXAMPLES, FLOWLEDGER
-from tests.helpers.serving import cli_env
+from tests.helpers.paths import EXAMPLES
+from tests.helpers.serving import run_cli
 
 
 def _wid() -> str:
@@ -173,13 +171,7 @@ async def test_invalid_specs_are_rejected_and_write_nothing(
 
 
 async def _cli(api: httpx.AsyncClient, *args: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-    env.update(cli_env(api), FLOWLEDGER_LOG_LEVEL="warning")
-    proc = await asyncio.create_subprocess_exec(
-        FLOWLEDGER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
+    return await run_cli(api, *args)
 
 
 async def test_cli_adds_workflows_and_follows_runs_to_their_exit_code(

@@ -4,7 +4,6 @@ and ``flowledger signal``; a ``workflow`` node's child run seen through the read
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 import httpx
 
 from tests.helpers.api import assert_problem, wait_ended
-from tests.helpers.paths import FLOWLEDGER, REPO_ROOT
-from tests.helpers.serving import cli_env
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.serving import run_cli
 
 
 def _wid() -> str:
@@ -44,13 +43,7 @@ async def _waiting_run(api: httpx.AsyncClient, wid: str) -> str:
 
 
 async def _cli(api: httpx.AsyncClient, *args: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-    env.update(cli_env(api), FLOWLEDGER_LOG_LEVEL="warning")
-    proc = await asyncio.create_subprocess_exec(
-        FLOWLEDGER, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode()
+    return await run_cli(api, *args)
 
 
 async def test_a_signal_over_http_resumes_the_run_and_records_who_sent_it(api: httpx.AsyncClient) -> None:
