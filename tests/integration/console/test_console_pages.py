@@ -57,7 +57,8 @@ def _slow_spec(delay_ms: int = 800) -> dict[str, Any]:
 
 def _branch_spec() -> dict[str, Any]:
     return {
-        "id": _unique("console-branch"),
+        # Starts with a digit: sorts before the other tests' workflows on the first page of the list.
+        "id": _unique("0-console-branch"),
         "name": "Console branch demo",
         "nodes": [
             {"id": "check", "type": "branch", "config": {"expression": "inputs.amount > `100`"}},
@@ -275,6 +276,16 @@ async def test_workflows_list_workflow_dag_and_start_a_run(
     # the spec, collapsed
     await page.get_by_text("Spec (JSON)").click()
     await expect(page.locator(".spec-details pre")).to_contain_text('"on_failure": "stop"')
+    # its schedules: none yet, then the one the API added
+    await expect(page.get_by_role("heading", name="Schedules (0)")).to_be_visible()
+    added = await api.post(
+        f"/v1/workflows/{workflow}/schedules", json={"every": "1h", "inputs": {"amount": 5}}
+    )
+    assert added.status_code == 201, added.text
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Schedules (1)")).to_be_visible()
+    await expect(page.get_by_role("list", name="Schedules")).to_contain_text("every 1h (UTC)")
+    assert (await api.delete(f"/v1/schedules/{added.json()['id']}")).status_code == 204
     await shoot(page, "workflow")
 
     # invalid JSON: an error, and no call

@@ -128,6 +128,28 @@ function startForm(workflowId, version, isCurrent, ctx) {
   return form;
 }
 
+/** The workflow's schedules (read-only here; the CLI and the API add and remove them). */
+function schedulePanel(workflowId, page) {
+  const items = (page && page.items) || [];
+  const list = items.length
+    ? h(
+        "ul",
+        { class: "schedules", "aria-label": "Schedules" },
+        items.map((sc) =>
+          h(
+            "li",
+            { "data-schedule-id": sc.id },
+            h("strong", { text: sc.cron ? `cron ${sc.cron}` : `every ${sc.every}` }),
+            ` (${sc.timezone}) · next ${formatTime(sc.next_fire_at)}`,
+            sc.last_run_id ? [" · last run ", h("a", { href: `/runs/${sc.last_run_id}`, text: formatTime(sc.last_fire_at) })] : " · not fired yet",
+            h("span", { class: "muted", text: ` · overlap ${sc.overlap}, catch-up ${sc.catchup}` }),
+          ),
+        ),
+      )
+    : h("p", { class: "muted" }, "None. Add one with ", h("code", { text: `flowledger schedules add ${workflowId} --every 5m` }), " or POST /v1/workflows/{id}/schedules.");
+  return h("section", { class: "panel", "aria-labelledby": "schedules-heading" }, h("h2", { id: "schedules-heading", text: `Schedules (${items.length})` }), list);
+}
+
 export async function render(main, { params, query, ctx }) {
   const workflowId = params.id;
   const requested = query.get("version") || "";
@@ -148,6 +170,12 @@ export async function render(main, { params, query, ctx }) {
   }
   const spec = doc.spec;
   const versions = doc.versions || [];
+  let schedules = null;
+  try {
+    schedules = await ctx.api(`/v1/workflows/${encodeURIComponent(workflowId)}/schedules`);
+  } catch (err) {
+    if (!(err instanceof ApiError && (err.status === 403 || err.status === 404))) throw err;
+  }
   const current = versions.length ? versions[0].version : doc.version;
   const isCurrent = doc.version === current;
 
@@ -204,6 +232,7 @@ export async function render(main, { params, query, ctx }) {
           startForm(workflowId, doc.version, isCurrent, ctx),
         ),
         h("section", { class: "panel", "aria-labelledby": "versions-heading" }, h("h2", { id: "versions-heading", text: `Versions (${versions.length})` }), versionList),
+        schedules ? schedulePanel(workflowId, schedules) : null,
       ),
     ),
     h(
