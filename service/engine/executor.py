@@ -259,6 +259,7 @@ class RunExecutor:
                 await self._interrupt(step.interrupt)
                 continue
             if step.skip:
+                await self._cancel_orphans([n for n, _ in step.skip])
                 await self._append([NodeSkipped(node_id=n, reason=r) for n, r in step.skip])
             for node_id in step.cancel:
                 if self.graph.nodes[node_id].type in WAITING_NODE_TYPES:
@@ -447,6 +448,27 @@ class RunExecutor:
             prefix=[resumed],
         )
         return True
+
+    def _child_key(self, node_id: str, node: NodeState) -> str:
+        """The idempotency key of the child run of ``node_id``'s current try."""
+        return f"parent:{self.run_id}:{node_id}:{node.failures + 1}"
+
+    async def _cancel_orphans(self, node_ids: Sequence[str]) -> None:
+        """A ``workflow`` node skipped while ``running`` (its executor died after queueing the
+        child, before recording ``run_waiting``): find the child by its idempotency key and
+        cancel it, so it does not outlive a parent that will never wait for it."""
+        if self.children is None:
+            return
+        for node_id in node_ids:
+            node = self.state.node(node_id)
+            if node.status != "running" or self.graph.nodes[node_id].type != "workflow":
+                continue
+            key = self._child_key(node_id, node)
+            child = await self.queue.run_by_key(self.claim.tenant, key)
+            if child is not None:
+                await self.children.cancel(
+                    child, f"parent run {self.run_id} stopped before it recorded its child"
+                )
 
     async def _interrupt(self, node_ids: Sequence[str]) -> None:
         """The run halted while these nodes waited: each ends as a cancelled attempt (a child run
@@ -735,7 +757,7 @@ class RunExecutor:
             parent_run_id=str(self.run_id),
             parent_node_id=node_id,
             # One child per try of the node: a crash before the wait is recorded finds the same child.
-            idempotency_key=f"parent:{self.run_id}:{node_id}:{node.failures + 1}",
+            idempotency_key=self._child_key(node_id, node),
             depth=self.state.depth + 1,
         )
         try:

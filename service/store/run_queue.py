@@ -69,6 +69,9 @@ class RunQueue:
             "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING run_id"
         )
         self._sql_by_key = f"SELECT run_id FROM {s}.run_queue WHERE tenant = $1 AND workflow_id = $2 AND idempotency_key = $3"
+        self._sql_by_key_any = (
+            f"SELECT run_id FROM {s}.run_queue WHERE tenant = $1 AND idempotency_key = $2 LIMIT 1"
+        )
         # A row with a lease that is not NULL but past was held by a worker that stopped renewing
         # it without releasing it (release and new rows have a NULL lease). A parked row
         # ('waiting') is taken once its wake_at has passed; it has no lease and no owner.
@@ -192,6 +195,12 @@ class RunQueue:
         except _AlreadyQueued as hit:
             return Enqueued(hit.run_id, created=False)
         return Enqueued(run_id, created=True)
+
+    async def run_by_key(self, tenant: str, idempotency_key: str) -> UUID | None:
+        """The run of ``tenant`` with this idempotency key, in any workflow (None: none)."""
+        async with self.pool.acquire() as conn:
+            found: UUID | None = await conn.fetchval(self._sql_by_key_any, tenant, idempotency_key)
+        return found
 
     async def claim(self, worker_id: str, limit: int, lease_s: float) -> list[Claim]:
         """Take up to ``limit`` runs that nobody holds (new, or whose lease expired)."""

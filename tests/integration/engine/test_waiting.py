@@ -304,3 +304,49 @@ async def test_a_workflow_that_starts_itself_stops_at_the_depth_limit(engine: En
     assert count == MAX_RUN_DEPTH + 1
     deepest = await engine.state(root)
     assert deepest.depth == 0
+
+
+async def test_a_child_queued_by_a_parent_that_died_before_waiting_is_cancelled_with_it(
+    pool: asyncpg.Pool, schema: str
+) -> None:
+    """The parent's executor died after queueing the child and before recording run_waiting;
+    the parent is then cancelled: its recovery finds the child by its key and cancels it."""
+    from schemas.events import NodeExecuteBefore, RunStarted
+
+    child_spec = {
+        "id": "child",
+        "nodes": [{"id": "w", "type": "wait", "config": {"signal": "never"}}],
+        "edges": [],
+    }
+    async with engine_on(pool, schema, worker=False) as engine:
+        await engine.register(child_spec)
+        await engine.register(parent_spec({}))
+        run = await engine.start("parent")
+        (claim,) = [c for c in await engine.queue.claim("dead-worker", 10, 0.5) if c.run_id == run]
+        await engine.store.append(
+            run,
+            [RunStarted(worker_id="dead-worker"), NodeExecuteBefore(node_id="sub", node_type="workflow")],
+            1,
+            tenant=claim.tenant,
+            workflow_id="parent",
+        )
+        child_version = (await engine.workflows.get("child")).version
+        child = await engine.queue.enqueue(
+            tenant="default",
+            workflow_id="child",
+            workflow_version=child_version,
+            inputs={},
+            idempotency_key=f"parent:{run}:sub:1",
+            parent_run_id=str(run),
+            parent_node_id="sub",
+            depth=1,
+            node_count=1,
+        )
+        await request_cancel(engine.queue, run, "stop it")
+    async with engine_on(pool, schema, settings=SETTINGS) as engine:  # a live worker recovers both
+        events = await engine.wait_ended(run)
+        assert events[-1].type == "run_cancelled"
+        assert [e.data.node_id for e in events if e.type == "node_skipped"] == ["sub", "use"]
+        child_events = await engine.wait_ended(child.run_id)
+        assert child_events[-1].type == "run_cancelled"
+        assert "stopped before it recorded its child" in (child_events[-1].data.reason or "")
