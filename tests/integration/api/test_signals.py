@@ -33,10 +33,14 @@ def _approval(wid: str) -> dict[str, Any]:
 async def _waiting_run(api: httpx.AsyncClient, wid: str) -> str:
     assert (await api.post("/v1/workflows", json=_approval(wid))).status_code == 201
     run_id: str = (await api.post(f"/v1/workflows/{wid}/runs", json={})).json()["run_id"]
+    # Both read models (summaries, node executions) have caught up with the wait: they are
+    # projections of the log, each a moment behind it.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        summary = await api.get(f"/v1/runs/{run_id}")
-        if summary.status_code == 200 and summary.json()["status"] == "waiting":
+        summary = (await api.get(f"/v1/runs/{run_id}")).json()
+        lineage = (await api.get(f"/v1/runs/{run_id}/lineage")).json()
+        statuses = {n["id"]: n["status"] for n in lineage.get("nodes", [])}
+        if summary.get("waiting_nodes") == ["ask"] and statuses.get("ask") == "waiting":
             return run_id
         await asyncio.sleep(0.05)
     raise AssertionError(f"run {run_id} did not wait")
