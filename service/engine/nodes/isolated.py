@@ -68,6 +68,7 @@ import structlog
 from service.engine.nodes.node_logs import (
     FLUSH_INTERVAL_S,
     MAX_LINES_PER_ATTEMPT,
+    json_fields,
     level_of_record,
     log_level,
     timestamp,
@@ -567,11 +568,7 @@ class _Capture(logging.Handler):
     ) -> None:
         """As ``NodeLogCollector.add``: the parent redacts and caps again when the lines arrive."""
         name = log_level(level)
-        values = {str(k): v for k, v in (fields or {}).items()}
-        try:
-            msgspec.json.encode(values)
-        except (TypeError, ValueError, OverflowError):
-            values = {k: repr(v) for k, v in values.items()}
+        values = json_fields(fields or {})
         line = LogRecord(at or timestamp(datetime.now(UTC)), name, str(message), values)
         with self._guard:
             if self._closed:

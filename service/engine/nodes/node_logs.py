@@ -13,15 +13,14 @@ Guarantees:
   bytes of messages and fields (a message longer than :data:`MAX_MESSAGE_CHARS` is cut, and
   says so); past the cap lines are counted, not kept, every later batch carries the count
   (``dropped``) and the attempt's last batch ends with a marker line saying how many were dropped;
-- the clock is passed in: everything here but :func:`flush_periodically` is pure bookkeeping.
+- the clock is passed in: everything here is bookkeeping, with no I/O (the executor's
+  ``_flush_logs`` appends the batches).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,7 +66,7 @@ def timestamp(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
-def _json_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+def json_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Fields as JSON values; one that is not JSON is recorded as its ``repr``."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
@@ -117,7 +116,7 @@ class NodeLogCollector:
         text = message if isinstance(message, str) else str(message)
         if len(text) > MAX_MESSAGE_CHARS:
             text = text[:MAX_MESSAGE_CHARS] + "…[cut]"
-        values = _json_fields(fields or {})
+        values = json_fields(fields or {})
         if secrets:
             text = redact(text, secrets)
             values = redact_output(values, secrets)
@@ -166,21 +165,3 @@ class NodeLogCollector:
             if not lines:
                 return None
             return NodeLog(node_id=self.node_id, attempt=self.attempt, lines=lines, dropped=self.dropped)
-
-
-async def flush_periodically(
-    collector: NodeLogCollector,
-    append: Callable[[NodeLog], Awaitable[object]],
-    stop: asyncio.Event,
-    interval_s: float = FLUSH_INTERVAL_S,
-) -> None:
-    """Append what ``collector`` holds every ``interval_s`` until ``stop`` is set; the final
-    batch is the caller's (it goes with the attempt's result)."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-        if stop.is_set():
-            return
-        batch = collector.take()
-        if batch is not None:
-            await append(batch)

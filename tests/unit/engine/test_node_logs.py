@@ -3,7 +3,6 @@ and the lines a ``python`` node's worker process captures (print, logging), stre
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,7 +17,6 @@ from service.engine.nodes.isolated import LogRecord
 from service.engine.nodes.node_logs import (
     MAX_MESSAGE_CHARS,
     NodeLogCollector,
-    flush_periodically,
     log_level,
     timestamp,
 )
@@ -122,26 +120,6 @@ def test_ctx_log_validates_the_level_and_redacts_the_attempts_secrets() -> None:
     discarding.log("info", "nowhere")  # no sink: discarded
     with pytest.raises(ValueError):
         discarding.log("nope", "still checked")
-
-
-async def test_flush_periodically_appends_batches_until_stopped() -> None:
-    logs = collector()
-    appended: list[NodeLog] = []
-
-    async def append(batch: NodeLog) -> None:
-        appended.append(batch)
-
-    stop = asyncio.Event()
-    task = asyncio.create_task(flush_periodically(logs, append, stop, interval_s=0.05))
-    logs.add("info", "first")
-    await asyncio.sleep(0.15)
-    logs.add("info", "second")
-    await asyncio.sleep(0.15)
-    logs.add("info", "kept for the caller")
-    stop.set()
-    await task
-    assert [messages(b) for b in appended] == [["first"], ["second"]]
-    assert messages(logs.take(final=True)) == ["kept for the caller"]
 
 
 # -- a python node's print and logging, from its worker process ------------------------------------
