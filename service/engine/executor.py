@@ -343,6 +343,8 @@ class RunExecutor:
     async def _resume_due(self, now: datetime) -> bool:
         """Record the end of every wait that is over: a delay or a timeout that has passed, a
         child run that has ended. True when something was appended."""
+        if self.state.status != "waiting":  # the fold's status: no node waits (the plain path)
+            return False
         appended = False
         for node_id in self.graph.topo_order:
             node = self.state.node(node_id)
