@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from service.cli._common import RUN_ID, reader_may_leave, run_async, settings_of
-from service.history.audit import AuditProblem, AuditReport, audit_log, audit_runs
+from service.history.archive import verify_archives
+from service.history.audit import AuditProblem, AuditReport, audit_log, audit_runs, plural, sort_key
 from service.history.bundle import (
     ExportRefused,
     ImportRefused,
@@ -38,7 +39,9 @@ from service.history.bundle import (
     verify_bundle_file,
     write_bundle,
 )
+from service.infra.db import Conn
 from service.runtime import log_database
+from service.store.event_store import EventStore
 
 T = TypeVar("T")
 
@@ -83,6 +86,12 @@ def audit() -> None:
 @click.option("--all", "all_runs", is_flag=True, help="Every run of the log, in one pass.")
 @click.option("--workflow", "-w", default=None, help="Every run of this workflow id.")
 @click.option(
+    "--archive-dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also verify the archive bundles in this directory (`flowledger archive -o DIR`).",
+)
+@click.option(
     "--page-size",
     default=10_000,
     type=click.IntRange(100),
@@ -90,7 +99,12 @@ def audit() -> None:
 )
 @click.pass_context
 def audit_verify(
-    ctx: click.Context, run_ids: tuple[UUID, ...], all_runs: bool, workflow: str | None, page_size: int
+    ctx: click.Context,
+    run_ids: tuple[UUID, ...],
+    all_runs: bool,
+    workflow: str | None,
+    archive_dir: Path | None,
+    page_size: int,
 ) -> None:
     """Verify RUN(s), --all runs or those of --workflow W.
 
@@ -102,39 +116,58 @@ def audit_verify(
     intact, 1 with one line per problem otherwise (or when --workflow W has no
     runs: nothing was verified), 2 when the database is missing or unusable.
     An empty log is said to be empty (exit 0).
+
+    Runs that `flowledger archive` took out of the log are reported as archived,
+    not missing: each is checked against the head its archive recorded, and with
+    --archive-dir DIR against its bundle too (the file is there, verifies, has the
+    recorded digest and holds the run as recorded).
     """
     chosen = sum([bool(run_ids), all_runs, workflow is not None])
     if chosen != 1:
         raise click.UsageError("name RUN ids, or give --all, or --workflow W (exactly one of them)")
     settings = settings_of(ctx)
 
+    bundles_verified = 0
+
+    async def scan(store: EventStore, conn: Conn) -> AuditReport:
+        if run_ids:
+            return await audit_runs(store, conn, list(run_ids))
+        head = await store.head_position()
+        label = f"auditing workflow {workflow}" if workflow else "auditing the log"
+        with _progress() as progress:
+            task = progress.add_task(label, total=head or None, events=0)
+
+            def advance(position: int, events: int) -> None:
+                progress.update(task, completed=position, events=events)
+
+            return await audit_log(
+                store, conn, workflow_id=workflow, page_size=page_size, on_progress=advance
+            )
+
     async def main() -> AuditReport:
+        nonlocal bundles_verified
         async with log_database(settings, create=False) as db, db.pool.acquire() as conn:
-            if run_ids:
-                return await audit_runs(db.store, conn, list(run_ids))
-            head = await db.store.head_position()
-            label = f"auditing workflow {workflow}" if workflow else "auditing the log"
-            with _progress() as progress:
-                task = progress.add_task(label, total=head or None, events=0)
-
-                def advance(position: int, events: int) -> None:
-                    progress.update(task, completed=position, events=events)
-
-                report = await audit_log(
-                    db.store, conn, workflow_id=workflow, page_size=page_size, on_progress=advance
+            report = await scan(db.store, conn)
+            if archive_dir is not None:
+                problems, bundles_verified = await verify_archives(
+                    conn, db.store.schema, archive_dir, set(run_ids) if run_ids else None
                 )
+                report.problems += problems
+                report.problems.sort(key=sort_key)
             return report
 
     report = run_async(main())
-    if all_runs and report.runs == 0:
+    if all_runs and report.runs == 0 and report.archived == 0:
         click.echo("the log is empty: it holds no runs, so there is nothing to verify")
         sys.exit(0)
-    if workflow is not None and report.runs == 0:
+    if workflow is not None and report.runs == 0 and report.archived == 0:
         # "ok: 0 runs verified" would pass a typo off as a clean audit.
         click.echo(f"no runs of workflow {workflow!r} exist; nothing was verified")
         sys.exit(1)
     _print_problems(report.problems)
     click.echo(report.summary())
+    if archive_dir is not None:
+        click.echo(f"{plural(bundles_verified, 'archive bundle')} checked in {archive_dir}")
     sys.exit(0 if report.clean else 1)
 
 

@@ -14,6 +14,7 @@ from schemas.names import STREAM_NAME, SUBJECT_PREFIX
 from service.cli._common import api_url, reader_may_leave, run_async, settings_of
 from service.cli.access import keys, secrets
 from service.cli.admin import projections
+from service.cli.archive import archive_command
 from service.cli.audit import audit, export_bundle, import_bundle_command, verify_bundle_command
 from service.cli.client import cancel, events, history, lineage, metrics, run, runs, signal, workflows
 from service.cli.history import diff
@@ -643,6 +644,7 @@ cli.add_command(audit)
 cli.add_command(export_bundle)
 cli.add_command(verify_bundle_command)
 cli.add_command(import_bundle_command)
+cli.add_command(archive_command)
 
 
 def main() -> None:

@@ -26,6 +26,13 @@ and a run marked ended there must end with a terminal event (the terminal event
 is appended before the row is marked ended). A chain alone cannot reveal a
 truncated tail; this catches it for ended runs.
 
+Runs an archive took out of the log (``flowledger archive``: their partitions detached) are
+not missing: each is checked against the head its archive recorded (``archives``), and counted
+as archived. A run an archive holds whose events are still in the log (its partition could not
+be detached yet, or the archive was imported back) is verified as usual and must end in the
+recorded head. (Checking the archive bundles themselves needs the files:
+``service.history.archive.verify_archives``.)
+
 And every output stored as a blob (a ``{"$blob": ...}`` reference in a
 ``node_execute_after_data`` event, ``service.domain.outputs``) must be in the blob
 store, its bytes of the recorded size and hashing to the recorded SHA-256 (the
@@ -58,11 +65,12 @@ from schemas.events import (
 )
 from service.domain.outputs import blob_ref
 from service.infra.db import Conn
+from service.store.archive_sql import ArchivedHead, archives_conn
 from service.store.blobs import check_blobs_conn
 from service.store.event_store import EventStore
 from service.store.run_queue import queue_statuses_conn
 
-ProblemKind = Literal["chain", "stream", "schema", "legality", "queue", "bundle", "blob"]
+ProblemKind = Literal["chain", "stream", "schema", "legality", "queue", "bundle", "blob", "archive"]
 
 PAGE_SIZE = 10_000
 """Events per read of the log scan: large pages keep the per-query overhead negligible."""
@@ -261,6 +269,10 @@ class AuditReport:
     runs: int = 0
     events: int = 0
     problems: list[AuditProblem] = field(default_factory=list)
+    archived: int = 0
+    """Runs out of the log (their partitions detached by an archive), checked against its record."""
+    archives: set[int] = field(default_factory=set)
+    """The archives that hold those runs."""
 
     @property
     def clean(self) -> bool:
@@ -272,11 +284,18 @@ class AuditReport:
 
     def summary(self) -> str:
         checked = f"{plural(self.events, 'event')} in {plural(self.runs, 'run')}"
+        archived = ""
+        if self.archived:
+            numbers = ", ".join(str(a) for a in sorted(self.archives))
+            archived = (
+                f"; {plural(self.archived, 'archived run')} out of the log, as recorded by "
+                f"archive{'s' if len(self.archives) != 1 else ''} {numbers}"
+            )
         if self.clean:
-            return f"ok: {checked} verified, no problems"
+            return f"ok: {checked} verified, no problems{archived}"
         return (
             f"FAILED: {plural(len(self.problems), 'problem')} in "
-            f"{plural(self.runs_with_problems, 'run')} ({checked} checked)"
+            f"{plural(self.runs_with_problems, 'run')} ({checked} checked{archived})"
         )
 
 
@@ -340,6 +359,39 @@ async def _blob_check(
             )
 
 
+Archived = dict[UUID, tuple[int, ArchivedHead]]
+"""Per run an archive holds: the archive's id and what it recorded of the run."""
+
+
+async def archived_heads(conn: Conn, schema: str) -> Archived:
+    """What the archives recorded, per run (a run archived twice: the latest record)."""
+    return {
+        run_id: (a.id, head)
+        for a in await archives_conn(conn, schema=schema)
+        for run_id, head in a.heads.items()
+    }
+
+
+def _archive_check(report: AuditReport, verifiers: dict[UUID, RunVerifier], archived: Archived) -> None:
+    """Archived runs still in the log must end in their recorded head; the others are archived."""
+    for run_id, (archive_id, head) in archived.items():
+        verifier = verifiers.get(run_id)
+        if verifier is None:
+            report.archived += 1
+            report.archives.add(archive_id)
+        elif (verifier.events, verifier.last_hash) != (head.events, head.head_hash):
+            report.problems.append(
+                AuditProblem(
+                    run_id,
+                    verifier.last_seq,
+                    "archive",
+                    f"the log holds {plural(verifier.events, 'event')} ending in hash "
+                    f"{(verifier.last_hash or '')[:16]}..., archive {archive_id} recorded "
+                    f"{plural(head.events, 'event')} ending in {head.head_hash[:16]}...",
+                )
+            )
+
+
 async def audit_log(
     store: EventStore,
     conn: Conn,
@@ -359,6 +411,11 @@ async def audit_log(
     # Queue rows before the log head: a row seen ended had its terminal event committed
     # already (it is appended first), so the scan up to the head includes it.
     queue = await queue_statuses_conn(conn, store.schema, workflow_id=workflow_id)
+    archived = {
+        run_id: record
+        for run_id, record in (await archived_heads(conn, store.schema)).items()
+        if workflow_id is None or record[1].workflow_id == workflow_id
+    }
     head = await store.head_position()
     position = 0
     events = 0
@@ -403,7 +460,8 @@ async def audit_log(
                 await pending
         if gc_was_enabled:
             gc.enable()
-    _queue_check(queue, verifiers, problems)
+    _archive_check(report, verifiers, archived)
+    _queue_check([r for r in queue if r[0] in verifiers or r[0] not in archived], verifiers, problems)
     await _blob_check(conn, store.schema, verifiers.values(), problems)
     report.runs = len(verifiers)
     report.events = events
@@ -417,15 +475,21 @@ async def audit_runs(store: EventStore, conn: Conn, run_ids: Sequence[UUID]) -> 
     verifiers: dict[UUID, RunVerifier] = {}
     run_ids = list(dict.fromkeys(run_ids))
     queue = await queue_statuses_conn(conn, store.schema, run_ids=run_ids)  # before the events: see audit_log
+    all_archived = await archived_heads(conn, store.schema)
+    archived = {r: all_archived[r] for r in run_ids if r in all_archived}
     for run_id in run_ids:
         events = await store.read_run(run_id)
         if not events:
-            report.problems.append(AuditProblem(run_id, None, "chain", "no events are stored for this run"))
+            if run_id not in archived:
+                report.problems.append(
+                    AuditProblem(run_id, None, "chain", "no events are stored for this run")
+                )
             continue
         verifier = verifiers[run_id] = RunVerifier(run_id, report.problems)
         for event in events:
             verifier.feed(event)
         report.events += len(events)
+    _archive_check(report, verifiers, archived)
     _queue_check([row for row in queue if row[0] in verifiers], verifiers, report.problems)
     await _blob_check(conn, store.schema, verifiers.values(), report.problems)
     report.runs = len(verifiers)

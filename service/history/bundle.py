@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,13 @@ from schemas.names import DB_SCHEMA
 from schemas.workflow import WorkflowSpec, spec_version
 from service.history.audit import AuditProblem, ProblemKind, RunVerifier, plural, sort_key
 from service.infra.db import Conn
+from service.store.archive_sql import (
+    Partition,
+    archive_with_digest_conn,
+    attached_partitions_conn,
+    detached_partitions_conn,
+    restore_partition_conn,
+)
 from service.store.blobs import Blob, BlobStore, insert_blobs_txn
 from service.store.bundle_sql import event_id_users, register_version_txn, stored_chains
 from service.store.event_store import EventStore
@@ -128,24 +136,81 @@ def bundle_lines(runs: Sequence[RunExport], exported_at: datetime) -> Iterator[b
     heads: dict[str, RunHead] = {}
 
     def emit(line: bytes) -> bytes:
-        line += b"\n"
         digest.update(line)
         return line
 
     version = BLOBS_FORMAT_VERSION if any(r.blobs for r in runs) else FORMAT_VERSION
-    yield emit(encode(BundleHeader(version, exported_at, [r.run.run_id for r in runs])))
+    yield emit(_header_line(version, exported_at, [r.run.run_id for r in runs]))
     carried: set[str] = set()
     for run in runs:
-        yield emit(encode(run.run))
-        for event in run.events:
-            # The envelope as stored: a raw body is embedded byte for byte, never re-encoded.
-            yield emit(encode(event))
-        for sha, data in sorted(run.blobs.items()):
-            if sha not in carried:
-                carried.add(sha)
-                yield emit(encode(BundleBlob(sha, len(data), msgspec.Raw(data))))
-        heads[str(run.run.run_id)] = RunHead(len(run.events), run.events[-1].hash if run.events else "")
+        for line in _section_lines(run, carried):
+            yield emit(line)
+        heads[str(run.run.run_id)] = _run_head(run)
     yield encode(BundleDigest(digest.hexdigest(), heads)) + b"\n"
+
+
+def _header_line(version: int, exported_at: datetime, run_ids: list[UUID]) -> bytes:
+    return encode(BundleHeader(version, exported_at, run_ids)) + b"\n"
+
+
+def _section_lines(run: RunExport, carried: set[str]) -> Iterator[bytes]:
+    """A run's section: its run line, its events, then the blobs no earlier section carried."""
+    yield encode(run.run) + b"\n"
+    for event in run.events:
+        # The envelope as stored: a raw body is embedded byte for byte, never re-encoded.
+        yield encode(event) + b"\n"
+    for sha, data in sorted(run.blobs.items()):
+        if sha not in carried:
+            carried.add(sha)
+            yield encode(BundleBlob(sha, len(data), msgspec.Raw(data))) + b"\n"
+
+
+def _run_head(run: RunExport) -> RunHead:
+    return RunHead(len(run.events), run.events[-1].hash if run.events else "")
+
+
+class BundleSpool:
+    """A bundle too large to hold in memory, built run by run: each run's section is spooled to
+    a temporary file as it comes, and ``write`` then writes the bundle (the same lines as
+    ``bundle_lines`` would for the same runs: header, sections, digest line)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._spool = tempfile.TemporaryFile(dir=directory)
+        self._carried: set[str] = set()
+        self.run_ids: list[UUID] = []
+        self.heads: dict[str, RunHead] = {}
+        self.events = 0
+        self._blobs = False
+
+    def add(self, run: RunExport) -> None:
+        for line in _section_lines(run, self._carried):
+            self._spool.write(line)
+        self.run_ids.append(run.run.run_id)
+        self.heads[str(run.run.run_id)] = _run_head(run)
+        self.events += len(run.events)
+        self._blobs = self._blobs or bool(run.blobs)
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def write(self, path: Path, exported_at: datetime) -> str:
+        """Write the bundle to ``path`` atomically and durably (``write_bundle``); returns its digest."""
+        version = BLOBS_FORMAT_VERSION if self._blobs else FORMAT_VERSION
+        digest = hashlib.sha256()
+        spool = self._spool
+
+        def lines() -> Iterator[bytes]:
+            header = _header_line(version, exported_at, self.run_ids)
+            digest.update(header)
+            yield header
+            spool.seek(0)
+            while chunk := spool.read(1 << 20):
+                digest.update(chunk)
+                yield chunk
+            yield encode(BundleDigest(digest.hexdigest(), self.heads)) + b"\n"
+
+        write_bundle(path, lines())
+        return digest.hexdigest()
 
 
 def bundle_digest(lines: Iterable[bytes]) -> str:
@@ -160,7 +225,8 @@ def bundle_digest(lines: Iterable[bytes]) -> str:
 
 
 def write_bundle(path: Path, lines: Iterable[bytes]) -> None:
-    """Write atomically: a failed export never leaves a partial bundle under ``path``."""
+    """Write atomically and durably: a failed export never leaves a partial bundle under
+    ``path``, and once this returns the file and its name are on disk (both fsynced)."""
     # Not mkstemp: its 0600 mode would outlive the rename; open() honours the umask.
     tmp = path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
@@ -173,6 +239,11 @@ def write_bundle(path: Path, lines: Iterable[bytes]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    directory = os.open(path.resolve().parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)
 
 
 class ExportRefused(Exception):
@@ -633,12 +704,22 @@ class ImportResult:
     events_written: int = 0
     workflows_registered: int = 0
     workflows_new: int = 0
+    restored_archive: int | None = None
+    """The archive (``flowledger archive``) whose runs went back to their own positions."""
+    partitions_restored: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        restored = ""
+        if self.restored_archive is not None:
+            remade = f"; partitions made again: {', '.join(self.partitions_restored)}"
+            restored = (
+                f"; archive {self.restored_archive} restored: its events are back at their "
+                f"original positions{remade if self.partitions_restored else ''}"
+            )
         return (
             f"imported {plural(self.events_written, 'event')}: {plural(len(self.new_runs), 'new run')}, "
             f"{len(self.extended_runs):,} extended, {len(self.present_runs):,} already present; "
-            f"{plural(self.workflows_registered, 'workflow version')} ({self.workflows_new} new)"
+            f"{plural(self.workflows_registered, 'workflow version')} ({self.workflows_new} new){restored}"
         )
 
 
@@ -651,6 +732,11 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
     (event_id and hash per seq) -> nothing written; holding a prefix -> the rest
     appended; anything else -> ``ImportRefused`` and the transaction rolls back.
     The bundle's workflow versions are registered in the same transaction.
+
+    A bundle that ``flowledger archive`` wrote here (its digest is an ``archives`` row's)
+    is a restore: its runs' events go back to the global positions they had, in their
+    partitions made again, behind every reader's checkpoint (the relay does not publish
+    them again, the projections do not fold them again). Otherwise events take new positions.
     """
     if check.problems:
         raise ImportRefused(check.problems)
@@ -699,10 +785,41 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
             raise ImportRefused(conflicts)
         # The blobs first: a committed reference always has its blob (the same transaction).
         await insert_blobs_txn(conn, (Blob.of(d) for r in runs for d in r.blobs.values()), schema=schema)
-        await store.insert_recorded_txn(conn, to_write)  # also wakes the relay and projection runners
+        restore = await _restore_plan_txn(conn, check.digest, to_write, schema) if to_write else None
+        if restore is None:
+            await store.insert_recorded_txn(conn, to_write)  # also wakes the relay and projection runners
+        else:
+            result.restored_archive, partitions = restore
+            for partition in partitions:
+                await restore_partition_conn(conn, partition, schema=schema)
+                result.partitions_restored.append(partition.name)
+            await store.restore_recorded_txn(conn, to_write)
         result.events_written = len(to_write)
         await _register_versions_txn(conn, schema, runs, result)
     return result
+
+
+async def _restore_plan_txn(
+    conn: Conn, digest: str, events: Sequence[RawEnvelope], schema: str
+) -> tuple[int, list[Partition]] | None:
+    """When the bundle is an archive of this log whose events can all go back to their own
+    positions: the archive's id and the detached partitions to make again for them."""
+    archive_id = await archive_with_digest_conn(conn, digest, schema=schema)
+    if archive_id is None:
+        return None
+    attached, drawn = await attached_partitions_conn(conn, schema=schema)
+    detached = await detached_partitions_conn(conn, schema=schema)
+    needed: dict[str, Partition] = {}
+    for event in events:
+        position = event.global_position
+        if position > drawn:
+            return None
+        home = next((p for p in detached if p.lower <= position < p.upper), None)
+        if home is not None:
+            needed[home.name] = home
+        elif not any(p.lower <= position < p.upper for p in attached):
+            return None
+    return archive_id, sorted(needed.values(), key=lambda p: p.lower)
 
 
 async def _register_versions_txn(

@@ -41,11 +41,12 @@ def migration_files() -> list[Path]:
     return files
 
 
-async def apply_migrations(conn: Conn, schema: str = DB_SCHEMA) -> list[str]:
+async def apply_migrations(conn: Conn, schema: str = DB_SCHEMA, *, until: str | None = None) -> list[str]:
     """Apply every migration not yet recorded; returns the names applied now.
 
     ``schema`` other than ``flowledger`` rewrites the schema name (tests use one
     schema per test). Each file runs in its own transaction with its record.
+    ``until``: stop after the file of that name (a test of a later migration on an older log).
     """
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
@@ -57,7 +58,10 @@ async def apply_migrations(conn: Conn, schema: str = DB_SCHEMA) -> list[str]:
         )
         rows = await conn.fetch(f'SELECT name, sha256 FROM "{schema}".schema_migrations')
         done = {r["name"]: r["sha256"] for r in rows}
-        for path in migration_files():
+        files = migration_files()
+        if until is not None:
+            files = files[: [f.name for f in files].index(until) + 1]
+        for path in files:
             sql = path.read_text()
             if schema != DB_SCHEMA:
                 sql = sql.replace("flowledger.", f'"{schema}".').replace(

@@ -11,6 +11,10 @@ Guarantees:
 - Concurrent ``append`` calls are group-committed: one transaction carries the
   events of many callers, and each caller resumes only after its events are
   durable (the transaction committed).
+- The log is partitioned by ranges of ``global_position`` (migration 0011): the
+  store makes the ranges ahead of its appends (``ensure_partitions``: at start, then
+  whenever its appends pass the point the last call returned), and an append that
+  finds no range for its positions has them made and is retried once.
 """
 
 from __future__ import annotations
@@ -156,6 +160,9 @@ class EventStore:
         self._queue: asyncio.Queue[_AppendRequest] = asyncio.Queue()
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
+        self._ensure_at = 0
+        """The position from which the partitions ahead must be made again (0: never made yet)."""
+        self._ensuring: asyncio.Task[None] | None = None
         s = f'"{schema}"'
         self._sql_heads = f"""
             SELECT r.run_id, h.seq, h.hash, h.tenant, h.workflow_id
@@ -203,11 +210,21 @@ class EventStore:
             "ORDER BY global_position LIMIT $5"
         )
         self._sql_head_position = f"SELECT coalesce(max(global_position), 0) FROM {s}.events"
+        self._sql_ensure_partitions = f"SELECT {s}.ensure_event_partitions($1)"
+        # A restored archive's events go back to their own positions (behind every reader).
+        self._sql_insert_at = f"""
+            INSERT INTO {s}.events (global_position, event_id, run_id, seq, type, tenant, workflow_id,
+                                    recorded_at, schema_version, prev_hash, hash, data)
+            OVERRIDING SYSTEM VALUE
+            SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::text[],
+                                 $7::text[], $8::timestamptz[], $9::smallint[], $10::bytea[],
+                                 $11::bytea[], $12::json[])"""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._committer is None:
+            await self.ensure_partitions()
             self._committer = asyncio.create_task(self._commit_loop(), name="event-store-committer")
 
     async def close(self) -> None:
@@ -219,6 +236,36 @@ class EventStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
             self._committer = None
+        if self._ensuring is not None:
+            with contextlib.suppress(Exception):
+                await self._ensuring
+            self._ensuring = None
+
+    # -- partitions ------------------------------------------------------------------------------
+
+    async def ensure_partitions(self, ahead: int = 0) -> None:
+        """Make the ranges of the log that cover every position drawn so far plus ``ahead`` plus
+        half a partition (idempotent; one caller at a time across processes)."""
+        async with self.pool.acquire() as conn:
+            await self.ensure_partitions_conn(conn, ahead)
+
+    async def ensure_partitions_conn(self, conn: Conn, ahead: int = 0) -> None:
+        """``ensure_partitions`` on a connection the caller holds, outside any transaction of its
+        (the ranges must commit on their own: a rolled back append must not take them along)."""
+        self._ensure_at = int(await conn.fetchval(self._sql_ensure_partitions, ahead))
+
+    def _ensure_soon(self, position: int) -> None:
+        """Make the next ranges in the background once ``position`` passed the point to."""
+        if position < self._ensure_at or (self._ensuring is not None and not self._ensuring.done()):
+            return
+
+        async def ensure() -> None:
+            try:
+                await self.ensure_partitions()
+            except Exception as exc:  # the next append past the point tries again
+                log.warning("event_partitions_not_made", error=f"{type(exc).__name__}: {exc}")
+
+        self._ensuring = asyncio.create_task(ensure(), name="event-store-partitions")
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -276,6 +323,8 @@ class EventStore:
         failures = await self._write_batch_txn(conn, [request])
         if failures:
             raise failures[0][1]
+        if request.recorded:
+            self._ensure_soon(request.recorded[-1].global_position)
         return request.recorded
 
     async def _commit_loop(self) -> None:
@@ -293,6 +342,7 @@ class EventStore:
                     if conn is None or not is_usable(conn):
                         conn = await self.pool.acquire()
                     await self._commit_batch(conn, batch)
+                    await self._ensure_after_conn(conn, batch)
                 except Exception as exc:
                     # The batch fails (its callers see why and may retry); the committer goes on,
                     # with a new connection when this one died (server restart, terminated session).
@@ -315,10 +365,29 @@ class EventStore:
         with contextlib.suppress(Exception):
             await self.pool.release(conn)  # type: ignore[arg-type]
 
-    async def _commit_batch(self, conn: Conn, batch: list[_AppendRequest]) -> None:
+    async def _ensure_after_conn(self, conn: Conn, batch: list[_AppendRequest]) -> None:
+        """After a committed batch: make the next ranges when its last position passed the point."""
+        last = max((r.recorded[-1].global_position for r in batch if r.recorded), default=0)
+        if last >= self._ensure_at:
+            try:
+                await self.ensure_partitions_conn(conn, 0)
+            except asyncpg.PostgresError as exc:  # the batch is durable; the next one tries again
+                log.warning("event_partitions_not_made", error=f"{type(exc).__name__}: {exc}")
+
+    async def _commit_batch(self, conn: Conn, batch: list[_AppendRequest], *, retried: bool = False) -> None:
         try:
             async with conn.transaction():
                 failures = await self._write_batch_txn(conn, batch)
+        except asyncpg.CheckViolationError as exc:
+            # No range of the log for these positions (the appends outran the ranges made ahead):
+            # make them and write the batch again; nothing of it was written.
+            if retried or not _no_partition(exc) or not is_usable(conn):
+                raise
+            for request in batch:
+                request.recorded = []
+            await self.ensure_partitions_conn(conn, sum(len(r.events) for r in batch))
+            await self._commit_batch(conn, batch, retried=True)
+            return
         except asyncpg.PostgresError:
             # One request can make the database refuse the whole transaction: text it cannot
             # store (a NUL character) in a with_txn hook's row, a writer that bypassed the append
@@ -438,7 +507,10 @@ class EventStore:
     async def insert_recorded_txn(self, conn: Conn, events: Sequence[RawEnvelope]) -> None:
         """Insert events exactly as they were recorded elsewhere (an imported bundle: ids, seqs,
         times and hashes kept), in the caller's transaction, which must hold ``lock_txn``.
-        The caller has checked that they continue their runs' chains."""
+        The caller has checked that they continue their runs' chains. The ranges of the log
+        that their new positions need are made first (on another connection: they must not
+        roll back with this transaction)."""
+        await self.ensure_partitions(len(events))
         for start in range(0, len(events), 5000):
             chunk = events[start : start + 5000]
             await conn.fetch(
@@ -455,6 +527,28 @@ class EventStore:
                 [bytes.fromhex(e.hash) for e in chunk],
                 [bytes(e.data) for e in chunk],
                 self.notify_channel,
+            )
+
+    async def restore_recorded_txn(self, conn: Conn, events: Sequence[RawEnvelope]) -> None:
+        """Insert events of a restored archive at the ``global_position`` they had (their range's
+        partition made again by the caller), everything else as ``insert_recorded_txn``. Readers
+        tailing the log are past those positions: the events are not delivered again."""
+        for start in range(0, len(events), 5000):
+            chunk = events[start : start + 5000]
+            await conn.execute(
+                self._sql_insert_at,
+                [e.global_position for e in chunk],
+                [e.event_id for e in chunk],
+                [e.run_id for e in chunk],
+                [e.seq for e in chunk],
+                [e.type for e in chunk],
+                [e.tenant for e in chunk],
+                [e.workflow_id for e in chunk],
+                [e.recorded_at for e in chunk],
+                [e.schema_version for e in chunk],
+                [bytes.fromhex(e.prev_hash) if e.prev_hash else None for e in chunk],
+                [bytes.fromhex(e.hash) for e in chunk],
+                [bytes(e.data) for e in chunk],
             )
 
     # -- reading ---------------------------------------------------------------------------------
@@ -532,6 +626,11 @@ class EventStore:
         async with self.pool.acquire() as conn:
             value = await conn.fetchval(self._sql_head_position)
         return int(value)
+
+
+def _no_partition(error: asyncpg.CheckViolationError) -> bool:
+    """Whether PostgreSQL refused a row because no partition of the log covers its position."""
+    return str(error).startswith("no partition of relation")
 
 
 def _refusal(request: _AppendRequest, head: _Head | None) -> Exception | None:

@@ -14,6 +14,7 @@ BEFORE_THE_RESTRUCTURE = (
 COMMANDS = sorted(
     [
         *BEFORE_THE_RESTRUCTURE,
+        "archive",
         "history",
         "keys",
         "lineage",

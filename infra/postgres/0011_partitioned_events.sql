@@ -1,0 +1,213 @@
+-- The event log becomes a table partitioned by ranges of global_position, so that the
+-- partitions holding nothing but archived runs' events can be detached and dropped
+-- (`flowledger archive`) and the log can grow for years.
+--
+-- Works on a populated log: the existing table becomes the first partition
+-- (events_initial), covering every position drawn so far; later partitions are
+-- fixed-size ranges (event_partitioning.partition_size positions each, 1,000,000 by
+-- default) that flowledger.ensure_event_partitions() creates ahead of the appends.
+-- Why fixed ranges created ahead rather than a DEFAULT partition plus a split: rows of
+-- the append-only log cannot be moved out of a DEFAULT partition (DELETE is refused),
+-- and attaching a range next to a DEFAULT partition scans it under a lock that stops
+-- the appends. A partition is created by CREATE TABLE + ATTACH PARTITION, which takes
+-- only a SHARE UPDATE EXCLUSIVE lock on the log: appends and reads go on meanwhile.
+--
+-- Cost of the migration on a populated log: the two indexes that were unique
+-- (event_id; run_id, seq) are rebuilt as plain partitioned indexes, and ATTACH
+-- checks the rows against the first range once. Writers wait for it (one transaction).
+
+-- 1. The existing table, its names freed for the partitioned parent.
+ALTER TABLE flowledger.events RENAME TO events_initial;
+ALTER TABLE flowledger.events_initial RENAME CONSTRAINT events_pkey TO events_initial_pkey;
+ALTER TABLE flowledger.events_initial DROP CONSTRAINT events_event_id_key;
+ALTER TABLE flowledger.events_initial DROP CONSTRAINT events_run_seq_key;
+ALTER INDEX flowledger.events_workflow_idx RENAME TO events_initial_workflow_idx;
+DROP TRIGGER events_refuse_update_delete ON flowledger.events_initial;
+DROP TRIGGER events_refuse_truncate ON flowledger.events_initial;
+
+-- 2. The partitioned log: the same columns, checks and indexes. A unique index of a
+-- partitioned table must include the partition key, so (run_id, seq) and event_id are
+-- plain indexes here and their uniqueness is enforced by events_unique_keys below.
+CREATE TABLE flowledger.events (
+    global_position bigint GENERATED ALWAYS AS IDENTITY,
+    event_id        uuid        NOT NULL,
+    run_id          uuid        NOT NULL,
+    seq             integer     NOT NULL,
+    type            text        NOT NULL,
+    tenant          text        NOT NULL,
+    workflow_id     text        NOT NULL,
+    recorded_at     timestamptz NOT NULL,
+    schema_version  smallint    NOT NULL,
+    prev_hash       bytea,
+    hash            bytea       NOT NULL,
+    data            json        NOT NULL,
+    CONSTRAINT events_pkey PRIMARY KEY (global_position),
+    CONSTRAINT events_seq_check CHECK (seq >= 0),
+    CONSTRAINT events_prev_hash_first CHECK ((seq = 0) = (prev_hash IS NULL))
+) PARTITION BY RANGE (global_position);
+
+CREATE INDEX events_event_id_idx ON flowledger.events (event_id);
+CREATE INDEX events_run_seq_idx ON flowledger.events (run_id, seq);
+CREATE INDEX events_workflow_idx ON flowledger.events (tenant, workflow_id, global_position);
+
+-- History cannot be rewritten. The row trigger is cloned onto every partition, present and
+-- future (so UPDATE/DELETE addressed to a partition directly are refused too); a statement
+-- trigger is not, so every partition gets its own TRUNCATE trigger when it is created.
+CREATE TRIGGER events_refuse_update_delete
+    BEFORE UPDATE OR DELETE ON flowledger.events
+    FOR EACH ROW EXECUTE FUNCTION flowledger.refuse_event_change();
+
+CREATE TRIGGER events_refuse_truncate
+    BEFORE TRUNCATE ON flowledger.events
+    FOR EACH STATEMENT EXECUTE FUNCTION flowledger.refuse_event_change();
+
+-- The append lock of service/store/event_store.py (_lock_key): the same key, computed here.
+CREATE FUNCTION flowledger.append_lock_key(schema_name text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ('x' || encode(substring(sha256(convert_to('flowledger-append:' || schema_name, 'UTF8'))
+                                    FROM 1 FOR 8), 'hex'))::bit(64)::bigint
+$$;
+
+-- (run_id, seq) and event_id stay unique across all partitions: after each INSERT statement
+-- into the log, every new row is looked up by those keys (one index probe per partition,
+-- a nested loop by construction: LATERAL ... LIMIT 1). The statement first takes the append
+-- lock (the event store already holds it; re-taking is free), so two writers that bypass the
+-- store are serialized here and the second sees the first's committed rows.
+CREATE FUNCTION flowledger.refuse_duplicate_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    dup record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(flowledger.append_lock_key(TG_TABLE_SCHEMA));
+    SELECT n.run_id, n.seq, n.event_id, d.what INTO dup
+    FROM new_events n
+    CROSS JOIN LATERAL (
+        (SELECT 'run_id, seq' AS what FROM flowledger.events e
+         WHERE e.run_id = n.run_id AND e.seq = n.seq AND e.global_position <> n.global_position LIMIT 1)
+        UNION ALL
+        (SELECT 'event_id' FROM flowledger.events e
+         WHERE e.event_id = n.event_id AND e.global_position <> n.global_position LIMIT 1)
+        LIMIT 1
+    ) d
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'flowledger.events: duplicate % (run %, seq %, event_id %)',
+            dup.what, dup.run_id, dup.seq, dup.event_id
+            USING ERRCODE = 'unique_violation',
+                  HINT = 'each (run_id, seq) and each event_id is stored once';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER events_unique_keys
+    AFTER INSERT ON flowledger.events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION flowledger.refuse_duplicate_event();
+
+-- 3. Partition bookkeeping: the size of new partitions, and every partition made.
+CREATE TABLE flowledger.event_partitioning (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    partition_size  bigint  NOT NULL CHECK (partition_size > 0)
+);
+INSERT INTO flowledger.event_partitioning (partition_size) VALUES (1000000);
+
+CREATE TABLE flowledger.event_partitions (
+    name            text        PRIMARY KEY,
+    lower_position  bigint      NOT NULL,  -- inclusive
+    upper_position  bigint      NOT NULL,  -- exclusive
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    detached_at     timestamptz,           -- set when `flowledger archive` detached and dropped it
+    archive_id      bigint,                -- the archive that did
+    CHECK (lower_position < upper_position)
+);
+
+-- 4. The existing table becomes the first partition: every position drawn so far.
+DO $$
+DECLARE
+    seq_name text := pg_get_serial_sequence('flowledger.events_initial', 'global_position');
+    drawn bigint;
+    upper bigint;
+BEGIN
+    EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM %s', seq_name) INTO drawn;
+    SELECT greatest(drawn, coalesce(max(global_position), 0)) + 1 INTO upper FROM flowledger.events_initial;
+    ALTER TABLE flowledger.events_initial ALTER COLUMN global_position DROP IDENTITY;
+    EXECUTE format('ALTER TABLE flowledger.events ATTACH PARTITION flowledger.events_initial '
+                   'FOR VALUES FROM (0) TO (%s)', upper);
+    EXECUTE format('ALTER TABLE flowledger.events ALTER COLUMN global_position RESTART WITH %s', upper);
+    INSERT INTO flowledger.event_partitions (name, lower_position, upper_position)
+    VALUES ('events_initial', 0, upper);
+END;
+$$;
+
+CREATE TRIGGER events_refuse_truncate
+    BEFORE TRUNCATE ON flowledger.events_initial
+    FOR EACH STATEMENT EXECUTE FUNCTION flowledger.refuse_event_change();
+
+-- 5. Making partitions. attach_event_partition creates the table of one range (in the log's
+-- schema) and attaches it; ensure_event_partitions makes the ranges that follow the last one
+-- until they cover the positions drawn so far plus `ahead` plus half a partition, and
+-- returns the position from which it should be called again (half a partition before the end
+-- of the ranges made). One caller at a time (an advisory lock of its own).
+CREATE FUNCTION flowledger.attach_event_partition(part text, lower bigint, upper bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    nsp text := (SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.oid = 'flowledger.events'::regclass);
+BEGIN
+    EXECUTE format('CREATE TABLE %s.%I (LIKE %s.events INCLUDING CONSTRAINTS)', nsp, part, nsp);
+    EXECUTE format('ALTER TABLE %s.events ATTACH PARTITION %s.%I FOR VALUES FROM (%s) TO (%s)',
+                   nsp, nsp, part, lower, upper);
+    EXECUTE format('CREATE TRIGGER events_refuse_truncate BEFORE TRUNCATE ON %s.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s.refuse_event_change()', nsp, part, nsp);
+END;
+$$;
+
+CREATE FUNCTION flowledger.ensure_event_partitions(ahead bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    nsp text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.oid = 'flowledger.events'::regclass);
+    size bigint;
+    upper bigint;
+    drawn bigint;
+    part text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(flowledger.append_lock_key('partitions:' || nsp));
+    SELECT partition_size INTO size FROM flowledger.event_partitioning;
+    SELECT max(upper_position) INTO upper FROM flowledger.event_partitions;
+    drawn := coalesce(pg_sequence_last_value(pg_get_serial_sequence('flowledger.events', 'global_position')), 0);
+    WHILE upper <= drawn + greatest(ahead, 0) + size / 2 LOOP
+        part := 'events_' || lpad(upper::text, 19, '0');
+        PERFORM flowledger.attach_event_partition(part, upper, upper + size);
+        INSERT INTO flowledger.event_partitions (name, lower_position, upper_position)
+        VALUES (part, upper, upper + size);
+        upper := upper + size;
+    END LOOP;
+    RETURN upper - size / 2;
+END;
+$$;
+
+-- No range is made here: the event store makes them when it starts (with the partition size
+-- then set), and again whenever an append finds none for its position.
+
+-- 6. Archives (`flowledger archive`): what each one wrote and which partitions it dropped.
+-- heads: {run_id: {"events": n, "head_hash": hex, "tenant": t, "workflow_id": w}} for every
+-- run in the bundle; the audit checks archived runs against it.
+CREATE TABLE flowledger.archives (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    before              timestamptz NOT NULL,
+    run_count           integer     NOT NULL,
+    event_count         bigint      NOT NULL,
+    heads               jsonb       NOT NULL,
+    bundle_file         text        NOT NULL,
+    bundle_sha256       text        NOT NULL,
+    partitions_detached text[]      NOT NULL DEFAULT '{}'
+);
+
+CREATE VIEW flowledger.archived_runs AS
+    SELECT h.key::uuid AS run_id, a.id AS archive_id, (h.value->>'events')::integer AS events,
+           h.value->>'head_hash' AS head_hash, h.value->>'tenant' AS tenant,
+           h.value->>'workflow_id' AS workflow_id
+    FROM flowledger.archives a CROSS JOIN LATERAL jsonb_each(a.heads) h;
