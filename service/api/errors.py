@@ -13,10 +13,11 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsException
-from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_410_GONE, HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from schemas.api import ProblemDetails
+from service.store.event_store import RunArchived
 
 log = structlog.get_logger(__name__)
 
@@ -142,8 +143,16 @@ def _malformed_run_id(path: str) -> str | None:
     return None
 
 
+def _archived_run(request: Request[Any, Any, Any], exc: RunArchived) -> Response[dict[str, Any]]:
+    """A run whose first events an archive took out of the log: gone from here, not an error."""
+    return ProblemDetailsException(
+        status_code=HTTP_410_GONE, title="Run archived", detail=str(exc)
+    ).to_response(request)
+
+
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_problem,
+    RunArchived: _archived_run,
     asyncpg.DataError: _refused_value,
     Exception: _internal_error,
 }

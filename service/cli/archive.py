@@ -74,7 +74,7 @@ def _check_directory(directory: Path) -> None:
     "-o",
     "directory",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="Existing directory the archive bundle is written to.",
 )
 @click.pass_context

@@ -9,9 +9,10 @@ Order of work, each step only after the one before succeeded:
 4. an ``archives`` row: the cutoff, the counts, each run's head (event count, head hash),
    the bundle's file name and digest;
 5. the partitions to detach: entirely below the positions drawn so far (no append can land
-   there any more), holding events of archived runs only, and none of whose runs has events
-   in a partition that stays (so a run is always either wholly in the log or wholly out of
-   it); each is detached, dropped and recorded in one transaction.
+   there any more) and holding events of archived runs only; each is detached, dropped and
+   recorded in one transaction. A run whose events span a partition that stays is then
+   partly out of the log: its first events are gone, its last ones stay (the audit checks
+   those against the archive's record; importing the bundle puts the others back).
 
 Dropped, not kept as a detached table: a detached table no longer refuses UPDATE or DELETE
 (its cloned triggers go with the detach), so keeping it would keep a mutable copy of the
@@ -27,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
-from service.history.audit import AuditProblem
+from service.history.audit import AuditProblem, plural
 from service.history.bundle import BundleSpool, collect_runs, verify_bundle_file
 from service.infra.db import Conn
 from service.store.archive_sql import (
@@ -39,7 +40,6 @@ from service.store.archive_sql import (
     ended_runs_before_conn,
     insert_archive_conn,
     partition_runs_conn,
-    run_partitions_conn,
 )
 from service.store.event_store import EventStore
 from service.store.workflow_store import WorkflowStore
@@ -143,27 +143,41 @@ async def archive(
 async def _partitions_to_detach(
     conn: Conn, schema: str, progress: Progress
 ) -> tuple[list[Partition], list[KeptPartition]]:
-    """The partitions that hold nothing but archived runs' events (and none of whose runs has
-    events in a partition that stays), and those kept with the reason."""
+    """The partitions that hold events, all of them of archived runs, no position still to be
+    drawn, and no run whose earlier events are in a partition that stays; and those kept, with
+    the reason. (Empty ones stay: nothing to gain.)
+
+    The last condition keeps what leaves the log a prefix of each run: a run read from the log
+    either starts at seq 0 or visibly does not (``RunArchived``), never silently lacks its
+    middle or its end."""
     partitions, drawn = await attached_partitions_conn(conn, schema=schema)
     kept: list[KeptPartition] = []
-    candidates: dict[str, Partition] = {}
-    runs_of: dict[str, list[UUID]] = {}
-    writable = [p for p in partitions if p.upper > drawn + 1]
-    for done, partition in enumerate(p for p in partitions if p.upper <= drawn + 1):
-        progress("checking partitions", done, len(partitions) - len(writable))
+    detach: list[Partition] = []
+    stays: dict[UUID, str] = {}
+    """Runs with events in a partition that stays (first such partition)."""
+    full = [p for p in partitions if p.upper <= drawn + 1]
+    for done, partition in enumerate(full, 1):
         runs, not_archived = await partition_runs_conn(conn, partition, schema=schema)
+        progress("checking partitions", done, len(full))
+        pinned = next((r for r in runs if r in stays), None)
         if not_archived:
-            kept.append(
-                KeptPartition(
-                    partition.name,
-                    f"it holds events of {len(not_archived):,} run(s) not archived "
-                    f"(still running, or ended on or after the cutoff), e.g. run {not_archived[0]}",
-                )
+            reason = (
+                f"it holds events of {plural(len(not_archived), 'run')} not archived "
+                f"(still running, or ended on or after the cutoff), e.g. run {not_archived[0]}"
             )
+        elif pinned is not None:
+            reason = (
+                f"run {pinned} has events here and earlier ones in partition {stays[pinned]}, which stays "
+                "(a run leaves the log from its first event on)"
+            )
+        else:
+            if runs:
+                detach.append(partition)
             continue
-        candidates[partition.name] = partition
-        runs_of[partition.name] = runs
+        kept.append(KeptPartition(partition.name, reason))
+        for run_id in runs:
+            stays.setdefault(run_id, partition.name)
+    writable = [p for p in partitions if p.upper > drawn + 1]
     if writable:
         first = writable[0]
         kept.append(
@@ -173,32 +187,7 @@ async def _partitions_to_detach(
                 f"{drawn:,} drawn so far)",
             )
         )
-    # A run whose events span a partition that stays keeps all its partitions attached:
-    # repeat until no candidate holds a run with events outside the candidates.
-    touched = await run_partitions_conn(conn, [r for runs in runs_of.values() for r in runs], schema=schema)
-    changed = True
-    while changed:
-        changed = False
-        for name in list(candidates):
-            outside = next(
-                (
-                    (run, other)
-                    for run in runs_of[name]
-                    for other in touched.get(run, ())
-                    if other not in candidates
-                ),
-                None,
-            )
-            if outside is not None:
-                del candidates[name]
-                kept.append(
-                    KeptPartition(
-                        name,
-                        f"run {outside[0]} has events here and in partition {outside[1]}, which stays",
-                    )
-                )
-                changed = True
-    return sorted(candidates.values(), key=lambda p: p.lower), kept
+    return detach, kept
 
 
 async def verify_archives(

@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from uuid import UUID
@@ -244,6 +244,57 @@ class RunVerifier:
         self.state = state
 
 
+class TailVerifier:
+    """The events still in the log of an archived run whose first events were detached with
+    their partition: what can be checked without those. From the first event kept on, seq is
+    contiguous, ``prev_hash`` links to the previous event and each hash recomputes from the
+    event's fields; the stream does not change. That the tail ends in the head its archive
+    recorded is checked afterwards (``_archive_check``): the chain then ties every kept event
+    to the archived, verified history. (Legality was checked when the run was archived.)"""
+
+    __slots__ = ("blobs", "events", "last_hash", "next_seq", "problems", "run_id", "stream")
+
+    def __init__(self, run_id: UUID, problems: list[AuditProblem]) -> None:
+        self.run_id = run_id
+        self.problems = problems
+        self.next_seq = -1
+        self.last_hash: str | None = None
+        self.stream: tuple[str, str] | None = None
+        self.events = 0
+        self.blobs: dict[str, tuple[int, int]] = {}
+
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+    def feed(self, event: RawEnvelope, line: int | None = None) -> None:
+        seq = event.seq
+        if self.events:
+            if seq != self.next_seq:
+                self._report(seq, "chain", f"seq {seq} where {self.next_seq} was expected")
+            if event.prev_hash != self.last_hash:
+                self._report(seq, "chain", "prev_hash does not match the previous event's hash")
+            if (event.tenant, event.workflow_id) != self.stream:
+                self._report(seq, "stream", "tenant/workflow differ from the run's")
+        else:
+            self.stream = (event.tenant, event.workflow_id)
+        try:
+            intact = envelope_hash(event).hex() == event.hash
+        except ValueError:
+            intact = False
+        if not intact:
+            self._report(seq, "chain", "hash does not match the event's contents")
+        self.events += 1
+        self.next_seq = seq + 1
+        self.last_hash = event.hash
+
+    def _report(self, seq: int, kind: ProblemKind, problem: str) -> None:
+        self.problems.append(AuditProblem(self.run_id, seq, kind, problem))
+
+
+Verifier = RunVerifier | TailVerifier
+
+
 def verify_run(events: Iterable[RawEnvelope]) -> list[AuditProblem]:
     """Every problem of one run's events (in stored order); ``[]`` when intact and legal."""
     problems: list[AuditProblem] = []
@@ -270,7 +321,10 @@ class AuditReport:
     events: int = 0
     problems: list[AuditProblem] = field(default_factory=list)
     archived: int = 0
-    """Runs out of the log (their partitions detached by an archive), checked against its record."""
+    """Runs wholly or partly out of the log (partitions detached by an archive), checked
+    against the archive's record."""
+    partly_archived: int = 0
+    """Of those, the runs whose last events are still in the log."""
     archives: set[int] = field(default_factory=set)
     """The archives that hold those runs."""
 
@@ -287,8 +341,9 @@ class AuditReport:
         archived = ""
         if self.archived:
             numbers = ", ".join(str(a) for a in sorted(self.archives))
+            partly = f" ({self.partly_archived:,} of them partly)" if self.partly_archived else ""
             archived = (
-                f"; {plural(self.archived, 'archived run')} out of the log, as recorded by "
+                f"; {plural(self.archived, 'archived run')} out of the log{partly}, as recorded by "
                 f"archive{'s' if len(self.archives) != 1 else ''} {numbers}"
             )
         if self.clean:
@@ -310,7 +365,7 @@ Progress = Callable[[int, int], None]
 
 
 def _queue_check(
-    rows: Sequence[tuple[UUID, str]], verifiers: dict[UUID, RunVerifier], problems: list[AuditProblem]
+    rows: Sequence[tuple[UUID, str]], verifiers: Mapping[UUID, Verifier], problems: list[AuditProblem]
 ) -> None:
     for run_id, status in rows:
         verifier = verifiers.get(run_id)
@@ -323,7 +378,7 @@ def _queue_check(
                     f"run_queue holds the run ({status}) but the log has none of its events",
                 )
             )
-        elif status == "ended" and not verifier.ended:
+        elif status == "ended" and isinstance(verifier, RunVerifier) and not verifier.ended:
             problems.append(
                 AuditProblem(
                     run_id,
@@ -336,7 +391,7 @@ def _queue_check(
 
 
 async def _blob_check(
-    conn: Conn, schema: str, verifiers: Iterable[RunVerifier], problems: list[AuditProblem]
+    conn: Conn, schema: str, verifiers: Iterable[Verifier], problems: list[AuditProblem]
 ) -> None:
     """Every blob the runs reference is stored, of its recorded size, hashing to its key."""
     refs = [(v.run_id, sha, seq, size) for v in verifiers for sha, (seq, size) in v.blobs.items()]
@@ -372,22 +427,35 @@ async def archived_heads(conn: Conn, schema: str) -> Archived:
     }
 
 
-def _archive_check(report: AuditReport, verifiers: dict[UUID, RunVerifier], archived: Archived) -> None:
-    """Archived runs still in the log must end in their recorded head; the others are archived."""
+def _verifier(run_id: UUID, first_seq: int, archived: Archived, problems: list[AuditProblem]) -> Verifier:
+    """The checks for a run whose first event in the log has ``first_seq``: a tail when its
+    archive took the events before it."""
+    if first_seq > 0 and run_id in archived:
+        return TailVerifier(run_id, problems)
+    return RunVerifier(run_id, problems)
+
+
+def _archive_check(report: AuditReport, verifiers: Mapping[UUID, Verifier], archived: Archived) -> None:
+    """Archived runs in the log (wholly or their tail) must end in their recorded head; those
+    not in it at all are archived."""
     for run_id, (archive_id, head) in archived.items():
         verifier = verifiers.get(run_id)
-        if verifier is None:
+        if verifier is None or isinstance(verifier, TailVerifier):
             report.archived += 1
             report.archives.add(archive_id)
-        elif (verifier.events, verifier.last_hash) != (head.events, head.head_hash):
+        if verifier is None:
+            continue
+        if isinstance(verifier, TailVerifier):
+            report.partly_archived += 1
+        if (verifier.last_seq + 1, verifier.last_hash) != (head.events, head.head_hash):
             report.problems.append(
                 AuditProblem(
                     run_id,
                     verifier.last_seq,
                     "archive",
-                    f"the log holds {plural(verifier.events, 'event')} ending in hash "
+                    f"the log's events of the run end at seq {verifier.last_seq} in hash "
                     f"{(verifier.last_hash or '')[:16]}..., archive {archive_id} recorded "
-                    f"{plural(head.events, 'event')} ending in {head.head_hash[:16]}...",
+                    f"seq {head.events - 1} and hash {head.head_hash[:16]}...",
                 )
             )
 
@@ -407,7 +475,7 @@ async def audit_log(
     """
     report = AuditReport()
     problems = report.problems
-    verifiers: dict[UUID, RunVerifier] = {}
+    verifiers: dict[UUID, Verifier] = {}
     # Queue rows before the log head: a row seen ended had its terminal event committed
     # already (it is appended first), so the scan up to the head includes it.
     queue = await queue_statuses_conn(conn, store.schema, workflow_id=workflow_id)
@@ -447,7 +515,9 @@ async def audit_log(
                     continue
                 verifier = verifiers.get(event.run_id)
                 if verifier is None:
-                    verifier = verifiers[event.run_id] = RunVerifier(event.run_id, problems)
+                    verifier = verifiers[event.run_id] = _verifier(
+                        event.run_id, event.seq, archived, problems
+                    )
                 verifier.feed(event)
                 events += 1
             position = page[-1].global_position
@@ -472,20 +542,20 @@ async def audit_log(
 async def audit_runs(store: EventStore, conn: Conn, run_ids: Sequence[UUID]) -> AuditReport:
     """Audit the named runs; a run with no stored events is a problem."""
     report = AuditReport()
-    verifiers: dict[UUID, RunVerifier] = {}
+    verifiers: dict[UUID, Verifier] = {}
     run_ids = list(dict.fromkeys(run_ids))
     queue = await queue_statuses_conn(conn, store.schema, run_ids=run_ids)  # before the events: see audit_log
     all_archived = await archived_heads(conn, store.schema)
     archived = {r: all_archived[r] for r in run_ids if r in all_archived}
     for run_id in run_ids:
-        events = await store.read_run(run_id)
+        events = await store.read_run(run_id, archived_ok=True)
         if not events:
             if run_id not in archived:
                 report.problems.append(
                     AuditProblem(run_id, None, "chain", "no events are stored for this run")
                 )
             continue
-        verifier = verifiers[run_id] = RunVerifier(run_id, report.problems)
+        verifier = verifiers[run_id] = _verifier(run_id, events[0].seq, archived, report.problems)
         for event in events:
             verifier.feed(event)
         report.events += len(events)

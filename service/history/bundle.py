@@ -64,7 +64,7 @@ from service.store.archive_sql import (
 )
 from service.store.blobs import Blob, BlobStore, insert_blobs_txn
 from service.store.bundle_sql import event_id_users, register_version_txn, stored_chains
-from service.store.event_store import EventStore
+from service.store.event_store import EventStore, RunArchived
 from service.store.workflow_store import UnknownWorkflow, WorkflowStore
 
 FORMAT_VERSION = 1
@@ -266,7 +266,11 @@ async def collect_runs(
     runs: list[RunExport] = []
     blob_store = BlobStore(store.pool, schema=store.schema)
     for run_id in dict.fromkeys(run_ids):
-        events = await store.read_run(run_id)
+        try:
+            events = await store.read_run(run_id)
+        except RunArchived as exc:
+            problems.append(AuditProblem(run_id, None, "chain", str(exc).split(": ", 1)[1]))
+            continue
         if not events:
             problems.append(AuditProblem(run_id, None, "chain", "no events are stored for this run"))
             continue
@@ -746,12 +750,32 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
         store = EventStore(pool, schema=schema)
         await store.lock_txn(conn)
         existing = await stored_chains(conn, [r.run.run_id for r in runs], schema=schema)
+        archive_id = await archive_with_digest_conn(conn, check.digest, schema=schema)
         conflicts: list[AuditProblem] = []
         to_write: list[RawEnvelope] = []
         for run in runs:
             run_id = run.run.run_id
             have = existing.get(run_id, [])
             want = [(e.seq, e.event_id, e.hash) for e in run.events]
+            if archive_id is not None:
+                # An archive of this log: the log may hold any part of the run (its tail, when the
+                # partition of its first events was detached); the rest goes back.
+                missing, differ = _archive_gap(have, want)
+                if differ is None and missing:
+                    (result.extended_runs if have else result.new_runs).append(run_id)
+                    to_write += [e for e in run.events if e.seq in missing]
+                elif differ is None:
+                    result.present_runs.append(run_id)
+                else:
+                    conflicts.append(
+                        AuditProblem(
+                            run_id,
+                            differ,
+                            "chain",
+                            "the target log holds a different event for this run at this seq",
+                        )
+                    )
+                continue
             differ = next((i for i, (a, b) in enumerate(zip(have, want, strict=False)) if a != b), None)
             if differ is not None:
                 conflicts.append(
@@ -785,7 +809,21 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
             raise ImportRefused(conflicts)
         # The blobs first: a committed reference always has its blob (the same transaction).
         await insert_blobs_txn(conn, (Blob.of(d) for r in runs for d in r.blobs.values()), schema=schema)
-        restore = await _restore_plan_txn(conn, check.digest, to_write, schema) if to_write else None
+        restore = (
+            await _restore_plan_txn(conn, archive_id, to_write, schema) if archive_id and to_write else None
+        )
+        if restore is None and archive_id is not None and to_write and (result.extended_runs):
+            raise ImportRefused(
+                [
+                    AuditProblem(
+                        result.extended_runs[0],
+                        None,
+                        "chain",
+                        "the log holds the end of this archived run but its first events cannot go back to "
+                        "their positions (their partition's record is missing)",
+                    )
+                ]
+            )
         if restore is None:
             await store.insert_recorded_txn(conn, to_write)  # also wakes the relay and projection runners
         else:
@@ -799,14 +837,27 @@ async def import_bundle(pool: asyncpg.Pool, check: BundleCheck, *, schema: str =
     return result
 
 
+def _archive_gap(
+    have: list[tuple[int, UUID, str]], want: list[tuple[int, UUID, str]]
+) -> tuple[set[int], int | None]:
+    """The seqs of ``want`` (a run in an archive bundle) that the log lacks, and the first seq
+    where the log holds something else (None: nothing else)."""
+    held = {entry[0]: entry for entry in have}
+    wanted = {entry[0] for entry in want}
+    for entry in want:
+        if entry[0] in held and held[entry[0]] != entry:
+            return set(), entry[0]
+    extra = sorted(seq for seq in held if seq not in wanted)
+    if extra:
+        return set(), extra[0]
+    return wanted - held.keys(), None
+
+
 async def _restore_plan_txn(
-    conn: Conn, digest: str, events: Sequence[RawEnvelope], schema: str
+    conn: Conn, archive_id: int, events: Sequence[RawEnvelope], schema: str
 ) -> tuple[int, list[Partition]] | None:
-    """When the bundle is an archive of this log whose events can all go back to their own
-    positions: the archive's id and the detached partitions to make again for them."""
-    archive_id = await archive_with_digest_conn(conn, digest, schema=schema)
-    if archive_id is None:
-        return None
+    """When the archive's events can all go back to their own positions: the archive's id and
+    the detached partitions to make again for them (None: they cannot)."""
     attached, drawn = await attached_partitions_conn(conn, schema=schema)
     detached = await detached_partitions_conn(conn, schema=schema)
     needed: dict[str, Partition] = {}

@@ -147,20 +147,6 @@ async def partition_runs_conn(
     return [r[0] for r in rows], [r[0] for r in rows if not r[1]]
 
 
-async def run_partitions_conn(
-    conn: Conn, run_ids: Sequence[UUID], *, schema: str = DB_SCHEMA
-) -> dict[UUID, set[str]]:
-    """The partitions (table names) that hold events of each of ``run_ids``."""
-    rows = await conn.fetch(
-        f'SELECT DISTINCT run_id, tableoid::regclass::text FROM "{schema}".events WHERE run_id = ANY($1::uuid[])',
-        list(run_ids),
-    )
-    found: dict[UUID, set[str]] = {}
-    for run_id, table in rows:
-        found.setdefault(run_id, set()).add(table.rsplit(".", 1)[-1].strip('"'))
-    return found
-
-
 async def detach_partition_conn(
     conn: Conn, partition: Partition, archive_id: int, *, schema: str = DB_SCHEMA
 ) -> None:

@@ -58,6 +58,19 @@ class UnknownRun(LookupError):
     """No events exist for that run id."""
 
 
+class RunArchived(LookupError):
+    """The run's first events were archived (``flowledger archive`` detached their partition):
+    reading it from the start, or past a gap, would silently skip them."""
+
+    def __init__(self, run_id: UUID, first_seq: int) -> None:
+        super().__init__(
+            f"run {run_id} was archived: its events before seq {first_seq} are no longer in the log; "
+            "import its archive bundle (`flowledger import`) to read them"
+        )
+        self.run_id = run_id
+        self.first_seq = first_seq
+
+
 class ConcurrencyError(Exception):
     """``expected_seq`` did not match the run's next seq: someone appended first."""
 
@@ -559,10 +572,17 @@ class EventStore:
             tenant: str | None = await conn.fetchval(self._sql_run_tenant, run_id)
         return tenant
 
-    async def read_run(self, run_id: UUID, after_seq: int = -1, limit: int = 1_000_000) -> list[RawEnvelope]:
-        """The run's events with ``seq > after_seq``, in seq order."""
+    async def read_run(
+        self, run_id: UUID, after_seq: int = -1, limit: int = 1_000_000, *, archived_ok: bool = False
+    ) -> list[RawEnvelope]:
+        """The run's events with ``seq > after_seq``, in seq order.
+
+        Raises ``RunArchived`` when the first of them is not ``after_seq + 1`` (an archive took
+        the events before it), unless ``archived_ok``: then what the log still holds."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self._sql_read_run, run_id, after_seq, limit)
+        if rows and rows[0][2] != max(after_seq + 1, 0) and not archived_ok:
+            raise RunArchived(run_id, rows[0][2])
         return [_envelope(row, msgspec.Raw) for row in rows]
 
     async def read_run_types(

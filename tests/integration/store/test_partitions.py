@@ -60,11 +60,21 @@ async def test_the_migration_keeps_a_populated_log_and_continues_its_positions(
             runs.append(run_id)
         before = await conn.fetch(f'SELECT * FROM "{schema}".events ORDER BY global_position')
         assert len(before) == 5 * 9
-        assert await conn.fetchval(f"SELECT relkind::text FROM pg_class WHERE oid = '\"{schema}\".events'::regclass") == "r"
+        assert (
+            await conn.fetchval(
+                f"SELECT relkind::text FROM pg_class WHERE oid = '\"{schema}\".events'::regclass"
+            )
+            == "r"
+        )
 
         assert await apply_migrations(conn, schema=schema) == ["0011_partitioned_events.sql"]
 
-        assert await conn.fetchval(f"SELECT relkind::text FROM pg_class WHERE oid = '\"{schema}\".events'::regclass") == "p"
+        assert (
+            await conn.fetchval(
+                f"SELECT relkind::text FROM pg_class WHERE oid = '\"{schema}\".events'::regclass"
+            )
+            == "p"
+        )
         after = await conn.fetch(f'SELECT * FROM "{schema}".events ORDER BY global_position')
         assert [tuple(r) for r in after] == [tuple(r) for r in before]
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".events_initial') == len(before)
@@ -97,9 +107,7 @@ async def test_every_partition_and_the_parent_refuse_update_delete_truncate(
             await append_run(store, orders_history())
     async with pool.acquire() as conn:
         names = await partitions(conn, schema)
-        holding = [
-            name for name in names if await conn.fetchval(f'SELECT count(*) FROM "{schema}"."{name}"')
-        ]
+        holding = [name for name in names if await conn.fetchval(f'SELECT count(*) FROM "{schema}"."{name}"')]
         assert len(holding) >= 3, names
         tables = ["events", *names]
         for table in tables:
@@ -115,7 +123,9 @@ async def test_every_partition_and_the_parent_refuse_update_delete_truncate(
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".events') == 4 * 9
 
 
-async def test_duplicate_run_seq_or_event_id_is_refused_across_partitions(pool: asyncpg.Pool, schema: str) -> None:
+async def test_duplicate_run_seq_or_event_id_is_refused_across_partitions(
+    pool: asyncpg.Pool, schema: str
+) -> None:
     async with pool.acquire() as conn:
         await set_partition_size(conn, schema, 10)
     async with started_store(pool, schema) as store:
@@ -125,7 +135,8 @@ async def test_duplicate_run_seq_or_event_id_is_refused_across_partitions(pool: 
     columns = "run_id, seq, type, tenant, workflow_id, recorded_at, schema_version, prev_hash, hash, data"
     async with pool.acquire() as conn:
         (origin,) = await conn.fetch(
-            f'SELECT tableoid::regclass::text, event_id FROM "{schema}".events WHERE run_id = $1 AND seq = 0', first
+            f'SELECT tableoid::regclass::text, event_id FROM "{schema}".events WHERE run_id = $1 AND seq = 0',
+            first,
         )
         assert origin[0] != (await partitions(conn, schema))[-1]  # the copy lands in another partition
         with pytest.raises(asyncpg.UniqueViolationError, match="duplicate run_id, seq"):
