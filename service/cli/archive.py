@@ -146,16 +146,14 @@ def archive_command(ctx: click.Context, before: datetime, directory: Path) -> No
 
 
 def _report(result: ArchiveResult, before: datetime) -> None:
+    cutoff = f"{before:%Y-%m-%d %H:%M:%S}Z"
     if result.archive_id is None:
+        click.echo(f"nothing to archive: no run ended before {cutoff} that is not archived already")
+    else:
         click.echo(
-            f"nothing to archive: no run ended before {before:%Y-%m-%d %H:%M:%S}Z that is not archived already"
+            f"archive {result.archive_id}: {plural(result.runs, 'run')} ({plural(result.events, 'event')}) "
+            f"ended before {cutoff} written to {result.bundle}, verified; digest sha256:{result.digest}"
         )
-        return
-    click.echo(
-        f"archive {result.archive_id}: {plural(result.runs, 'run')} ({plural(result.events, 'event')}) "
-        f"ended before {before:%Y-%m-%d %H:%M:%S}Z written to {result.bundle}, verified; "
-        f"digest sha256:{result.digest}"
-    )
     for partition in result.detached:
         click.echo(
             f"detached and dropped partition {partition.name} "
@@ -163,10 +161,13 @@ def _report(result: ArchiveResult, before: datetime) -> None:
         )
     for kept in result.kept:
         click.echo(f"kept partition {kept.name}: {kept.reason}")
-    if not result.detached:
+    if result.detached:
+        if result.bundle is not None:
+            click.echo(f"keep {result.bundle} safe: it is now the only copy of the detached events")
+        else:
+            click.echo("keep the archive bundles safe: they are now the only copy of the detached events")
+    elif result.kept:
         click.echo(
             "no partition could be detached: the archived runs stay readable in the log "
-            "(a later archive detaches their partitions once nothing else is in them)"
+            "(a later `flowledger archive` detaches their partitions once nothing else is in them)"
         )
-    else:
-        click.echo(f"keep {result.bundle} safe: it is now the only copy of the detached events")

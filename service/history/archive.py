@@ -39,7 +39,9 @@ from service.store.archive_sql import (
     detach_partition_conn,
     ended_runs_before_conn,
     insert_archive_conn,
+    latest_archive_conn,
     partition_runs_conn,
+    reader_positions_conn,
 )
 from service.store.event_store import EventStore
 from service.store.workflow_store import WorkflowStore
@@ -101,6 +103,12 @@ async def archive(
     async with store.pool.acquire() as conn:
         run_ids = await ended_runs_before_conn(conn, before, schema=schema)
     if not run_ids:
+        # Nothing new: what earlier archives hold may have become detachable since (readers
+        # caught up, a run that pinned a partition was archived). Recorded under the latest.
+        async with store.pool.acquire() as conn:
+            latest = await latest_archive_conn(conn, schema=schema)
+            if latest is not None:
+                await _detach_conn(conn, schema, latest, result, progress)
         return result
     spool = BundleSpool(directory)
     try:
@@ -132,25 +140,34 @@ async def archive(
         result.archive_id = await insert_archive_conn(
             conn, before=before, heads=heads, bundle_file=path.name, bundle_sha256=digest, schema=schema
         )
-        detach, result.kept = await _partitions_to_detach(conn, schema, progress)
-        for done, partition in enumerate(detach, 1):
-            await detach_partition_conn(conn, partition, result.archive_id, schema=schema)
-            result.detached.append(partition)
-            progress("detaching partitions", done, len(detach))
+        await _detach_conn(conn, schema, result.archive_id, result, progress)
     return result
+
+
+async def _detach_conn(
+    conn: Conn, schema: str, archive_id: int, result: ArchiveResult, progress: Progress
+) -> None:
+    """Detach and drop what can be (recorded under ``archive_id``); say what stays and why."""
+    detach, result.kept = await _partitions_to_detach(conn, schema, progress)
+    for done, partition in enumerate(detach, 1):
+        await detach_partition_conn(conn, partition, archive_id, schema=schema)
+        result.detached.append(partition)
+        progress("detaching partitions", done, len(detach))
 
 
 async def _partitions_to_detach(
     conn: Conn, schema: str, progress: Progress
 ) -> tuple[list[Partition], list[KeptPartition]]:
-    """The partitions that hold events, all of them of archived runs, no position still to be
-    drawn, and no run whose earlier events are in a partition that stays; and those kept, with
-    the reason. (Empty ones stay: nothing to gain.)
+    """The partitions that hold events, all of them of archived runs and read by every reader
+    of the log (``checkpoints``), no position still to be drawn, and no run whose earlier
+    events are in a partition that stays; and those kept, with the reason. (Empty ones stay:
+    nothing to gain.)
 
     The last condition keeps what leaves the log a prefix of each run: a run read from the log
     either starts at seq 0 or visibly does not (``RunArchived``), never silently lacks its
     middle or its end."""
     partitions, drawn = await attached_partitions_conn(conn, schema=schema)
+    readers = await reader_positions_conn(conn, schema=schema)
     kept: list[KeptPartition] = []
     detach: list[Partition] = []
     stays: dict[UUID, str] = {}
@@ -160,7 +177,13 @@ async def _partitions_to_detach(
         runs, not_archived = await partition_runs_conn(conn, partition, schema=schema)
         progress("checking partitions", done, len(full))
         pinned = next((r for r in runs if r in stays), None)
-        if not_archived:
+        behind = next(((name, at) for name, at in readers.items() if at < partition.upper - 1), None)
+        if behind is not None and runs:
+            reason = (
+                f"reader {behind[0]} has read the log up to position {behind[1]:,} only "
+                "(the relay and the projections must have read these events first)"
+            )
+        elif not_archived:
             reason = (
                 f"it holds events of {plural(len(not_archived), 'run')} not archived "
                 f"(still running, or ended on or after the cutoff), e.g. run {not_archived[0]}"

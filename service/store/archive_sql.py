@@ -122,6 +122,12 @@ async def archive_with_digest_conn(conn: Conn, sha256: str, *, schema: str = DB_
     return value
 
 
+async def latest_archive_conn(conn: Conn, *, schema: str = DB_SCHEMA) -> int | None:
+    """The id of the latest archive (None: there is none)."""
+    value: int | None = await conn.fetchval(f'SELECT max(id) FROM "{schema}".archives')
+    return value
+
+
 async def attached_partitions_conn(conn: Conn, *, schema: str = DB_SCHEMA) -> tuple[list[Partition], int]:
     """The log's attached partitions in position order, and the highest position drawn so far
     (a partition whose upper bound is past it may still receive appends)."""
@@ -134,6 +140,12 @@ async def attached_partitions_conn(conn: Conn, *, schema: str = DB_SCHEMA) -> tu
         "'global_position')), 0)"
     )
     return [Partition(*row) for row in rows], int(drawn)
+
+
+async def reader_positions_conn(conn: Conn, *, schema: str = DB_SCHEMA) -> dict[str, int]:
+    """Where each reader tailing the log (relay, projections: ``checkpoints``) has read up to."""
+    rows = await conn.fetch(f'SELECT name, position FROM "{schema}".checkpoints ORDER BY name')
+    return {name: int(position) for name, position in rows}
 
 
 async def partition_runs_conn(

@@ -192,3 +192,28 @@ def test_archive_refuses_bad_input_in_one_line(servers: Servers, tmp_path: Path)
             result.stderr.splitlines()[-1]
         ]
     assert not list(tmp_path.glob("*.ndjson"))
+
+
+def test_partitions_wait_for_the_readers_of_the_log_and_a_later_archive_detaches_them(
+    servers: Servers, tmp_path: Path
+) -> None:
+    with scratch_database_sync(servers.database_url, "archive") as url:
+        ended, _running = asyncio.run(_write_runs(url, ended=4))
+        asyncio.run(_read(url, "INSERT INTO flowledger.checkpoints (name, position) VALUES ('relay', 5)"))
+
+        first = _invoke(url, "archive", "--before", _tomorrow(), "-o", str(tmp_path))
+        assert first.exit_code == 0, first.output
+        assert "archive 1: 4 runs" in first.stdout
+        assert "detached and dropped" not in first.stdout
+        assert "reader relay has read the log up to position 5 only" in first.stdout
+        assert "no partition could be detached" in first.stdout
+        assert all(asyncio.run(_events(url, ended)).values())  # every archived run still readable
+
+        asyncio.run(_read(url, "UPDATE flowledger.checkpoints SET position = 1000 WHERE name = 'relay'"))
+        second = _invoke(url, "archive", "--before", _tomorrow(), "-o", str(tmp_path))
+        assert second.exit_code == 0, second.output
+        assert second.stdout.startswith("nothing to archive")
+        assert "detached and dropped partition events_0000000000000000001 " in second.stdout
+        (archive,) = asyncio.run(_read(url, "SELECT partitions_detached FROM flowledger.archives"))
+        assert "events_0000000000000000001" in archive[0]
+        assert len(list(tmp_path.glob("*.ndjson"))) == 1
