@@ -217,3 +217,25 @@ def test_partitions_wait_for_the_readers_of_the_log_and_a_later_archive_detaches
         (archive,) = asyncio.run(_read(url, "SELECT partitions_detached FROM flowledger.archives"))
         assert "events_0000000000000000001" in archive[0]
         assert len(list(tmp_path.glob("*.ndjson"))) == 1
+
+
+def test_a_changed_event_of_a_partly_archived_run_fails_the_audit(servers: Servers, tmp_path: Path) -> None:
+    with scratch_database_sync(servers.database_url, "archive") as url:
+        ended, _running = asyncio.run(_write_runs(url, ended=6, after=6))
+        assert _invoke(url, "archive", "--before", _tomorrow(), "-o", str(tmp_path)).exit_code == 0
+        before = asyncio.run(_events(url, ended))
+        partly = next(r for r, events in before.items() if events and events[0].seq > 0)
+        last = before[partly][-1]
+        asyncio.run(
+            _read(
+                url,
+                "DO $$ BEGIN "
+                "ALTER TABLE flowledger.events DISABLE TRIGGER USER; "
+                f"UPDATE flowledger.events SET data = replace(data::text, '3.5', '4.5')::json "
+                f"WHERE run_id = '{partly}' AND seq = {last.seq}; "
+                "ALTER TABLE flowledger.events ENABLE TRIGGER USER; END $$",
+            )
+        )
+        audit = _invoke(url, "audit", "verify", "--all")
+        assert audit.exit_code == 1, audit.output
+        assert f"run {partly} seq {last.seq}: chain: hash does not match the event's contents" in audit.stdout
