@@ -391,17 +391,15 @@ class EventStore:
         try:
             async with conn.transaction():
                 failures = await self._write_batch_txn(conn, batch)
-        except asyncpg.CheckViolationError as exc:
-            # No range of the log for these positions (the appends outran the ranges made ahead):
-            # make them and write the batch again; nothing of it was written.
-            if retried or not _no_partition(exc) or not is_usable(conn):
-                raise
-            for request in batch:
-                request.recorded = []
-            await self.ensure_partitions_conn(conn, sum(len(r.events) for r in batch))
-            await self._commit_batch(conn, batch, retried=True)
-            return
-        except asyncpg.PostgresError:
+        except asyncpg.PostgresError as exc:
+            if _no_partition(exc) and not retried and is_usable(conn):
+                # No range of the log for these positions (the appends outran the ranges made
+                # ahead): make them and write the batch again; nothing of it was written.
+                for request in batch:
+                    request.recorded = []
+                await self.ensure_partitions_conn(conn, sum(len(r.events) for r in batch))
+                await self._commit_batch(conn, batch, retried=True)
+                return
             # One request can make the database refuse the whole transaction: text it cannot
             # store (a NUL character) in a with_txn hook's row, a writer that bypassed the append
             # lock (unique violation). Retry one request per transaction so that only the
@@ -648,9 +646,11 @@ class EventStore:
         return int(value)
 
 
-def _no_partition(error: asyncpg.CheckViolationError) -> bool:
+def _no_partition(error: asyncpg.PostgresError) -> bool:
     """Whether PostgreSQL refused a row because no partition of the log covers its position."""
-    return str(error).startswith("no partition of relation")
+    return isinstance(error, asyncpg.CheckViolationError) and str(error).startswith(
+        "no partition of relation"
+    )
 
 
 def _refusal(request: _AppendRequest, head: _Head | None) -> Exception | None:
