@@ -12,22 +12,24 @@
 -- the appends. A partition is created by CREATE TABLE + ATTACH PARTITION, which takes
 -- only a SHARE UPDATE EXCLUSIVE lock on the log: appends and reads go on meanwhile.
 --
--- Cost of the migration on a populated log: the two indexes that were unique
--- (event_id; run_id, seq) are rebuilt as plain partitioned indexes, and ATTACH
--- checks the rows against the first range once. Writers wait for it (one transaction).
+-- Cost of the migration on a populated log: ATTACH checks the rows against the first
+-- range once (a sequential scan); no index is rebuilt. Writers wait for it (one transaction).
 
--- 1. The existing table, its names freed for the partitioned parent.
+-- 1. The existing table, its names freed for the partitioned parent. Its unique constraints
+-- on event_id and (run_id, seq) stay: every partition has them (see 2).
 ALTER TABLE flowledger.events RENAME TO events_initial;
 ALTER TABLE flowledger.events_initial RENAME CONSTRAINT events_pkey TO events_initial_pkey;
-ALTER TABLE flowledger.events_initial DROP CONSTRAINT events_event_id_key;
-ALTER TABLE flowledger.events_initial DROP CONSTRAINT events_run_seq_key;
+ALTER TABLE flowledger.events_initial RENAME CONSTRAINT events_event_id_key TO events_initial_event_id_key;
+ALTER TABLE flowledger.events_initial RENAME CONSTRAINT events_run_seq_key TO events_initial_run_seq_key;
 ALTER INDEX flowledger.events_workflow_idx RENAME TO events_initial_workflow_idx;
 DROP TRIGGER events_refuse_update_delete ON flowledger.events_initial;
 DROP TRIGGER events_refuse_truncate ON flowledger.events_initial;
 
 -- 2. The partitioned log: the same columns, checks and indexes. A unique index of a
--- partitioned table must include the partition key, so (run_id, seq) and event_id are
--- plain indexes here and their uniqueness is enforced by events_unique_keys below.
+-- partitioned table must include the partition key, so (run_id, seq) and event_id cannot be
+-- unique indexes of the log. Instead every partition has its own unique constraints on them
+-- (a duplicate within one partition is refused as before, at no extra cost), and
+-- events_unique_keys below refuses a duplicate of a row in another partition.
 CREATE TABLE flowledger.events (
     global_position bigint GENERATED ALWAYS AS IDENTITY,
     event_id        uuid        NOT NULL,
@@ -46,8 +48,6 @@ CREATE TABLE flowledger.events (
     CONSTRAINT events_prev_hash_first CHECK ((seq = 0) = (prev_hash IS NULL))
 ) PARTITION BY RANGE (global_position);
 
-CREATE INDEX events_event_id_idx ON flowledger.events (event_id);
-CREATE INDEX events_run_seq_idx ON flowledger.events (run_id, seq);
 CREATE INDEX events_workflow_idx ON flowledger.events (tenant, workflow_id, global_position);
 
 -- History cannot be rewritten. The row trigger is cloned onto every partition, present and
@@ -69,26 +69,34 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- (run_id, seq) and event_id stay unique across all partitions: after each INSERT statement
--- into the log, every new row is looked up by those keys (one index probe per partition,
--- a nested loop by construction: LATERAL ... LIMIT 1). The statement first takes the append
--- lock (the event store already holds it; re-taking is free), so two writers that bypass the
--- store are serialized here and the second sees the first's committed rows.
+-- into the log, every new row is looked up by those keys in the partitions other than its own
+-- (its own partition's unique constraints cover that one). Those lookups find nothing in the
+-- normal case and stay inside the indexes (no heap access), and run-time pruning skips the
+-- row's own partition, so the check costs little. The statement first takes the append lock
+-- (the event store already holds it; re-taking is free), so two writers that bypass the store
+-- are serialized here and the second sees the first's committed rows.
 CREATE FUNCTION flowledger.refuse_duplicate_event() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     dup record;
 BEGIN
     PERFORM pg_advisory_xact_lock(flowledger.append_lock_key(TG_TABLE_SCHEMA));
-    SELECT n.run_id, n.seq, n.event_id, d.what INTO dup
+    SELECT n.run_id, n.seq, n.event_id,
+           CASE WHEN EXISTS (SELECT 1 FROM flowledger.events e WHERE e.run_id = n.run_id AND e.seq = n.seq
+                             AND (e.global_position < p.lower_position OR e.global_position >= p.upper_position))
+                THEN 'run_id, seq' ELSE 'event_id' END AS what
+    INTO dup
     FROM new_events n
-    CROSS JOIN LATERAL (
-        (SELECT 'run_id, seq' AS what FROM flowledger.events e
-         WHERE e.run_id = n.run_id AND e.seq = n.seq AND e.global_position <> n.global_position LIMIT 1)
-        UNION ALL
-        (SELECT 'event_id' FROM flowledger.events e
-         WHERE e.event_id = n.event_id AND e.global_position <> n.global_position LIMIT 1)
-        LIMIT 1
-    ) d
+    JOIN flowledger.event_partitions p
+      ON n.global_position >= p.lower_position AND n.global_position < p.upper_position AND p.detached_at IS NULL
+    WHERE EXISTS (SELECT 1 FROM flowledger.events e WHERE e.run_id = n.run_id AND e.seq = n.seq
+                  AND e.global_position < p.lower_position)
+       OR EXISTS (SELECT 1 FROM flowledger.events e WHERE e.run_id = n.run_id AND e.seq = n.seq
+                  AND e.global_position >= p.upper_position)
+       OR EXISTS (SELECT 1 FROM flowledger.events e WHERE e.event_id = n.event_id
+                  AND e.global_position < p.lower_position)
+       OR EXISTS (SELECT 1 FROM flowledger.events e WHERE e.event_id = n.event_id
+                  AND e.global_position >= p.upper_position)
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'flowledger.events: duplicate % (run %, seq %, event_id %)',
@@ -155,7 +163,9 @@ DECLARE
     nsp text := (SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE c.oid = 'flowledger.events'::regclass);
 BEGIN
-    EXECUTE format('CREATE TABLE %s.%I (LIKE %s.events INCLUDING CONSTRAINTS)', nsp, part, nsp);
+    EXECUTE format('CREATE TABLE %s.%I (LIKE %s.events INCLUDING CONSTRAINTS, '
+                   'CONSTRAINT %I UNIQUE (event_id), CONSTRAINT %I UNIQUE (run_id, seq))',
+                   nsp, part, nsp, part || '_event_id_key', part || '_run_seq_key');
     EXECUTE format('ALTER TABLE %s.events ATTACH PARTITION %s.%I FOR VALUES FROM (%s) TO (%s)',
                    nsp, nsp, part, lower, upper);
     EXECUTE format('CREATE TRIGGER events_refuse_truncate BEFORE TRUNCATE ON %s.%I '

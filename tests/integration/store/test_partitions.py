@@ -152,6 +152,17 @@ async def test_duplicate_run_seq_or_event_id_is_refused_across_partitions(
                 f'schema_version, NULL, hash, data FROM "{schema}".events WHERE run_id = $1 AND seq = 0',
                 first,
             )
+        # Within one partition its own unique constraints refuse it, as the unpartitioned log did.
+        (last,) = await conn.fetch(
+            f'SELECT run_id, seq, tableoid::regclass::text FROM "{schema}".events ORDER BY global_position DESC LIMIT 1'
+        )
+        with pytest.raises(asyncpg.UniqueViolationError, match="run_seq_key"):
+            await conn.execute(
+                f'INSERT INTO "{schema}".events (event_id, {columns}) '
+                f'SELECT gen_random_uuid(), {columns} FROM "{schema}".events WHERE run_id = $1 AND seq = $2',
+                last[0],
+                last[1],
+            )
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".events') == 4 * 9
 
 
