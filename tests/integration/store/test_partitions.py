@@ -1,6 +1,6 @@
 """The log partitioned by ranges of global_position (migration 0011): it applies to a populated
 log and keeps every row, every partition refuses UPDATE, DELETE and TRUNCATE like the parent,
-(run_id, seq) and event_id stay unique across partitions, and appends that outrun the ranges
+(run_id, seq) and event_id stay unique, and appends that outrun the ranges
 made ahead are neither lost nor reordered."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pytest
 from schemas.events import NodeExecuteBefore
 from service.history.audit import audit_log
 from service.infra.migrations import apply_migrations
-from service.store.event_store import EventStore
-from tests.helpers.stored_runs import append_run, orders_history, started_store
+from service.store.bundle_sql import event_id_users
+from service.store.event_store import ConcurrencyError, EventStore
+from tests.helpers.stored_runs import TENANT, append_run, orders_history, started_store
 
 
 async def set_partition_size(conn: asyncpg.Connection, schema: str, size: int) -> None:
@@ -123,38 +124,31 @@ async def test_every_partition_and_the_parent_refuse_update_delete_truncate(
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".events') == 4 * 9
 
 
-async def test_duplicate_run_seq_or_event_id_is_refused_across_partitions(
-    pool: asyncpg.Pool, schema: str
-) -> None:
+async def test_duplicate_run_seq_or_event_id_is_refused(pool: asyncpg.Pool, schema: str) -> None:
+    """Within a partition the database refuses it (the partition's own unique constraints);
+    across partitions the writers do: the store's seq comes from the run's head in every
+    partition, and an import looks event ids up in the whole log."""
     async with pool.acquire() as conn:
         await set_partition_size(conn, schema, 10)
     async with started_store(pool, schema) as store:
         first = await append_run(store, orders_history())
         for _ in range(3):
             await append_run(store, orders_history())
+        async with pool.acquire() as conn:
+            (origin,) = await conn.fetch(
+                f'SELECT tableoid::regclass::text FROM "{schema}".events WHERE run_id = $1 ORDER BY seq LIMIT 1',
+                first,
+            )
+            assert origin[0] != (await partitions(conn, schema))[-1]  # the run starts in an older partition
+        # Appending seq 0 again: refused by the store, whose head of the run spans partitions.
+        with pytest.raises(ConcurrencyError):
+            await store.append(first, orders_history()[0], 0, tenant=TENANT, workflow_id="orders")
+        events = await store.read_run(first)
     columns = "run_id, seq, type, tenant, workflow_id, recorded_at, schema_version, prev_hash, hash, data"
     async with pool.acquire() as conn:
-        (origin,) = await conn.fetch(
-            f'SELECT tableoid::regclass::text, event_id FROM "{schema}".events WHERE run_id = $1 AND seq = 0',
-            first,
-        )
-        assert origin[0] != (await partitions(conn, schema))[-1]  # the copy lands in another partition
-        with pytest.raises(asyncpg.UniqueViolationError, match="duplicate run_id, seq"):
-            await conn.execute(
-                f'INSERT INTO "{schema}".events (event_id, {columns}) '
-                f'SELECT gen_random_uuid(), {columns} FROM "{schema}".events WHERE run_id = $1 AND seq = 0',
-                first,
-            )
-        with pytest.raises(asyncpg.UniqueViolationError, match="duplicate event_id"):
-            await conn.execute(
-                f'INSERT INTO "{schema}".events (event_id, {columns}) '
-                f"SELECT event_id, gen_random_uuid(), 0, type, tenant, workflow_id, recorded_at, "
-                f'schema_version, NULL, hash, data FROM "{schema}".events WHERE run_id = $1 AND seq = 0',
-                first,
-            )
-        # Within one partition its own unique constraints refuse it, as the unpartitioned log did.
+        # The same (run_id, seq) or event_id within one partition: refused by the database.
         (last,) = await conn.fetch(
-            f'SELECT run_id, seq, tableoid::regclass::text FROM "{schema}".events ORDER BY global_position DESC LIMIT 1'
+            f'SELECT run_id, seq, event_id FROM "{schema}".events ORDER BY global_position DESC LIMIT 1'
         )
         with pytest.raises(asyncpg.UniqueViolationError, match="run_seq_key"):
             await conn.execute(
@@ -163,6 +157,16 @@ async def test_duplicate_run_seq_or_event_id_is_refused_across_partitions(
                 last[0],
                 last[1],
             )
+        with pytest.raises(asyncpg.UniqueViolationError, match="event_id_key"):
+            await conn.execute(
+                f'INSERT INTO "{schema}".events (event_id, {columns}) '
+                f"SELECT event_id, gen_random_uuid(), 0, type, tenant, workflow_id, recorded_at, "
+                f'schema_version, NULL, hash, data FROM "{schema}".events WHERE event_id = $1',
+                last[2],
+            )
+        # An event id of the older partition, imported in another run: refused by the import.
+        clashes = await event_id_users(conn, [events[0].event_id], schema=schema)
+        assert clashes == [(events[0].event_id, first, 0)]
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".events') == 4 * 9
 
 
