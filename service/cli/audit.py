@@ -270,6 +270,9 @@ def import_bundle_command(ctx: click.Context, file: Path, expect_digest: str | N
     refuses the whole import. The bundle's workflow versions are registered.
     Imported runs are history only: they are not queued for execution.
 
+    A bundle `flowledger archive` wrote from this log brings its runs back: the
+    events an archive took out of the log return to their own positions.
+
     Database: --database-url (FLOWLEDGER_DATABASE_URL), else the embedded one under --home
     (FLOWLEDGER_HOME, default ./.flowledger). With no database there, the embedded one is
     created (an empty Flowledger can start from a bundle).
