@@ -81,27 +81,36 @@ CREATE TABLE flowledger.event_partitions (
     CHECK (lower_position < upper_position)
 );
 
--- 4. The existing table becomes the first partition: every position drawn so far.
+-- 4. The existing table becomes the first partition: every position drawn so far. A log with
+-- no events (a new installation) has its empty table dropped instead, its range recorded as
+-- detached: every partition costs each read of the log a little, an empty one for nothing.
 DO $$
 DECLARE
     seq_name text := pg_get_serial_sequence('flowledger.events_initial', 'global_position');
     drawn bigint;
     upper bigint;
+    empty boolean;
 BEGIN
     EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM %s', seq_name) INTO drawn;
-    SELECT greatest(drawn, coalesce(max(global_position), 0)) + 1 INTO upper FROM flowledger.events_initial;
+    SELECT greatest(drawn, coalesce(max(global_position), 0)) + 1, count(*) = 0 INTO upper, empty
+    FROM flowledger.events_initial;
+    EXECUTE format('ALTER TABLE flowledger.events ALTER COLUMN global_position RESTART WITH %s', upper);
+    IF empty THEN
+        DROP TABLE flowledger.events_initial;
+        INSERT INTO flowledger.event_partitions (name, lower_position, upper_position, detached_at)
+        VALUES ('events_initial', 0, upper, now());
+        RETURN;
+    END IF;
     ALTER TABLE flowledger.events_initial ALTER COLUMN global_position DROP IDENTITY;
     EXECUTE format('ALTER TABLE flowledger.events ATTACH PARTITION flowledger.events_initial '
                    'FOR VALUES FROM (0) TO (%s)', upper);
-    EXECUTE format('ALTER TABLE flowledger.events ALTER COLUMN global_position RESTART WITH %s', upper);
+    CREATE TRIGGER events_refuse_truncate
+        BEFORE TRUNCATE ON flowledger.events_initial
+        FOR EACH STATEMENT EXECUTE FUNCTION flowledger.refuse_event_change();
     INSERT INTO flowledger.event_partitions (name, lower_position, upper_position)
     VALUES ('events_initial', 0, upper);
 END;
 $$;
-
-CREATE TRIGGER events_refuse_truncate
-    BEFORE TRUNCATE ON flowledger.events_initial
-    FOR EACH STATEMENT EXECUTE FUNCTION flowledger.refuse_event_change();
 
 -- 5. Making partitions. attach_event_partition creates the table of one range (in the log's
 -- schema) and attaches it; ensure_event_partitions makes the ranges that follow the last one
