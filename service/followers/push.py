@@ -102,24 +102,32 @@ class Subscription:
         except asyncio.QueueFull:
             self.overflowed = True
 
-    async def next(self, timeout: float) -> PushEvent | None:
-        """The next live event, or None after ``timeout`` seconds of silence."""
+    async def next_batch(self, timeout: float) -> list[PushEvent] | None:
+        """Every live event queued now (waiting up to ``timeout`` seconds for the first), or None
+        after that long in silence. Taking them all at once lets a client write them in one go."""
         if self.overflowed:
             raise Overflow(f"more than {self.queue.maxsize} events queued for a client that is not reading")
         if self.closed:
             raise HubClosing("the service is shutting down")
-        try:
-            item: Any = self.queue.get_nowait()  # the common case under load: no task, no timer
-        except asyncio.QueueEmpty:
+        queue = self.queue
+        if queue.empty():
             try:
                 async with asyncio.timeout(timeout):
-                    item = await self.queue.get()
+                    first: Any = await queue.get()
             except TimeoutError:
                 return None
-        if item is _CLOSE:
+        else:
+            first = queue.get_nowait()  # the common case under load: no task, no timer
+        if first is _CLOSE:
             raise HubClosing("the service is shutting down")
-        event: PushEvent = item
-        return event
+        batch: list[PushEvent] = [first]
+        while not queue.empty():
+            item: Any = queue.get_nowait()
+            if item is _CLOSE:
+                self.closed = True  # the events before it still go out; the next call ends the stream
+                break
+            batch.append(item)
+        return batch
 
     def close(self) -> None:
         self.closed = True
@@ -213,6 +221,11 @@ class PushHub:
         self.delivered += 1
 
 
+def _ends_run(batch: list[PushEvent]) -> bool:
+    """A run's terminal event is its last, so it can only end a batch."""
+    return batch[-1].type in TERMINAL_TYPES
+
+
 async def run_events(
     hub: PushHub,
     store: EventStore,
@@ -222,9 +235,11 @@ async def run_events(
     heartbeat_s: float = 15.0,
     poll_s: float = 5.0,
     stop_at_end: bool = True,
-) -> AsyncIterator[PushEvent | None]:
-    """Every event of ``run_id`` after ``after_seq``, exactly once and in seq order.
+) -> AsyncIterator[list[PushEvent] | None]:
+    """Every event of ``run_id`` after ``after_seq``, exactly once and in seq order, in batches.
 
+    A batch is what is ready at once (a page of stored events, or the live events queued
+    while the client was writing), so a busy client writes several events in one go.
     Yields None as a heartbeat when nothing happened for ``heartbeat_s``. Ends after
     the run's terminal event (when ``stop_at_end``). Raises ``Overflow`` when the
     consumer does not keep up.
@@ -235,23 +250,22 @@ async def run_events(
     last = after_seq
     try:
 
-        async def catch_up(until: int | None = None) -> AsyncIterator[PushEvent]:
+        async def catch_up(until: int | None = None) -> AsyncIterator[list[PushEvent]]:
             nonlocal last
             while True:
                 stored = await store.read_run(run_id, after_seq=last, limit=500)
-                for event in stored:
-                    if until is not None and event.seq > until:
-                        return
-                    last = event.seq
-                    yield from_envelope(event, cap)
-                if len(stored) < 500:
+                page = [from_envelope(event, cap) for event in stored if until is None or event.seq <= until]
+                if page:
+                    last = page[-1].seq
+                    yield page
+                if len(stored) < 500 or len(page) < len(stored):
                     return
 
         resumed_from_end = after_seq >= 0
-        async for event in catch_up():
+        async for page in catch_up():
             resumed_from_end = False
-            yield event
-            if stop_at_end and event.type in TERMINAL_TYPES:
+            yield page
+            if stop_at_end and _ends_run(page):
                 return
         if resumed_from_end and stop_at_end:
             # Resuming at or past the run's last event: if that was its end, there is nothing more.
@@ -260,16 +274,16 @@ async def run_events(
                 return
         quiet = 0.0
         while True:
-            live = await sub.next(min(poll_s, heartbeat_s))
+            live = await sub.next_batch(min(poll_s, heartbeat_s))
             if live is None or sub.generation != hub.generation:
                 sub.generation = hub.generation
                 # Silence or a NATS reconnect: anything stored but not (yet) pushed comes from the
                 # log, so a stalled relay delays a client by at most ``poll_s``.
                 caught = False
-                async for event in catch_up():
+                async for page in catch_up():
                     caught = True
-                    yield event
-                    if stop_at_end and event.type in TERMINAL_TYPES:
+                    yield page
+                    if stop_at_end and _ends_run(page):
                         return
                 if live is None:
                     quiet = 0.0 if caught else quiet + min(poll_s, heartbeat_s)
@@ -278,17 +292,21 @@ async def run_events(
                         yield None
                     continue
             quiet = 0.0
-            if live.seq <= last:
-                continue
-            if live.seq > last + 1:
-                async for event in catch_up(until=live.seq - 1):
-                    yield event
-            if live.seq != last + 1:
-                continue  # the gap could not be filled yet (not visible); the log catch-up will deliver it
-            last = live.seq
-            yield live
-            if stop_at_end and live.type in TERMINAL_TYPES:
-                return
+            batch: list[PushEvent] = []
+            for event in live:
+                if event.seq <= last:
+                    continue
+                if event.seq > last + 1:
+                    async for page in catch_up(until=event.seq - 1):
+                        batch.extend(page)
+                if event.seq != last + 1:
+                    continue  # the gap could not be filled yet (not visible); the log catch-up will deliver it
+                last = event.seq
+                batch.append(event)
+            if batch:
+                yield batch
+                if stop_at_end and _ends_run(batch):
+                    return
     finally:
         hub.unsubscribe(sub)
 
@@ -302,8 +320,9 @@ async def all_events(
     workflow_id: str | None,
     types: frozenset[str] | None,
     heartbeat_s: float = 15.0,
-) -> AsyncIterator[PushEvent | None]:
-    """Every event of the tenant (optionally one workflow / some types) after a global position, in log order."""
+) -> AsyncIterator[list[PushEvent] | None]:
+    """Every event of the tenant (optionally one workflow / some types) after a global position,
+    in log order, in batches of what is ready at once."""
 
     def matches(event: PushEvent) -> bool:
         return (
@@ -317,34 +336,34 @@ async def all_events(
     last = after_position
     try:
 
-        async def catch_up() -> AsyncIterator[PushEvent]:
+        async def catch_up() -> AsyncIterator[list[PushEvent]]:
             nonlocal last
             while True:
                 stored = await store.read_filtered(
                     last, tenant=tenant, workflow_id=workflow_id, types=types, limit=500
                 )
-                for event in stored:
-                    last = event.global_position
-                    yield from_envelope(event, cap)
+                if stored:
+                    last = stored[-1].global_position
+                    yield [from_envelope(event, cap) for event in stored]
                 if len(stored) < 500:
                     return
 
-        async for event in catch_up():
-            yield event
+        async for page in catch_up():
+            yield page
         while True:
-            live = await sub.next(heartbeat_s)
+            live = await sub.next_batch(heartbeat_s)
             if live is None or sub.generation != hub.generation:
                 sub.generation = hub.generation
-                async for event in catch_up():
-                    yield event
+                async for page in catch_up():
+                    yield page
                 if live is None:
                     yield None
                     continue
-            if live.global_position <= last:
-                continue
-            # The relay publishes in log order, so everything matching before this event
+            # The relay publishes in log order, so everything matching before these events
             # was already offered to this subscription (a reconnect is caught up above).
-            last = live.global_position
-            yield live
+            batch = [event for event in live if event.global_position > last]
+            if batch:
+                last = batch[-1].global_position
+                yield batch
     finally:
         hub.unsubscribe(sub)
