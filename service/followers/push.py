@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 import structlog
@@ -79,60 +79,63 @@ class HubClosing(Exception):
     """The service is shutting down: live streams end (clients resume elsewhere or later)."""
 
 
-_CLOSE = object()
-"""Put in a subscription's queue to wake a reader waiting on it when the hub closes."""
-
-
 @dataclass(eq=False)
 class Subscription:
-    """A client's bounded inbox. The hub never waits on it: when full, the client is cut off."""
+    """A client's bounded inbox. The hub never waits on it: when full, the client is cut off.
+
+    A deque and one waiter future, not an ``asyncio.Queue``: the hub's offer to a
+    thousand clients of one run is an append each, and a client takes all that is
+    queued at once.
+    """
 
     run_id: str | None
     matches: Callable[[PushEvent], bool]
-    queue: asyncio.Queue[PushEvent] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
+    maxsize: int = 1000
     overflowed: bool = False
     generation: int = 0
     closed: bool = False
+    pending: deque[PushEvent] = field(default_factory=deque)
+    _waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: PushEvent) -> None:
         if self.overflowed or not self.matches(event):
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self.pending) >= self.maxsize:
             self.overflowed = True
+        else:
+            self.pending.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next_batch(self, timeout: float) -> list[PushEvent] | None:
         """Every live event queued now (waiting up to ``timeout`` seconds for the first), or None
         after that long in silence. Taking them all at once lets a client write them in one go."""
-        if self.overflowed:
-            raise Overflow(f"more than {self.queue.maxsize} events queued for a client that is not reading")
-        if self.closed:
-            raise HubClosing("the service is shutting down")
-        queue = self.queue
-        if queue.empty():
+        if not self.pending and not self.overflowed and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, self._wake)
             try:
-                async with asyncio.timeout(timeout):
-                    first: Any = await queue.get()
-            except TimeoutError:
-                return None
-        else:
-            first = queue.get_nowait()  # the common case under load: no task, no timer
-        if first is _CLOSE:
-            raise HubClosing("the service is shutting down")
-        batch: list[PushEvent] = [first]
-        while not queue.empty():
-            item: Any = queue.get_nowait()
-            if item is _CLOSE:
-                self.closed = True  # the events before it still go out; the next call ends the stream
-                break
-            batch.append(item)
-        return batch
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if self.overflowed:
+            raise Overflow(f"more than {self.maxsize} events queued for a client that is not reading")
+        if not self.pending:
+            if self.closed:
+                raise HubClosing("the service is shutting down")
+            return None
+        batch = list(self.pending)
+        self.pending.clear()
+        return batch  # events offered before a close still go out; the next call ends the stream
 
     def close(self) -> None:
         self.closed = True
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue: its reader is not waiting
-            self.queue.put_nowait(_CLOSE)  # type: ignore[arg-type]
+        self._wake()
 
 
 class PushHub:
@@ -176,9 +179,7 @@ class PushHub:
     def subscribe(
         self, run_id: str | None, matches: Callable[[PushEvent], bool] = lambda _e: True
     ) -> Subscription:
-        sub = Subscription(
-            run_id, matches, asyncio.Queue(maxsize=self.queue_size), generation=self.generation
-        )
+        sub = Subscription(run_id, matches, self.queue_size, generation=self.generation)
         if self.closing.is_set():
             sub.close()
         if run_id is None:
