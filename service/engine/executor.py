@@ -56,7 +56,7 @@ from service.engine.nodes.config_values import (
     SECRET_KEY,
     dynamic_values,
     redact,
-    redact_output,
+    redact_encoded_output,
     resolve_config,
 )
 from service.engine.nodes.node_logs import FLUSH_INTERVAL_S, NodeLogCollector
@@ -139,10 +139,13 @@ def item_count(output: Any) -> int:
     return 1
 
 
-def output_event(node_id: str, attempt: int, output: Any, limits: ExecutionLimits) -> RecordedOutput:
+def output_event(
+    node_id: str, attempt: int, output: Any, limits: ExecutionLimits, encoded: bytes | None = None
+) -> RecordedOutput:
     """The recorded output: inline, or a blob reference plus its blob when over the event cap
-    (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit."""
-    return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes)
+    (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit.
+    ``encoded``: the output's JSON, when the registry made it (then it is not encoded again)."""
+    return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes, encoded)
 
 
 def _clip(text: str | None) -> str:
@@ -785,10 +788,9 @@ class RunExecutor:
                 config, secrets = await self._config(node_id, ctx.document)
                 if secrets:
                     ctx = msgspec.structs.replace(ctx, secrets=secrets)
-                output = await self.registry.execute(spec.type, config, ctx)
-            data = self._outputs.keep(
-                output_event(node_id, attempt, redact_output(output, ctx.secrets), self.limits)
-            )
+                output = await self.registry.execute_json(spec.type, config, ctx)
+            value, encoded = redact_encoded_output(output.value, output.encoded, ctx.secrets)
+            data = self._outputs.keep(output_event(node_id, attempt, value, self.limits, encoded))
         except NodeFailure as exc:
             failure = exc
         except TimeoutError:
