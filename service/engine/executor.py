@@ -125,6 +125,12 @@ class ExecutionLimits:
     """A run whose every unfinished node waits longer than this gives its slot and lease back."""
 
 
+DEFERRABLE_LEASE_S = 5.0
+"""A node's ``node_execute_before`` may wait for its result only while the lease holds this long."""
+DEFER_BEFORE_S = 0.005
+"""How long it waits at most: a node still running by then has it written on its own."""
+
+
 def backoff_ms(policy: RetryPolicy, failures: int) -> int:
     """Delay before the attempt after the ``failures``-th failure (exponential, capped)."""
     delay = policy.initial_backoff_ms * (policy.multiplier ** max(0, failures - 1))
@@ -192,8 +198,13 @@ class RunExecutor:
         limits: ExecutionLimits = ExecutionLimits(),
         secrets: SecretReader | None = None,
         children: Children | None = None,
+        lease_left: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
+        self.lease_left = lease_left
+        """Seconds this worker's lease on the run surely still holds (None: unknown)."""
+        self._deferred: list[Event] = []
+        """Events to write with the next append (a node's ``node_execute_before``, see ``_begin_node``)."""
         self.children = children
         self._check_children = True
         self.parked_until: datetime | None = None
@@ -655,7 +666,9 @@ class RunExecutor:
                 await self._start_waiting(node_id, spec, policy, attempt)
                 return
             async with self.node_slots:
-                await self._append([NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)])
+                await self._begin_node(
+                    NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)
+                )
                 logs = NodeLogCollector(node_id, attempt)
                 ctx = NodeContext(
                     run_id=str(self.run_id),
@@ -872,27 +885,57 @@ class RunExecutor:
         inner.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(inner)
 
+    async def _begin_node(self, before: NodeExecuteBefore) -> None:
+        """Record that a node starts. While the lease surely holds for a while (so no other
+        worker can have taken the run over), the handler need not wait for it: the event is
+        written with the node's result when the node ends quickly (one append instead of two),
+        or on its own within ``DEFER_BEFORE_S``. Either way it is durable before the result,
+        and so before any dependent starts. Otherwise it is appended first, as a fence."""
+        if self.lease_left is None or self.lease_left() < DEFERRABLE_LEASE_S:
+            await self._append([before])
+            return
+        self._deferred.append(before)
+        asyncio.get_running_loop().call_later(DEFER_BEFORE_S, self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        if self._deferred:
+            flush = asyncio.ensure_future(self._append([]))
+            flush.add_done_callback(
+                lambda t: t.cancelled() or t.exception()
+            )  # its node's append meets it too
+
     async def _append_now(self, events: list[Event], only_if_running: str | None) -> list[RawEnvelope]:
         async with self._lock:
-            while True:
-                if only_if_running is not None and self.state.node(only_if_running).status != "running":
-                    return []
-                blobs = self._outputs.blobs_for(events)  # large outputs: same transaction
-                try:
-                    stored = await self.store.append(
-                        self.run_id,
-                        events,
-                        self.next_seq,
-                        tenant=self.claim.tenant,
-                        workflow_id=self.claim.workflow_id,
-                        blobs=blobs,
-                    )
-                except ConcurrencyError:
-                    await self._catch_up_locked()
-                    continue
-                self._outputs.written(blobs)
-                self._fold(stored)
-                return stored
+            if self._deferred:
+                deferred, self._deferred = self._deferred, []
+                if only_if_running is None:
+                    events = [*deferred, *events]
+                else:  # the node's own before must be folded before its status is checked
+                    await self._write_locked(deferred)
+            return await self._write_locked(events, only_if_running) if events else []
+
+    async def _write_locked(
+        self, events: list[Event], only_if_running: str | None = None
+    ) -> list[RawEnvelope]:
+        while True:
+            if only_if_running is not None and self.state.node(only_if_running).status != "running":
+                return []
+            blobs = self._outputs.blobs_for(events)  # large outputs: same transaction
+            try:
+                stored = await self.store.append(
+                    self.run_id,
+                    events,
+                    self.next_seq,
+                    tenant=self.claim.tenant,
+                    workflow_id=self.claim.workflow_id,
+                    blobs=blobs,
+                )
+            except ConcurrencyError:
+                await self._catch_up_locked()
+                continue
+            self._outputs.written(blobs)
+            self._fold(stored)
+            return stored
 
     async def refresh(self) -> None:
         """Read events others appended (a cancel request, a signal), look at child runs again,
