@@ -125,10 +125,12 @@ class ExecutionLimits:
     """A run whose every unfinished node waits longer than this gives its slot and lease back."""
 
 
-DEFERRABLE_LEASE_S = 5.0
-"""A node's ``node_execute_before`` may wait for its result only while the lease holds this long."""
+DEFERRABLE_LEASE_S = 1.0
+"""``run_started`` and ``node_execute_before`` may wait for the next append only while the lease
+surely holds this long: 200 times ``DEFER_BEFORE_S``, so no other worker can claim the run (and
+start the node again) before the start is written, unless an append takes over a second."""
 DEFER_BEFORE_S = 0.005
-"""How long it waits at most: a node still running by then has it written on its own."""
+"""How long they wait at most: a node still running by then has its start written on its own."""
 
 
 def backoff_ms(policy: RetryPolicy, failures: int) -> int:
@@ -204,7 +206,7 @@ class RunExecutor:
         self.lease_left = lease_left
         """Seconds this worker's lease on the run surely still holds (None: unknown)."""
         self._deferred: list[Event] = []
-        """Events to write with the next append (a node's ``node_execute_before``, see ``_begin_node``)."""
+        """Events to write with the next append (``run_started``, ``node_execute_before``: ``_record_soon``)."""
         self.children = children
         self._check_children = True
         self.parked_until: datetime | None = None
@@ -258,7 +260,7 @@ class RunExecutor:
             await self._append([recovered])
             self._log.info("run_recovered", completed=len(completed), lease_expired=recovered.lease_expired)
         else:
-            await self._append([RunStarted(worker_id=self.worker_id)])
+            await self._record_soon(RunStarted(worker_id=self.worker_id))
         try:
             await self._loop()
         finally:
@@ -330,6 +332,7 @@ class RunExecutor:
     async def _park(self, wake: datetime | None) -> bool:
         """Give the run back as waiting until ``wake``; False when the log moved on meanwhile."""
         async with self._lock:
+            await self._write_deferred_locked()
             parked = await self.queue.park(self.worker_id, self.run_id, self.next_seq - 1, wake)
             if not parked:  # a signal, a cancel, or a child's end came meanwhile: look again
                 self._check_children = True
@@ -507,16 +510,17 @@ class RunExecutor:
 
     async def _finish(self, step: Plan) -> bool:
         """Append the terminal event and end the queue row together; False if the log moved on."""
-        now = datetime.now(UTC)
-        started = self.state.started_at or now
-        duration = (now - started).total_seconds() * 1000
-        event: Event
-        if step.finish == "cancelled":
-            event = RunCancelled(reason=step.error or "cancel requested")
-        else:
-            assert step.finish is not None
-            event = RunFinished(status=step.finish, error=step.error, duration_ms=duration)
         async with self._lock:
+            await self._write_deferred_locked()  # run_started, when nothing else was recorded yet
+            now = datetime.now(UTC)
+            started = self.state.started_at or now
+            duration = (now - started).total_seconds() * 1000
+            event: Event
+            if step.finish == "cancelled":
+                event = RunCancelled(reason=step.error or "cancel requested")
+            else:
+                assert step.finish is not None
+                event = RunFinished(status=step.finish, error=step.error, duration_ms=duration)
             try:
                 stored = await self.queue.end_with(
                     self.worker_id,
@@ -666,7 +670,7 @@ class RunExecutor:
                 await self._start_waiting(node_id, spec, policy, attempt)
                 return
             async with self.node_slots:
-                await self._begin_node(
+                await self._record_soon(
                     NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)
                 )
                 logs = NodeLogCollector(node_id, attempt)
@@ -885,17 +889,23 @@ class RunExecutor:
         inner.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(inner)
 
-    async def _begin_node(self, before: NodeExecuteBefore) -> None:
-        """Record that a node starts. While the lease surely holds for a while (so no other
-        worker can have taken the run over), the handler need not wait for it: the event is
-        written with the node's result when the node ends quickly (one append instead of two),
-        or on its own within ``DEFER_BEFORE_S``. Either way it is durable before the result,
-        and so before any dependent starts. Otherwise it is appended first, as a fence."""
+    async def _record_soon(self, event: Event) -> None:
+        """Record ``run_started`` or a node's ``node_execute_before`` without waiting for it,
+        while the lease surely holds for a while (so no other worker can have taken the run
+        over): it is written with the next append (a quick node's result: one append instead
+        of two), or on its own within ``DEFER_BEFORE_S``. Either way it is durable before
+        anything recorded after it, so before any dependent node starts and before the run
+        ends or parks. Without such a lease it is appended at once, as a fence."""
         if self.lease_left is None or self.lease_left() < DEFERRABLE_LEASE_S:
-            await self._append([before])
+            await self._append([event])
             return
-        self._deferred.append(before)
+        self._deferred.append(event)
         asyncio.get_running_loop().call_later(DEFER_BEFORE_S, self._flush_deferred)
+
+    async def _write_deferred_locked(self) -> None:
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            await self._write_locked(deferred)
 
     def _flush_deferred(self) -> None:
         if self._deferred:
@@ -906,12 +916,11 @@ class RunExecutor:
 
     async def _append_now(self, events: list[Event], only_if_running: str | None) -> list[RawEnvelope]:
         async with self._lock:
-            if self._deferred:
-                deferred, self._deferred = self._deferred, []
-                if only_if_running is None:
-                    events = [*deferred, *events]
-                else:  # the node's own before must be folded before its status is checked
-                    await self._write_locked(deferred)
+            if only_if_running is None:
+                events = [*self._deferred, *events]
+                self._deferred = []
+            else:  # the node's own before must be folded before its status is checked
+                await self._write_deferred_locked()
             return await self._write_locked(events, only_if_running) if events else []
 
     async def _write_locked(
