@@ -141,7 +141,8 @@ async def _inject_all(stage: Stage, plan: list[Fault], say: _Say, into: list[Inj
 
 
 async def run_drill(options: Options, out: TextIO = sys.stdout) -> Result:
-    """Run the drill; never raises for a violation (see ``Result.ok``)."""
+    """Run the drill; never raises for a violation (see ``Result.ok``). Its directory is removed
+    when it passed, unless ``options.keep`` named it."""
     keep = options.keep
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -190,6 +191,8 @@ async def run_drill(options: Options, out: TextIO = sys.stdout) -> Result:
             await stage.stop()
         result.wall_seconds = time.monotonic() - say.t0
         say.close()
+        if result.ok and keep is None:  # a failed drill keeps its logs, and so does --keep
+            shutil.rmtree(root, ignore_errors=True)
     return result
 
 
@@ -227,12 +230,6 @@ def report(result: Result, console: Console) -> None:
     console.print(f"{verdict} in {result.wall_seconds:.0f} s wall time", highlight=False)
     if not result.ok or o.keep is not None:
         console.print(f"logs kept in {result.directory}", highlight=False)
-
-
-def _finish(result: Result) -> None:
-    """Remove the logs of a passing drill unless --keep named their directory."""
-    if result.ok and result.options.keep is None:
-        shutil.rmtree(result.directory, ignore_errors=True)
 
 
 def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
@@ -275,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = asyncio.run(run_drill(options))
     report(result, Console(width=max(120, shutil.get_terminal_size().columns)))
-    _finish(result)
     return 0 if result.ok else 1
 
 
