@@ -53,7 +53,7 @@ def _event(seq: int, body: NodeExecuteBefore | NodeExecuteAfter) -> EventEnvelop
 
 
 def test_a_node_started_after_it_succeeded_is_a_violation() -> None:
-    ok = [
+    ok: list[NodeExecuteBefore | NodeExecuteAfter] = [
         NodeExecuteBefore(node_id="flaky", node_type="fail", attempt=1),
         NodeExecuteAfter(node_id="flaky", node_type="fail", status="failed", attempt=1),
         NodeExecuteBefore(node_id="flaky", node_type="fail", attempt=2),
@@ -63,8 +63,14 @@ def test_a_node_started_after_it_succeeded_is_a_violation() -> None:
     ]
     run = uuid.UUID(int=1)
     assert _node_problems(run, "chaos-retry", [_event(i, b) for i, b in enumerate(ok)]) == []
-    again = [*ok, NodeExecuteBefore(node_id="flaky", node_type="fail", attempt=3)]
+    again: list[NodeExecuteBefore | NodeExecuteAfter] = [
+        *ok,
+        NodeExecuteBefore(node_id="flaky", node_type="fail", attempt=3),
+    ]
     problems = _node_problems(run, "chaos-retry", [_event(i, b) for i, b in enumerate(again)])
     assert problems == [f"run {run}: node flaky ran again (attempt 3) after it succeeded"]
-    twice = [*ok, NodeExecuteBefore(node_id="after", node_type="noop", attempt=1)]
+    twice: list[NodeExecuteBefore | NodeExecuteAfter] = [
+        *ok,
+        NodeExecuteBefore(node_id="after", node_type="noop", attempt=1),
+    ]
     assert len(_node_problems(run, "chaos-retry", [_event(i, b) for i, b in enumerate(twice)])) == 2
