@@ -222,6 +222,15 @@ async def run_checks(
         )
     )
 
+    failures = ", ".join(f"{k}: {n}" for k, n in sorted(state.failures.items())) or "none"
+    checks.append(
+        check(
+            "no 500 while a dependency is down",
+            state.server_errors,
+            f"requests sent to another instance after: {failures}",
+        )
+    )
+
     # -- the audit, from the CLI
     audit = await _cli(stage, "audit", "verify", "--all")
     lines = [line for line in (audit.stdout + audit.stderr).splitlines() if line.strip()]

@@ -22,8 +22,8 @@ import httpx
 import psutil
 
 from service.infra.embedded import EmbeddedPostgres
-from tests.chaos.proxy import FaultyProxy
 from tests.helpers.engine_process import ServeProcess
+from tests.helpers.faulty_proxy import FaultyProxy
 from tests.helpers.nats_cluster import NatsCluster
 
 STREAM = "FLOWLEDGER"

@@ -106,6 +106,10 @@ class WorkloadState:
     rejected: list[str] = field(default_factory=list)
     """Answers that are not a retryable failure and not a success: each one is a violation."""
     retried_requests: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    """Answers that made a request go to another instance: ``"503"``, ``"500"``, ``"no answer"``..."""
+    server_errors: list[str] = field(default_factory=list)
+    """The 500 answers (method, path, body): the service must say 503 when a dependency is down."""
     signalled: set[UUID] = field(default_factory=set)
     followed: dict[UUID, Followed] = field(default_factory=dict)
 
@@ -250,8 +254,13 @@ class Workload:
                 response = await self._http.request(method, base + path, **kwargs)
                 if response.status_code < 500 and response.status_code != 429:
                     return response
-            except httpx.HTTPError:
-                pass
+                self.state.failures[str(response.status_code)] += 1
+                if response.status_code == 500:
+                    self.state.server_errors.append(f"{method} {path}: 500 {response.text[:200]}")
+            except httpx.HTTPError as exc:
+                self.state.failures[
+                    "no answer" if isinstance(exc, httpx.TransportError) else type(exc).__name__
+                ] += 1
             self.state.retried_requests[label] += 1
             if label == "start":
                 self.state.retried_requests[f"start-{turn}"] += 1

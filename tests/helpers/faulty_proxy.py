@@ -1,6 +1,5 @@
-"""A TCP proxy that can drop and stall connections: one service instance reaches PostgreSQL
-through it, so the drill can break that instance's database connections without touching the
-others.
+"""A TCP proxy that can drop and stall connections: a service reaches PostgreSQL through it, so a
+test (or the chaos drill) can break that service's database connections without touching others.
 
 * ``drop(seconds)`` resets every open connection (both sides, SO_LINGER 0: the peers see a
   reset, not an orderly close) and resets new ones at accept for ``seconds``;
