@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import time
 from collections import Counter
@@ -115,16 +114,13 @@ class WorkloadState:
 
 
 class Workload:
-    def __init__(
-        self, base_urls: list[str], headers: dict[str, str], seed: int, runs: int, say: Any = print
-    ) -> None:
+    def __init__(self, base_urls: list[str], headers: dict[str, str], seed: int, runs: int) -> None:
         self.base_urls = base_urls
         self.headers = headers
         self.seed = seed
         self.runs = runs
         self.workflows = choose_workflows(seed, runs)
         self.state = WorkloadState()
-        self._say = say
         self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(10.0, connect=3.0))
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -268,7 +264,3 @@ class Workload:
                 RETRY_PAUSE if attempt % len(self.base_urls) == len(self.base_urls) - 1 else 0.05
             )
         raise AssertionError("unreachable")
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str)
