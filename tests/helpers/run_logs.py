@@ -10,7 +10,6 @@ from uuid import UUID
 
 import asyncpg
 import nats
-import nats.errors
 
 from schemas.codec import to_typed
 from schemas.envelope import EventEnvelope, RawEnvelope
@@ -64,7 +63,7 @@ async def read_stream(nats_url: str, stream: str, subjects: str) -> StreamConten
         while True:
             try:
                 msgs = await sub.fetch(1000, timeout=2)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from deeper in fetch
                 break
             for m in msgs:
                 headers = m.headers or {}
