@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The fault drill: 1,000 runs over three instances while PostgreSQL, NATS and the instances are
-# broken on a seeded schedule (docs/operations.md#the-fault-drill). About 12 minutes.
+# broken on a seeded schedule (docs/operations.md#the-fault-drill). About 9 minutes.
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.drill --runs 1000 --seed 7
 
