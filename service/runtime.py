@@ -240,13 +240,16 @@ class Runtime:
             return None, f"JetStream does not answer for stream {name}: {type(exc).__name__}: {exc}"
         cluster = info.cluster
         peers = (cluster.replicas or []) if cluster is not None else []
-        return StreamHealth(
+        health = StreamHealth(
             name=name,
             replicas=info.config.num_replicas or 1,
             leader=cluster.leader if cluster is not None else None,
             replicas_current=1 + sum(1 for p in peers if p.current and not p.offline),
             messages=info.state.messages,
-        ), None
+        )
+        if health.replicas > 1 and health.leader is None:  # a server answered from what it last knew
+            return health, f"stream {name} has no leader (its replicas lost their quorum)"
+        return health, None
 
     def _nats_reconnected(self) -> None:
         if self.push is not None:

@@ -117,6 +117,9 @@ def spawn(crash_db: str, private_nats: str, tmp_path: Path) -> Iterator[Callable
             home=tmp_path / "home",
             log_dir=tmp_path,
             processes=str(processes),
+            # Runs stay in memory while they wait: a parked run is woken, not recovered, and is
+            # claimed once more per wake (parked runs under kill -9: test_crash_waiting.py).
+            env={"FLOWLEDGER_PARK_AFTER_SECONDS": "60"},
         )
         started.append(proc)
         return proc.start()
