@@ -532,6 +532,7 @@ def _register_benches() -> None:
     from service.bench.push import bench_push
     from service.bench.relay import bench_relay
     from service.bench.runs import bench_runs
+    from service.cli.bench_load import load
 
     _bench_command(
         "append",
@@ -595,6 +596,8 @@ def _register_benches() -> None:
             "scaling; 0: the worker in the bench's own process.",
         ),
     )
+
+    bench.add_command(load)
 
     _bench_command(
         "push",

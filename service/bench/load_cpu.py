@@ -1,0 +1,51 @@
+"""CPU seconds used by a set of processes between two readings (psutil), for ``bench load``."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+SERVER_NAMES = ("postgres", "nats-server")
+"""Children of the service process that are not the service: the embedded servers."""
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each live process of ``pids`` (gone or unreadable: left out)."""
+    seconds = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def used_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two readings: a process new in ``after`` counts from 0 (it
+    started in between); one gone by ``after`` is lost (its last slice is not counted)."""
+    return sum(max(0.0, spent - before.get(pid, 0.0)) for pid, spent in after.items())
+
+
+def service_pids() -> list[int]:
+    """This process and its descendants (worker processes), without the embedded servers."""
+    me = psutil.Process(os.getpid())
+    pids = [me.pid]
+    for child in me.children(recursive=True):
+        try:
+            if not child.name().startswith(SERVER_NAMES):
+                pids.append(child.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def local_postgres_pids() -> list[int]:
+    """Every process named ``postgres`` on this machine (when the database is not reachable to
+    ask which backends are its own: the figure then includes other databases' work)."""
+    pids = []
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info.get("name") or "").startswith("postgres"):
+            pids.append(proc.pid)
+    return pids
