@@ -219,6 +219,8 @@ def print_load(
             _one_decimal(step.pg_cpu_ms_per_1k_events),
         )
     console = Console()
+    if not console.is_terminal:  # a pipe or a file: the whole table, never cut at 80 columns
+        console = Console(width=max(console.width, 132))
     console.print(table)
     sat = result.saturation
     if sat is None:
