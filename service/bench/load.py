@@ -125,13 +125,19 @@ async def _step(target: Target, starter: _Starter, rate: float, seconds: float) 
 
 @asynccontextmanager
 async def _target(
-    settings: Settings, url: str | None, api_key: str | None, concurrency: int, processes: int, clients: int
+    settings: Settings,
+    url: str | None,
+    api_key: str | None,
+    concurrency: int,
+    processes: int,
+    clients: int,
+    replicas: int,
 ) -> AsyncIterator[Target]:
     if url:
         async with http_target(url, api_key, clients) as target:
             yield target
     else:
-        async with local_target(settings, concurrency, processes) as local:
+        async with local_target(settings, concurrency, processes, replicas) as local:
             yield local
 
 
@@ -142,6 +148,7 @@ async def bench_load(
     concurrency: int = 100,
     processes: int = 0,
     url: str | None = None,
+    replicas: int = 1,
     api_key: str | None = None,
     clients: int = 64,
     p99_bound_ms: float = P99_BOUND_MS,
@@ -156,7 +163,7 @@ async def bench_load(
             "--concurrency and --clients must be at least 1, --processes 0 or more, --p99-bound-ms positive"
         )
     steps: list[StepResult] = []
-    async with _target(settings, url, api_key, concurrency, processes, clients) as target:
+    async with _target(settings, url, api_key, concurrency, processes, clients, replicas) as target:
         starter = _Starter(target)
         try:
             for rate in offered:
@@ -171,7 +178,7 @@ async def bench_load(
                 task.cancel()
         label = target.label
     result = LoadResult(steps, saturation_point(steps, p99_bound_ms), starter.issued, label)
-    print_load(result, concurrency, processes, p99_bound_ms, settings.nats_replicas or 1, url is not None)
+    print_load(result, concurrency, processes, p99_bound_ms, replicas, url is not None)
     return result
 
 

@@ -105,12 +105,13 @@ class LocalTarget:
 
 
 @contextlib.asynccontextmanager
-async def local_target(settings: Settings, concurrency: int, processes: int) -> AsyncIterator[LocalTarget]:
+async def local_target(
+    settings: Settings, concurrency: int, processes: int, replicas: int = 1
+) -> AsyncIterator[LocalTarget]:
     """A service of the bench's own (``processes`` 0: the worker in this process), as ``bench runs``
-    starts it, on the configured (or embedded) PostgreSQL and NATS."""
+    starts it, on the configured (or embedded) PostgreSQL and NATS; its stream on ``replicas`` servers."""
     async with running(settings, relay=False, worker=False) as runtime:
         assert runtime.pool is not None and runtime.nats is not None and runtime.database_url is not None
-        replicas = settings.nats_replicas or 1
         async with our_side(
             runtime.pool, runtime.nats, concurrency, "noop", runtime.database_url, processes, replicas
         ) as side:

@@ -102,9 +102,9 @@ async def _raw_rate(store: EventStore, nc: NATS, total: int, progress: Progress,
         return total / elapsed
 
 
-async def bench_relay(settings: Settings, events: int) -> None:
+async def bench_relay(settings: Settings, events: int, replicas: int = 1) -> None:
+    """``replicas``: of both scratch streams (3 needs a NATS cluster)."""
     events -= events % EVENTS_PER_RUN
-    replicas = settings.nats_replicas or 1
     async with running(settings, relay=False) as runtime:
         assert runtime.pool is not None and runtime.nats is not None
         async with scratch_schema(runtime.pool) as schema:
@@ -122,6 +122,6 @@ async def bench_relay(settings: Settings, events: int) -> None:
         [Comparison("relay to JetStream", ours, raw, "raw pipelined nats-py", "ev/s", 0.85)],
         [
             f"{events:,} events; both into fresh file-backed R{replicas} streams with a 600 s dedupe "
-            "window (FLOWLEDGER_NATS_REPLICAS sets R)."
+            "window (--replicas)."
         ],
     )

@@ -10,6 +10,7 @@ from service.bench.load import LoadError, bench_load
 from service.bench.load_model import P99_BOUND_MS, parse_rates
 from service.bench.runs import Stalled
 from service.cli._common import client_token, run_async, settings_of
+from service.config import ENV_NATS_REPLICAS
 
 
 def _rates(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -56,6 +57,15 @@ def _rates(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "else --token / FLOWLEDGER_TOKEN / the admin token under the home).",
 )
 @click.option(
+    "--replicas",
+    envvar=ENV_NATS_REPLICAS,
+    show_envvar=True,
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Replicas of the own service's scratch stream (more than 1 needs a NATS cluster).",
+)
+@click.option(
     "--api-key", default=None, help="API key (or JWT) for --url, with the runs:write and runs:read scopes."
 )
 @click.option(
@@ -81,6 +91,7 @@ def load(
     concurrency: int,
     processes: int,
     url: str | None,
+    replicas: int,
     api_key: str | None,
     clients: int,
     p99_bound_ms: float,
@@ -97,6 +108,7 @@ def load(
                 concurrency=concurrency,
                 processes=processes,
                 url=url,
+                replicas=replicas,
                 api_key=api_key,
                 clients=clients,
                 p99_bound_ms=p99_bound_ms,
