@@ -23,7 +23,7 @@ from typing import Protocol
 from rich.console import Console
 from rich.table import Table
 
-from service.bench.load_cpu import cpu_seconds, used_between
+from service.bench.load_cpu import cpu_seconds, run_queue_wait, used_between
 from service.bench.load_http import LoadError, http_target
 from service.bench.load_local import Window, local_target
 from service.bench.load_model import P99_BOUND_MS, StepResult, is_saturated, parse_rates, saturation_point
@@ -92,6 +92,7 @@ async def _step(target: Target, starter: _Starter, rate: float, seconds: float) 
     pg_before = cpu_seconds(await target.postgres_pids())
     service = target.service_pids()
     service_before = cpu_seconds(service) if service is not None else None
+    wait_before = run_queue_wait(service) if service is not None else None
     since = datetime.now(UTC)
     begin, handled, issued, total = time.perf_counter(), 0, 0, round(rate * seconds)
     while True:
@@ -107,7 +108,9 @@ async def _step(target: Target, starter: _Starter, rate: float, seconds: float) 
         await asyncio.sleep(TICK_S)
     until = datetime.now(UTC)
     pg_after = cpu_seconds(await target.postgres_pids())
-    service_after = cpu_seconds(target.service_pids() or []) if service_before is not None else None
+    service_now = target.service_pids() or []
+    service_after = cpu_seconds(service_now) if service_before is not None else None
+    wait_after = run_queue_wait(service_now) if wait_before is not None else None
     window = await target.window(since, until)
     backlog = await target.unfinished() + len(starter.pending)
     return StepResult(
@@ -120,6 +123,7 @@ async def _step(target: Target, starter: _Starter, rate: float, seconds: float) 
         backlog=backlog,
         service_cpu_s=None if service_before is None else used_between(service_before, service_after or {}),
         pg_cpu_s=used_between(pg_before, pg_after) if pg_before or pg_after else None,
+        service_wait_s=None if wait_before is None else used_between(wait_before, wait_after or {}),
     )
 
 
@@ -207,6 +211,7 @@ def print_load(
         "p99 ms",
         "backlog",
         "svc CPU",
+        "svc wait",
         "PG CPU",
         "PG ms/1k ev",
     )
@@ -222,6 +227,7 @@ def print_load(
             _ms(step.p99_ms),
             f"{step.backlog:,}",
             _pct(step.service_cpu_pct),
+            _pct(step.service_wait_pct),
             _pct(step.pg_cpu_pct),
             _one_decimal(step.pg_cpu_ms_per_1k_events),
         )
@@ -247,7 +253,8 @@ def print_load(
         if remote
         else f"the bench's own service, workers {'in this process' if not processes else f'in {processes} processes'} "
         f"({concurrency} runs at once), relay to an R{replicas} stream; PG CPU = this database's backends "
-        "and the server's own processes; service CPU = this process and its workers (% of one core)"
+        "and the server's own processes; service CPU = this process and its workers (% of one core); "
+        "svc wait = the time they waited, runnable, for a CPU (Linux schedstat)"
     )
     notes = [
         f"{result.issued:,} runs of a {NODES}-node linear noop workflow, open loop; every one finished "

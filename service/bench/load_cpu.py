@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import psutil
 
@@ -20,6 +22,24 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
             continue
         seconds[pid] = times.user + times.system
     return seconds
+
+
+def run_queue_wait(pids: list[int]) -> dict[int, float] | None:
+    """Seconds each process's threads have waited, runnable, for a CPU (Linux ``schedstat``):
+    on a shared machine, the CPU a process wanted and did not get. None where not available."""
+    if not Path("/proc/self/schedstat").exists():
+        return None
+    waits = {}
+    for pid in pids:
+        total = 0
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int((task / "schedstat").read_text().split()[1])
+        except OSError:
+            continue
+        waits[pid] = total / 1e9
+    return waits
 
 
 def used_between(before: dict[int, float], after: dict[int, float]) -> float:

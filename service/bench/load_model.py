@@ -48,6 +48,8 @@ class StepResult:
     """Runs started but not finished at the step's end."""
     service_cpu_s: float | None = None
     pg_cpu_s: float | None = None
+    service_wait_s: float | None = None
+    """Time the service's threads waited, runnable, for a CPU (a busy shared machine)."""
 
     @property
     def issued_rate(self) -> float:
@@ -73,6 +75,10 @@ class StepResult:
     def service_cpu_pct(self) -> float | None:
         """Service CPU in % of one core (200 % = two cores busy)."""
         return None if self.service_cpu_s is None else 100 * self.service_cpu_s / self.seconds
+
+    @property
+    def service_wait_pct(self) -> float | None:
+        return None if self.service_wait_s is None else 100 * self.service_wait_s / self.seconds
 
     @property
     def pg_cpu_pct(self) -> float | None:

@@ -60,7 +60,7 @@ async def test_the_bench_load_steps_start_real_runs_and_print_a_row_each(
     for column in HEADER:
         assert column in out or column in flat, out
     rows = _table_rows(out)
-    assert len(rows) == len(result.steps) and all(len(row) == 10 for row in rows), out
+    assert len(rows) == len(result.steps) and all(len(row) == 11 for row in rows), out
     assert [row[0] for row in rows] == [f"{step.offered:,.0f}" for step in result.steps]
     assert re.search(r"saturation: (at|not reached up to) [\d,]+ runs/s offered", flat), out
 
@@ -90,7 +90,9 @@ async def test_bench_load_over_http_starts_the_runs_through_the_api(
     assert result.issued == result.steps[0].issued > 0
     assert finished == result.issued  # every run started over HTTP ran to success in the service's log
     rows = _table_rows(capsys.readouterr().out)
-    assert len(rows) == 1 and rows[0][0] == "4" and rows[0][7] == "-"  # no service CPU over HTTP
+    assert (
+        len(rows) == 1 and rows[0][0] == "4" and rows[0][7] == rows[0][8] == "-"
+    )  # no service CPU over HTTP
 
 
 def test_bad_rates_and_an_unreachable_url_are_one_line_errors(servers: Servers) -> None:
