@@ -532,6 +532,7 @@ def _register_benches() -> None:
     from service.bench.push import bench_push
     from service.bench.relay import bench_relay
     from service.bench.runs import bench_runs
+    from service.cli.bench_load import load
 
     _bench_command(
         "append",
@@ -564,6 +565,15 @@ def _register_benches() -> None:
         bench_relay,
         "Relay throughput (Postgres log -> JetStream) vs raw pipelined nats-py publishing.",
         events=click.Option(["--events"], default=50_000, show_default=True, help="Events to relay."),
+        replicas=click.Option(
+            ["--replicas"],
+            envvar=ENV_NATS_REPLICAS,
+            show_envvar=True,
+            type=click.IntRange(1, 5),
+            default=1,
+            show_default=True,
+            help="Replicas of the scratch streams (more than 1 needs a NATS cluster).",
+        ),
     )
     _bench_command(
         "runs",
@@ -595,6 +605,8 @@ def _register_benches() -> None:
             "scaling; 0: the worker in the bench's own process.",
         ),
     )
+
+    bench.add_command(load)
 
     _bench_command(
         "push",
