@@ -44,9 +44,10 @@ RawEnvelope = Envelope[msgspec.Raw]
 
 class LogEvent(msgspec.Struct, frozen=True, gc=False):
     """An event as the projections' folds read it: an ``EventEnvelope`` without what no fold
-    looks at (event id, schema version, hash chain), so a rebuild need not read those."""
+    looks at (event id, schema version, hash chain), so a rebuild need not read those, and
+    with the run id as the text the views store (folds take ``str(event.run_id)``)."""
 
-    run_id: UUID
+    run_id: str
     seq: int
     global_position: int
     type: str

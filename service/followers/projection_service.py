@@ -11,6 +11,7 @@ import asyncpg
 import structlog
 
 from projections.runner import PROJECTIONS, Projection, ProjectionRunner, rebuild_all
+from service.followers.gc_pause import collector_paused
 from service.followers.parallel_rebuild import PARALLEL_FROM_EVENTS, default_workers, process_fold
 from service.infra.listen import listen
 from service.retry import Backoff
@@ -108,13 +109,14 @@ async def rebuild_projections(
     fold = None
     if database_url is not None and workers > 1 and await store.head_position() >= parallel_from:
         fold = process_fold(store, database_url, workers)
-    async with pool.acquire() as conn:
-        return await rebuild_all(
-            conn,
-            StoreLog(store),
-            [PROJECTIONS[n] for n in names],
-            schema=store.schema,
-            batch=batch,
-            on_progress=on_progress,
-            fold=fold,
-        )
+    with collector_paused():
+        async with pool.acquire() as conn:
+            return await rebuild_all(
+                conn,
+                StoreLog(store),
+                [PROJECTIONS[n] for n in names],
+                schema=store.schema,
+                batch=batch,
+                on_progress=on_progress,
+                fold=fold,
+            )

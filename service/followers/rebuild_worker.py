@@ -12,6 +12,7 @@ import sys
 import msgspec
 
 from projections.runner import PROJECTIONS, fold_into_shadows
+from service.followers.gc_pause import collector_paused
 from service.followers.parallel_rebuild import DONE, PROGRESS, FoldDone, FoldJob
 from service.infra.db import create_pool
 from service.store.event_store import EventStore
@@ -46,7 +47,8 @@ async def fold_share(job: FoldJob) -> FoldDone:
 
 def main() -> None:
     job = msgspec.json.decode(sys.stdin.buffer.read(), type=FoldJob)
-    done = asyncio.run(fold_share(job))
+    with collector_paused():
+        done = asyncio.run(fold_share(job))
     sys.stdout.buffer.write(DONE + msgspec.json.encode(done) + b"\n")
     sys.stdout.buffer.flush()
 

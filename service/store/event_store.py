@@ -193,7 +193,7 @@ class EventStore:
             f"SELECT {cols} FROM {s}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
         )
         # What a rebuild's folds read (``LogEvent``, in field order): no ids, version or hashes.
-        fold_cols = "run_id, seq, global_position, type, tenant, workflow_id, recorded_at, data"
+        fold_cols = "run_id::text, seq, global_position, type, tenant, workflow_id, recorded_at, data"
         self._sql_read_folded = (
             f"SELECT {fold_cols} FROM {s}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
         )
