@@ -9,7 +9,7 @@ from rich.table import Table
 
 from projections.runner import PROJECTIONS
 from service.cli._common import run_async, settings_of
-from service.followers.parallel_rebuild import PARALLEL_FROM_EVENTS
+from service.followers.parallel_rebuild import PARALLEL_FROM_EVENTS, RebuildWorkerFailed
 from service.followers.projection_service import rebuild_projections
 from service.runtime import log_database
 from service.store.projection_log import projection_status
@@ -82,14 +82,17 @@ def projections_rebuild(ctx: click.Context, name: str | None, workers: int | Non
                 console=console,
             ) as progress:
                 task = progress.add_task(f"rebuilding {', '.join(names)}", total=head)
-                position = await rebuild_projections(
-                    db.pool,
-                    db.store,
-                    names,
-                    on_progress=lambda k: progress.advance(task, k),
-                    database_url=db.database_url,
-                    workers=workers,
-                )
+                try:
+                    position = await rebuild_projections(
+                        db.pool,
+                        db.store,
+                        names,
+                        on_progress=lambda k: progress.advance(task, k),
+                        database_url=db.database_url,
+                        workers=workers,
+                    )
+                except RebuildWorkerFailed as exc:
+                    raise click.ClickException(f"{exc}; the live views are unchanged") from exc
                 progress.update(task, completed=position, total=max(head, position))
         console.print(f"rebuilt {', '.join(names)}")
 
