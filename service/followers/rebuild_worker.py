@@ -26,7 +26,11 @@ def _report(events: int) -> None:
 
 async def fold_share(job: FoldJob) -> FoldDone:
     # Two connections: the log's next page is read on one while rows are COPYed on the other.
-    pool = await create_pool(job.database_url, min_size=2, max_size=2)
+    # The planner takes the share's hash filter for a rare match and would scan each page
+    # with parallel workers (several times slower, and they take the CPU the workers need).
+    pool = await create_pool(
+        job.database_url, min_size=2, max_size=2, server_settings={"max_parallel_workers_per_gather": "0"}
+    )
     try:
         log = ShareLog(EventStore(pool, schema=job.schema), upto=job.upto, share=job.share, shares=job.shares)
         async with pool.acquire() as conn:
