@@ -396,7 +396,7 @@ class _RebuildFold:
         keys_by_run, written, late, readers = self.keys_by_run, self.written, self.late, self.readers
         ended: list[str] = []
         for event in events:
-            run_id = str(event.run_id)
+            run_id = event.run_id  # the text form already (``LogEvent``)
             type_ = event.type
             if type_ in _TERMINAL:
                 ended.append(run_id)
