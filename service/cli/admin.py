@@ -59,7 +59,7 @@ def projections_status(ctx: click.Context) -> None:
     "--workers",
     type=click.IntRange(1, 64),
     default=None,
-    help="Processes folding the log, each a share of the runs (default: one per core, at most 4; "
+    help="Processes folding the log, each a share of the runs (default: half the cores, at most 4; "
     f"1, or a log under {PARALLEL_FROM_EVENTS:,} events: this process alone).",
 )
 @click.pass_context

@@ -562,7 +562,7 @@ def _register_benches() -> None:
             ["--workers"],
             type=click.IntRange(1, 64),
             default=None,
-            help="Processes folding the log in each rebuild (default: one per core, at most 4).",
+            help="Processes folding the log in each rebuild (default: half the cores, at most 4).",
         ),
     )
     _bench_command(

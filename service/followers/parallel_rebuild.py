@@ -59,7 +59,10 @@ class RebuildWorkerFailed(RuntimeError):
 
 
 def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Half the cores, at most 4: PostgreSQL needs the rest (each worker's reads and COPYs
+    cost it CPU), usually on the same machine. On 2 cores: 1, the fold in the caller's process
+    (measured on a shared 2-core machine, 2 workers were no faster than 1 there)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 def process_fold(store: EventStore, database_url: str, workers: int, copy_rows: int = 20_000) -> FoldShadows:

@@ -103,7 +103,7 @@ async def rebuild_projections(
     """Rebuild projections from position 0 (one read of the log) into shadow tables and swap them in.
 
     With ``database_url`` and a log of at least ``parallel_from`` events, the fold runs in
-    ``workers`` processes (default: one per core, at most 4), each folding a share of the runs.
+    ``workers`` processes (default: half the cores, at most 4), each folding a share of the runs.
     """
     workers = default_workers() if workers is None else workers
     fold = None
