@@ -306,6 +306,8 @@ class LogDatabase:
     pool: asyncpg.Pool
     store: EventStore
     workflows: WorkflowStore
+    database_url: str
+    """Where ``pool`` connects (the embedded server's URL when it is the embedded one)."""
 
 
 @contextlib.asynccontextmanager
@@ -323,7 +325,7 @@ async def log_database(settings: Settings, *, create: bool) -> AsyncIterator[Log
             await apply_migrations(conn)
         store = EventStore(pool)
         await store.start()
-        yield LogDatabase(pool, store, WorkflowStore(pool))
+        yield LogDatabase(pool, store, WorkflowStore(pool), url)
     finally:
         if store is not None:
             await store.close()

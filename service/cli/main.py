@@ -559,6 +559,12 @@ def _register_benches() -> None:
         profile=click.Option(
             ["--profile"], is_flag=True, default=False, help="Profile both rebuilds (cProfile) afterwards."
         ),
+        workers=click.Option(
+            ["--workers"],
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Processes folding the log in each rebuild (default: half the cores, at most 4).",
+        ),
     )
     _bench_command(
         "relay",
