@@ -9,7 +9,7 @@ from datetime import datetime
 
 import msgspec
 
-from schemas.envelope import EventEnvelope
+from schemas.envelope import FoldEvent
 from schemas.events import (
     NodeExecuteAfter,
     NodeExecuteAfterData,
@@ -70,14 +70,14 @@ class NodeExecution(msgspec.Struct, frozen=True, gc=False):
     last_seq: int = -1
 
 
-def key(event: EventEnvelope) -> tuple[str, str] | None:
+def key(event: FoldEvent) -> tuple[str, str] | None:
     """Rows are per node; run-level events (a ``run_waiting`` without a node) touch no row."""
     if isinstance(event.data, NODE_EVENTS) and event.data.node_id is not None:
         return (str(event.run_id), event.data.node_id)
     return None
 
 
-def apply(view: NodeExecution | None, event: EventEnvelope) -> NodeExecution | None:
+def apply(view: NodeExecution | None, event: FoldEvent) -> NodeExecution | None:
     body = event.data
     if not isinstance(body, NODE_EVENTS) or body.node_id is None:
         return view

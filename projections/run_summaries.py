@@ -10,7 +10,7 @@ from datetime import datetime
 
 import msgspec
 
-from schemas.envelope import EventEnvelope
+from schemas.envelope import FoldEvent
 from schemas.events import (
     NodeExecuteAfter,
     NodeExecuteBefore,
@@ -105,11 +105,11 @@ def _ended(view: RunSummary, seq: int, at: datetime, status: str, error: str | N
     )
 
 
-def key(event: EventEnvelope) -> str:
+def key(event: FoldEvent) -> str:
     return str(event.run_id)
 
 
-def apply(view: RunSummary | None, event: EventEnvelope) -> RunSummary:
+def apply(view: RunSummary | None, event: FoldEvent) -> RunSummary:
     """The summary right after ``event`` (a new row for a run's first event)."""
     if view is None:
         view = RunSummary(run_id=str(event.run_id), tenant=event.tenant, workflow_id=event.workflow_id)

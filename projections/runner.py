@@ -16,7 +16,7 @@ the service.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ import msgspec
 
 from projections import node_executions, run_summaries
 from projections.shadow_tables import add_indexes, create_unindexed, swap_in
-from schemas.envelope import EventEnvelope
+from schemas.envelope import EventEnvelope, FoldEvent, LogEvent
 from schemas.names import DB_SCHEMA
 
 
@@ -50,7 +50,7 @@ class LogPage:
 
     last_position: int
     count: int
-    events: list[EventEnvelope]
+    events: list[LogEvent]
 
 
 class LogAccess(Protocol):
@@ -74,8 +74,8 @@ class Projection:
     table: str
     row_type: type[msgspec.Struct]
     key_columns: tuple[str, ...]
-    key: Callable[[EventEnvelope], Hashable | None]
-    apply: Callable[[Any, EventEnvelope], Any]
+    key: Callable[[FoldEvent], Hashable | None]
+    apply: Callable[[Any, FoldEvent], Any]
     types: frozenset[str]
     """Event types the view reads: others are not even decoded for it."""
 
@@ -109,7 +109,7 @@ def _key_tuple(key: Hashable) -> tuple[Any, ...]:
 
 
 def fold_batch(
-    projection: Projection, rows: dict[Hashable, Any], events: list[EventEnvelope]
+    projection: Projection, rows: dict[Hashable, Any], events: Sequence[FoldEvent]
 ) -> set[Hashable]:
     """Apply ``events`` to ``rows`` in place (pure apart from the dict); returns the keys changed."""
     changed: set[Hashable] = set()
@@ -171,7 +171,7 @@ class ProjectionRunner:
             return
         await conn.executemany(self._sql_upsert, [_storable_record(row) for row in rows])
 
-    async def apply_events(self, conn: Conn, events: list[EventEnvelope]) -> None:
+    async def apply_events(self, conn: Conn, events: Sequence[FoldEvent]) -> None:
         """Fold ``events`` into the table (inside the caller's transaction)."""
         keys = {k for e in events if (k := self.projection.key(e)) is not None}
         rows = await self.load(conn, keys)
@@ -298,6 +298,7 @@ async def rebuild_all(
     batch: int = 5000,
     on_progress: Callable[[int], None] | None = None,
     copy_rows: int = 20_000,
+    fold: FoldShadows | None = None,
 ) -> int:
     """Fold the whole log into shadow tables in one pass, then swap them in atomically.
 
@@ -308,19 +309,65 @@ async def rebuild_all(
     keep serving (and their runners keep advancing) until the swap, which takes
     the live checkpoint locks, applies what arrived meanwhile, and renames the
     tables in the same transaction. Returns the final position.
+
+    ``fold`` fills the (unindexed) shadow tables some other way, e.g. in several processes
+    each folding a share of the runs (``FoldShadows``); by default ``fold_into_shadows``
+    does it here, COPYing on ``conn``.
     """
     shadows = [f"{p.table}_rebuild" for p in projections]
     indexes = [
         await create_unindexed(conn, schema, projection.table, shadow)
         for projection, shadow in zip(projections, shadows, strict=True)
     ]
-    writer = _ShadowWriter(conn, schema, projections, shadows, copy_rows)
-    position, late = await _fold_log(log, _RebuildFold(projections, writer), batch, on_progress)
+    if fold is None:
+        position, late = await fold_into_shadows(
+            conn,
+            log,
+            projections,
+            shadows,
+            schema=schema,
+            batch=batch,
+            on_progress=on_progress,
+            copy_rows=copy_rows,
+        )
+    else:
+        position, late = await fold(projections, shadows, batch, on_progress)
     for shadow, shadow_indexes in zip(shadows, indexes, strict=True):
         await add_indexes(conn, schema, shadow, shadow_indexes)
     return await _catch_up_and_swap(
         conn, log, projections, shadows, position, late, schema=schema, batch=batch, on_progress=on_progress
     )
+
+
+class FoldShadows(Protocol):
+    """Fills the shadow tables of ``projections`` with their folded rows, reporting progress in
+    log events; returns the position it read the log up to and the late events (events of
+    runs already written, which ``rebuild_all`` applies before the swap), in log order."""
+
+    async def __call__(
+        self,
+        projections: list[Projection],
+        shadows: list[str],
+        batch: int,
+        on_progress: Callable[[int], None] | None,
+    ) -> tuple[int, list[LogEvent]]: ...
+
+
+async def fold_into_shadows(
+    conn: Conn,
+    log: LogAccess,
+    projections: list[Projection],
+    shadows: list[str],
+    *,
+    schema: str = DB_SCHEMA,
+    batch: int = 5000,
+    on_progress: Callable[[int], None] | None = None,
+    copy_rows: int = 20_000,
+) -> tuple[int, list[LogEvent]]:
+    """Fold every page ``log`` gives into ``shadows`` (COPYed on ``conn``, which must not be
+    the one ``log`` reads on); returns the last position read and the late events."""
+    writer = _ShadowWriter(conn, schema, projections, shadows, copy_rows)
+    return await _fold_log(log, _RebuildFold(projections, writer), batch, on_progress)
 
 
 class _RebuildFold:
@@ -335,7 +382,7 @@ class _RebuildFold:
         self.rows: list[dict[Hashable, Any]] = [{} for _ in projections]
         self.keys_by_run: dict[str, list[tuple[int, Hashable]]] = {}
         self.written: set[str] = set()
-        self.late: list[EventEnvelope] = []
+        self.late: list[LogEvent] = []
         # Terminal events are always read: they tell when a run's rows can be written.
         self.wanted = frozenset().union(*(p.types for p in projections), _TERMINAL)
         # Per event type, the views that read it: (index, key function, apply function, rows).
@@ -344,12 +391,12 @@ class _RebuildFold:
             for type_ in self.wanted
         }
 
-    def fold(self, events: list[EventEnvelope]) -> None:
+    def fold(self, events: list[LogEvent]) -> None:
         """Apply a page of events, then hand the rows of the runs it ended to the writer."""
         keys_by_run, written, late, readers = self.keys_by_run, self.written, self.late, self.readers
         ended: list[str] = []
         for event in events:
-            run_id = str(event.run_id)
+            run_id = event.run_id  # the text form already (``LogEvent``)
             type_ = event.type
             if type_ in _TERMINAL:
                 ended.append(run_id)
@@ -384,7 +431,7 @@ class _RebuildFold:
 
 async def _fold_log(
     log: LogAccess, fold: _RebuildFold, batch: int, on_progress: Callable[[int], None] | None
-) -> tuple[int, list[EventEnvelope]]:
+) -> tuple[int, list[LogEvent]]:
     """Fold the whole log, page by page, into the shadow tables; returns the last position read
     and the late events (see ``_RebuildFold``)."""
     writer = fold.writer
@@ -417,7 +464,7 @@ async def _catch_up_and_swap(
     projections: list[Projection],
     shadows: list[str],
     position: int,
-    late: list[EventEnvelope],
+    late: list[LogEvent],
     *,
     schema: str,
     batch: int,
@@ -430,7 +477,7 @@ async def _catch_up_and_swap(
     async with conn.transaction():
         for projection in projections:
             await log.lock_checkpoint(conn, projection.name)
-        pending = late
+        pending: Sequence[FoldEvent] = late
         while True:
             if pending:
                 for runner in runners:

@@ -169,6 +169,19 @@ class Health(msgspec.Struct, frozen=True):
     status: Literal["ok"]
 
 
+class StreamHealth(msgspec.Struct, frozen=True):
+    """The JetStream stream the relay publishes to, as its servers report it now."""
+
+    name: str
+    replicas: int
+    """Replicas configured (``FLOWLEDGER_NATS_REPLICAS``)."""
+    leader: str | None
+    """The server leading the stream; null on a single server that is not clustered."""
+    replicas_current: int
+    """Replicas up to date (the leader included); below ``replicas``, a node is behind or gone."""
+    messages: int
+
+
 class ReadyState(msgspec.Struct, frozen=True):
     status: Literal["ready", "starting", "unavailable"]
     postgres: bool
@@ -180,6 +193,9 @@ class ReadyState(msgspec.Struct, frozen=True):
     """The log position this instance's relay has published up to; null when it is not the
     active relay here (a standby while another instance relays, or disabled): only the active
     relay knows how far publishing has got."""
+    stream: StreamHealth | None = None
+    """The stream's health; null when JetStream did not answer (then the service is not ready:
+    a stream without a quorum or a leader stores nothing)."""
 
 
 class FieldError(msgspec.Struct, frozen=True):

@@ -40,3 +40,22 @@ EventEnvelope = Envelope[Event]
 
 RawEnvelope = Envelope[msgspec.Raw]
 """Envelope with the body kept as the exact stored JSON bytes (no re-encoding)."""
+
+
+class LogEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as the projections' folds read it: an ``EventEnvelope`` without what no fold
+    looks at (event id, schema version, hash chain), so a rebuild need not read those, and
+    with the run id as the text the views store (folds take ``str(event.run_id)``)."""
+
+    run_id: str
+    seq: int
+    global_position: int
+    type: str
+    tenant: str
+    workflow_id: str
+    recorded_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    data: Event
+
+
+FoldEvent = EventEnvelope | LogEvent
+"""What a projection folds: a whole envelope (the live runners) or a ``LogEvent`` (a rebuild)."""

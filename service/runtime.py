@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
+from schemas.api import StreamHealth
 from service.config import ALL_SCOPES, DEFAULT_TENANT, Settings
 from service.engine.nodes import NodeRegistry, default_registry
 from service.engine.scheduler import Scheduler
@@ -66,6 +67,7 @@ class Readiness:
     migrations: bool = False
     nats: bool = False
     error: str | None = None
+    stream: StreamHealth | None = None
 
     @property
     def ready(self) -> bool:
@@ -214,13 +216,40 @@ class Runtime:
         except Exception as exc:  # down, refusing, or too slow: not ready
             postgres, error = False, f"PostgreSQL does not answer: {type(exc).__name__}: {exc}"
         nats = self.nats is not None and self.nats.is_connected
+        stream = None
         if not nats:
             error = error or "NATS is disconnected (reconnecting)"
+        else:
+            stream, stream_error = await self._stream_health()
+            error = error or stream_error
         stopped = next((t for t in self._tasks if t.done()), None)
         if stopped is not None:
             cause = stopped.exception() if not stopped.cancelled() else None
             error = error or f"the {stopped.get_name()} task stopped: {cause!r}"
-        return Readiness(postgres=postgres, migrations=r.migrations, nats=nats, error=error)
+        return Readiness(postgres=postgres, migrations=r.migrations, nats=nats, error=error, stream=stream)
+
+    async def _stream_health(self) -> tuple[StreamHealth | None, str | None]:
+        """The stream as JetStream reports it, or why it did not: a stream that lost its quorum
+        or its leader answers nothing (the relay can store nothing then)."""
+        assert self.nats is not None
+        name = self.settings.nats_stream
+        try:
+            async with asyncio.timeout(2):
+                info = await self.nats.jetstream(timeout=2).stream_info(name)
+        except Exception as exc:
+            return None, f"JetStream does not answer for stream {name}: {type(exc).__name__}: {exc}"
+        cluster = info.cluster
+        peers = (cluster.replicas or []) if cluster is not None else []
+        health = StreamHealth(
+            name=name,
+            replicas=info.config.num_replicas or 1,
+            leader=cluster.leader if cluster is not None else None,
+            replicas_current=1 + sum(1 for p in peers if p.current and not p.offline),
+            messages=info.state.messages,
+        )
+        if health.replicas > 1 and health.leader is None:  # a server answered from what it last knew
+            return health, f"stream {name} has no leader (its replicas lost their quorum)"
+        return health, None
 
     def _nats_reconnected(self) -> None:
         if self.push is not None:
@@ -277,6 +306,8 @@ class LogDatabase:
     pool: asyncpg.Pool
     store: EventStore
     workflows: WorkflowStore
+    database_url: str
+    """Where ``pool`` connects (the embedded server's URL when it is the embedded one)."""
 
 
 @contextlib.asynccontextmanager
@@ -294,7 +325,7 @@ async def log_database(settings: Settings, *, create: bool) -> AsyncIterator[Log
             await apply_migrations(conn)
         store = EventStore(pool)
         await store.start()
-        yield LogDatabase(pool, store, WorkflowStore(pool))
+        yield LogDatabase(pool, store, WorkflowStore(pool), url)
     finally:
         if store is not None:
             await store.close()

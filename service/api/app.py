@@ -93,6 +93,7 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyState:
         nats=r.nats,
         relay_active=bool(relay and relay.status.active),
         relay_position=relay.status.published_position if relay and relay.status.active else None,
+        stream=r.stream,
     )
     if not r.ready:
         missing = [name for name in ("postgres", "migrations", "nats") if not getattr(r, name)]

@@ -13,7 +13,12 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.problem_details import ProblemDetailsException
-from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_410_GONE, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_410_GONE,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from litestar.types import ExceptionHandlersMap
 
 from schemas.api import ProblemDetails
@@ -77,6 +82,29 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
         status_code=HTTP_500_INTERNAL_SERVER_ERROR,
         title="Internal error",
         detail="the service failed to handle this request; the error was logged",
+    ).to_response(request)
+
+
+UNREACHABLE: Final[tuple[type[Exception], ...]] = (
+    ConnectionError,  # refused, reset, aborted: OSErrors, found along the exception's MRO
+    TimeoutError,  # connecting took too long (the server or the network stalls)
+    asyncpg.InterfaceError,  # a pooled connection whose session died
+    asyncpg.InternalClientError,  # a session killed mid-operation
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down, cannot connect now
+)
+"""A connection to a dependency failed (PostgreSQL down or restarting, the network between)."""
+
+
+def _dependency_unreachable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Not this service's fault nor the caller's, and the same request can succeed in a moment
+    (on this instance or another): a 503 with ``Retry-After``, and one log line, not a traceback."""
+    log.warning("request_dependency_unreachable", path=request.url.path, error=repr(exc)[:300])
+    return ProblemDetailsException(
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        title="Service unavailable",
+        detail="a connection to the database (or another dependency) failed; retry later",
+        headers={"Retry-After": "1"},
     ).to_response(request)
 
 
@@ -154,5 +182,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_problem,
     RunArchived: _archived_run,
     asyncpg.DataError: _refused_value,
+    **dict.fromkeys(UNREACHABLE, _dependency_unreachable),
     Exception: _internal_error,
 }

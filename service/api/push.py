@@ -74,16 +74,19 @@ def _hub(runtime: Runtime) -> PushHub:
 KEEP_ALIVE = b": keep-alive\n\n"
 
 
-async def _sse(events: AsyncIterator[PushEvent | None], *, by_position: bool) -> AsyncIterator[bytes]:
-    """Pre-encoded SSE frames: a run's frame is built once and written to every client as is."""
+async def _sse(events: AsyncIterator[list[PushEvent] | None], *, by_position: bool) -> AsyncIterator[bytes]:
+    """Pre-encoded SSE frames: a run's frame is built once and written to every client as is;
+    the events ready at once go out in one write."""
     try:
-        async for event in events:
-            if event is None:
+        async for batch in events:
+            if batch is None:
                 yield KEEP_ALIVE
             elif by_position:
-                yield sse_frame(event.global_position, event.type, event.payload)
+                yield b"".join([sse_frame(e.global_position, e.type, e.payload) for e in batch])
+            elif len(batch) == 1:
+                yield batch[0].sse_frame
             else:
-                yield event.sse_frame
+                yield b"".join([e.sse_frame for e in batch])
     except Overflow as exc:
         yield b"event: error\ndata: %s\n\n" % msgspec.json.encode({"message": str(exc)})
     except HubClosing:
@@ -217,11 +220,12 @@ class PushConnection:
         hub = _hub(self.runtime)
         assert self.runtime.store is not None
         try:
-            async for event in run_events(
+            async for batch in run_events(
                 hub, self.runtime.store, run_id, after_seq, heartbeat_s=HEARTBEAT_S
             ):
-                if event is not None and (message := encode_message(event.payload)) is not None:
-                    await self.enqueue(message)
+                for event in batch or ():
+                    if (message := encode_message(event.payload)) is not None:
+                        await self.enqueue(message)
         except (Overflow, _ClientTooSlow) as exc:
             await self.close(4008, str(exc))
         except HubClosing:

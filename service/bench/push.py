@@ -59,7 +59,7 @@ from service.config import Settings
 from service.engine.nodes import NodeContext, NodeType
 from service.runtime import running
 
-TARGET_P99_MS = 250.0
+TARGET_P99_MS = 150.0
 GATE_TIMEOUT_S = 300.0
 """A gate nobody opens (a run started outside a bench) lets its run through after this long."""
 SUBSCRIBERS_PER_CONNECTION = 100

@@ -124,12 +124,12 @@ class RunsBenchResult:
 # -- ours -----------------------------------------------------------------------------------------
 
 
-class _Stalled(RuntimeError):
+class Stalled(RuntimeError):
     pass
 
 
 @dataclass(frozen=True)
-class _OurSide:
+class OurSide:
     """Our side, running: a scratch schema and stream, the store, the queue, a worker and a relay."""
 
     schema: str
@@ -150,7 +150,7 @@ async def _ours(
     node_type: str = "noop",
     processes: int = 0,
 ) -> SideResult:
-    async with _our_side(pool, nc, concurrency, node_type, database_url, processes) as side:
+    async with our_side(pool, nc, concurrency, node_type, database_url, processes) as side:
         label = f"flowledger ({processes} worker processes)" if processes else "flowledger"
         enqueued = progress.add_task(f"{label}: enqueued", total=runs)
         finished = progress.add_task(f"{label}: finished", total=runs)
@@ -158,7 +158,7 @@ async def _ours(
         relay = side.relay
         start = await _run_all(side, database_url, runs, progress, enqueued, finished, relayed)
         head = await side.store.head_position()
-        await _until(
+        await wait_until(
             lambda: relay.status.published_position >= head,
             side.background,
             lambda: f"the relay stopped short of the log head (last error: {relay.status.last_error})",
@@ -166,24 +166,25 @@ async def _ours(
         )
         elapsed = time.perf_counter() - start
         progress.update(relayed, completed=relay.status.published)
-        latencies = await _check_ours(pool, side.schema, runs, relay.status.published)
+        latencies = await check_ours(pool, side.schema, runs, relay.status.published)
         return SideResult(runs, elapsed, latencies)
 
 
 @contextlib.asynccontextmanager
-async def _our_side(
+async def our_side(
     pool: asyncpg.Pool,
     nc: NATS,
     concurrency: int,
     node_type: str = "noop",
     database_url: str = "",
     processes: int = 0,
-) -> AsyncIterator[_OurSide]:
+    replicas: int = 1,
+) -> AsyncIterator[OurSide]:
     """Start our side in a scratch schema and stream, the bench workflow registered and the
     relay active; stop it and drop the scratch schema and stream on exit. ``processes`` 0: the
     worker runs in this process; N: in N processes of their own (``concurrency`` split among
-    them), as ``serve --processes N`` runs it."""
-    async with scratch_schema(pool) as schema, scratch_stream(nc, "RUNS") as (stream, prefix):
+    them), as ``serve --processes N`` runs it; the stream on ``replicas`` servers."""
+    async with scratch_schema(pool) as schema, scratch_stream(nc, "RUNS", replicas) as (stream, prefix):
         store = EventStore(pool, schema=schema)
         await store.start()
         registry = default_registry()
@@ -201,9 +202,11 @@ async def _our_side(
             else:
                 worker = Worker(store, queue, workflows, registry, WorkerSettings(max_runs=concurrency))
                 background.append(asyncio.create_task(worker.run(), name="bench-worker"))
-            await _until(lambda: relay.status.active, background, lambda: "the relay did not become active")
+            await wait_until(
+                lambda: relay.status.active, background, lambda: "the relay did not become active"
+            )
             await asyncio.sleep(0.1)  # the worker's LISTEN is in place: it is woken by the first enqueue
-            yield _OurSide(schema, store, queue, stored, relay, background)
+            yield OurSide(schema, store, queue, stored, relay, background)
         finally:
             for task in background:
                 task.cancel()
@@ -287,7 +290,7 @@ def _worker_process(database_url: str, schema: str, max_runs: int, ready: Any, s
 
 
 async def _run_all(
-    side: _OurSide,
+    side: OurSide,
     database_url: str,
     runs: int,
     progress: Progress,
@@ -325,13 +328,13 @@ async def _run_all(
             progress.update(relayed, completed=side.relay.status.published)
             if now_ended >= runs:
                 break
-            _raise_if_died(side.background)
+            raise_if_died(side.background)
             if starters.done():
                 starters.result()  # an enqueue failure ends the bench here
             if now_ended != ended:
                 ended, last_change = now_ended, time.perf_counter()
             elif time.perf_counter() - last_change > STALL_S:
-                raise _Stalled(f"flowledger: no run finished for {STALL_S:.0f} s ({ended} of {runs})")
+                raise Stalled(f"flowledger: no run finished for {STALL_S:.0f} s ({ended} of {runs})")
             await asyncio.sleep(0.01)
         await starters
     except BaseException:
@@ -344,14 +347,14 @@ async def _run_all(
     return start
 
 
-def _raise_if_died(tasks: list[asyncio.Task[None]]) -> None:
+def raise_if_died(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         if task.done():
             exc = None if task.cancelled() else task.exception()
             raise RuntimeError(f"{task.get_name()} stopped: {exc!r}") from exc
 
 
-async def _until(
+async def wait_until(
     condition: Callable[[], bool],
     background: list[asyncio.Task[None]],
     failure: Callable[[], str],
@@ -359,15 +362,15 @@ async def _until(
 ) -> None:
     deadline = time.perf_counter() + STALL_S
     while not condition():
-        _raise_if_died(background)
+        raise_if_died(background)
         if time.perf_counter() > deadline:
-            raise _Stalled(f"flowledger: {failure()} within {STALL_S:.0f} s")
+            raise Stalled(f"flowledger: {failure()} within {STALL_S:.0f} s")
         if on_poll is not None:
             on_poll()
         await asyncio.sleep(0.002)
 
 
-async def _check_ours(pool: asyncpg.Pool, schema: str, runs: int, published: int) -> list[float]:
+async def check_ours(pool: asyncpg.Pool, schema: str, runs: int, published: int) -> list[float]:
     """Every run succeeded and every event was relayed; returns queued -> finished latencies (ms)."""
     s = f'"{schema}"'
     async with pool.acquire() as conn:
@@ -591,7 +594,7 @@ def _print(
             "flowledger bench runs",
             [
                 Comparison(
-                    f"runs end to end ({node_type})", ours.rate, dbos.rate, "DBOS, 5 steps", "runs/s", 3.0
+                    f"runs end to end ({node_type})", ours.rate, dbos.rate, "DBOS, 5 steps", "runs/s", 8.0
                 ),
                 *rows,
             ],

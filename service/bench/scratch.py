@@ -29,12 +29,12 @@ async def scratch_schema(pool: asyncpg.Pool, prefix: str = "bench") -> AsyncIter
 
 
 @asynccontextmanager
-async def scratch_stream(nc: NATS, label: str) -> AsyncIterator[tuple[str, str]]:
-    """A fresh stream: yields (stream name, subject prefix)."""
+async def scratch_stream(nc: NATS, label: str, replicas: int = 1) -> AsyncIterator[tuple[str, str]]:
+    """A fresh stream on ``replicas`` servers of the cluster: yields (stream name, subject prefix)."""
     token = uuid.uuid4().hex[:10]
     name, prefix = f"BENCH_{label}_{token}", f"bench{token}.{label.lower()}"
     js = nc.jetstream()
-    await ensure_stream(js, stream_config(name, prefix))
+    await ensure_stream(js, stream_config(name, prefix, replicas=replicas))
     try:
         yield name, prefix
     finally:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from projections.runner import PROJECTIONS
 from service.cli._common import run_async, settings_of
+from service.followers.parallel_rebuild import PARALLEL_FROM_EVENTS, RebuildWorkerFailed
 from service.followers.projection_service import rebuild_projections
 from service.runtime import log_database
 from service.store.projection_log import projection_status
@@ -54,8 +55,15 @@ def projections_status(ctx: click.Context) -> None:
 
 @projections.command("rebuild")
 @click.argument("name", required=False, type=click.Choice(sorted(PROJECTIONS)))
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes folding the log, each a share of the runs (default: half the cores, at most 4; "
+    f"1, or a log under {PARALLEL_FROM_EVENTS:,} events: this process alone).",
+)
 @click.pass_context
-def projections_rebuild(ctx: click.Context, name: str | None) -> None:
+def projections_rebuild(ctx: click.Context, name: str | None, workers: int | None) -> None:
     """Rebuild NAME (default: all) from position 0 into a shadow table, then swap it in.
 
     The service keeps serving the old view until the swap.
@@ -74,9 +82,17 @@ def projections_rebuild(ctx: click.Context, name: str | None) -> None:
                 console=console,
             ) as progress:
                 task = progress.add_task(f"rebuilding {', '.join(names)}", total=head)
-                position = await rebuild_projections(
-                    db.pool, db.store, names, on_progress=lambda k: progress.advance(task, k)
-                )
+                try:
+                    position = await rebuild_projections(
+                        db.pool,
+                        db.store,
+                        names,
+                        on_progress=lambda k: progress.advance(task, k),
+                        database_url=db.database_url,
+                        workers=workers,
+                    )
+                except RebuildWorkerFailed as exc:
+                    raise click.ClickException(f"{exc}; the live views are unchanged") from exc
                 progress.update(task, completed=position, total=max(head, position))
         console.print(f"rebuilt {', '.join(names)}")
 

@@ -533,6 +533,7 @@ def _register_benches() -> None:
     from service.bench.push import bench_push
     from service.bench.relay import bench_relay
     from service.bench.runs import bench_runs
+    from service.cli.bench_load import load
 
     _bench_command(
         "append",
@@ -559,12 +560,27 @@ def _register_benches() -> None:
         profile=click.Option(
             ["--profile"], is_flag=True, default=False, help="Profile both rebuilds (cProfile) afterwards."
         ),
+        workers=click.Option(
+            ["--workers"],
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Processes folding the log in each rebuild (default: half the cores, at most 4).",
+        ),
     )
     _bench_command(
         "relay",
         bench_relay,
         "Relay throughput (Postgres log -> JetStream) vs raw pipelined nats-py publishing.",
         events=click.Option(["--events"], default=50_000, show_default=True, help="Events to relay."),
+        replicas=click.Option(
+            ["--replicas"],
+            envvar=ENV_NATS_REPLICAS,
+            show_envvar=True,
+            type=click.IntRange(1, 5),
+            default=1,
+            show_default=True,
+            help="Replicas of the scratch streams (more than 1 needs a NATS cluster).",
+        ),
     )
     _bench_command(
         "runs",
@@ -596,6 +612,8 @@ def _register_benches() -> None:
             "scaling; 0: the worker in the bench's own process.",
         ),
     )
+
+    bench.add_command(load)
 
     _bench_command(
         "push",

@@ -56,7 +56,7 @@ from service.engine.nodes.config_values import (
     SECRET_KEY,
     dynamic_values,
     redact,
-    redact_output,
+    redact_encoded_output,
     resolve_config,
 )
 from service.engine.nodes.node_logs import FLUSH_INTERVAL_S, NodeLogCollector
@@ -125,6 +125,14 @@ class ExecutionLimits:
     """A run whose every unfinished node waits longer than this gives its slot and lease back."""
 
 
+DEFERRABLE_LEASE_S = 1.0
+"""``run_started`` and ``node_execute_before`` may wait for the next append only while the lease
+surely holds this long: 200 times ``DEFER_BEFORE_S``, so no other worker can claim the run (and
+start the node again) before the start is written, unless an append takes over a second."""
+DEFER_BEFORE_S = 0.005
+"""How long they wait at most: a node still running by then has its start written on its own."""
+
+
 def backoff_ms(policy: RetryPolicy, failures: int) -> int:
     """Delay before the attempt after the ``failures``-th failure (exponential, capped)."""
     delay = policy.initial_backoff_ms * (policy.multiplier ** max(0, failures - 1))
@@ -139,10 +147,13 @@ def item_count(output: Any) -> int:
     return 1
 
 
-def output_event(node_id: str, attempt: int, output: Any, limits: ExecutionLimits) -> RecordedOutput:
+def output_event(
+    node_id: str, attempt: int, output: Any, limits: ExecutionLimits, encoded: bytes | None = None
+) -> RecordedOutput:
     """The recorded output: inline, or a blob reference plus its blob when over the event cap
-    (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit."""
-    return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes)
+    (``service.engine.outputs``); ``NodeFailure`` when it is not JSON or over the hard limit.
+    ``encoded``: the output's JSON, when the registry made it (then it is not encoded again)."""
+    return record_output(node_id, attempt, output, limits.output_cap_bytes, limits.max_output_bytes, encoded)
 
 
 def _clip(text: str | None) -> str:
@@ -189,8 +200,13 @@ class RunExecutor:
         limits: ExecutionLimits = ExecutionLimits(),
         secrets: SecretReader | None = None,
         children: Children | None = None,
+        lease_left: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
+        self.lease_left = lease_left
+        """Seconds this worker's lease on the run surely still holds (None: unknown)."""
+        self._deferred: list[Event] = []
+        """Events to write with the next append (``run_started``, ``node_execute_before``: ``_record_soon``)."""
         self.children = children
         self._check_children = True
         self.parked_until: datetime | None = None
@@ -244,7 +260,7 @@ class RunExecutor:
             await self._append([recovered])
             self._log.info("run_recovered", completed=len(completed), lease_expired=recovered.lease_expired)
         else:
-            await self._append([RunStarted(worker_id=self.worker_id)])
+            await self._record_soon(RunStarted(worker_id=self.worker_id))
         try:
             await self._loop()
         finally:
@@ -316,6 +332,7 @@ class RunExecutor:
     async def _park(self, wake: datetime | None) -> bool:
         """Give the run back as waiting until ``wake``; False when the log moved on meanwhile."""
         async with self._lock:
+            await self._write_deferred_locked()
             parked = await self.queue.park(self.worker_id, self.run_id, self.next_seq - 1, wake)
             if not parked:  # a signal, a cancel, or a child's end came meanwhile: look again
                 self._check_children = True
@@ -493,16 +510,17 @@ class RunExecutor:
 
     async def _finish(self, step: Plan) -> bool:
         """Append the terminal event and end the queue row together; False if the log moved on."""
-        now = datetime.now(UTC)
-        started = self.state.started_at or now
-        duration = (now - started).total_seconds() * 1000
-        event: Event
-        if step.finish == "cancelled":
-            event = RunCancelled(reason=step.error or "cancel requested")
-        else:
-            assert step.finish is not None
-            event = RunFinished(status=step.finish, error=step.error, duration_ms=duration)
         async with self._lock:
+            await self._write_deferred_locked()  # run_started, when nothing else was recorded yet
+            now = datetime.now(UTC)
+            started = self.state.started_at or now
+            duration = (now - started).total_seconds() * 1000
+            event: Event
+            if step.finish == "cancelled":
+                event = RunCancelled(reason=step.error or "cancel requested")
+            else:
+                assert step.finish is not None
+                event = RunFinished(status=step.finish, error=step.error, duration_ms=duration)
             try:
                 stored = await self.queue.end_with(
                     self.worker_id,
@@ -652,7 +670,9 @@ class RunExecutor:
                 await self._start_waiting(node_id, spec, policy, attempt)
                 return
             async with self.node_slots:
-                await self._append([NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)])
+                await self._record_soon(
+                    NodeExecuteBefore(node_id=node_id, node_type=spec.type, attempt=attempt)
+                )
                 logs = NodeLogCollector(node_id, attempt)
                 ctx = NodeContext(
                     run_id=str(self.run_id),
@@ -785,10 +805,9 @@ class RunExecutor:
                 config, secrets = await self._config(node_id, ctx.document)
                 if secrets:
                     ctx = msgspec.structs.replace(ctx, secrets=secrets)
-                output = await self.registry.execute(spec.type, config, ctx)
-            data = self._outputs.keep(
-                output_event(node_id, attempt, redact_output(output, ctx.secrets), self.limits)
-            )
+                output = await self.registry.execute_json(spec.type, config, ctx)
+            value, encoded = redact_encoded_output(output.value, output.encoded, ctx.secrets)
+            data = self._outputs.keep(output_event(node_id, attempt, value, self.limits, encoded))
         except NodeFailure as exc:
             failure = exc
         except TimeoutError:
@@ -870,27 +889,62 @@ class RunExecutor:
         inner.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(inner)
 
+    async def _record_soon(self, event: Event) -> None:
+        """Record ``run_started`` or a node's ``node_execute_before`` without waiting for it,
+        while the lease surely holds for a while (so no other worker can have taken the run
+        over): it is written with the next append (a quick node's result: one append instead
+        of two), or on its own within ``DEFER_BEFORE_S``. Either way it is durable before
+        anything recorded after it, so before any dependent node starts and before the run
+        ends or parks. Without such a lease it is appended at once, as a fence."""
+        if self.lease_left is None or self.lease_left() < DEFERRABLE_LEASE_S:
+            await self._append([event])
+            return
+        self._deferred.append(event)
+        asyncio.get_running_loop().call_later(DEFER_BEFORE_S, self._flush_deferred)
+
+    async def _write_deferred_locked(self) -> None:
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            await self._write_locked(deferred)
+
+    def _flush_deferred(self) -> None:
+        if self._deferred:
+            flush = asyncio.ensure_future(self._append([]))
+            flush.add_done_callback(
+                lambda t: t.cancelled() or t.exception()
+            )  # its node's append meets it too
+
     async def _append_now(self, events: list[Event], only_if_running: str | None) -> list[RawEnvelope]:
         async with self._lock:
-            while True:
-                if only_if_running is not None and self.state.node(only_if_running).status != "running":
-                    return []
-                blobs = self._outputs.blobs_for(events)  # large outputs: same transaction
-                try:
-                    stored = await self.store.append(
-                        self.run_id,
-                        events,
-                        self.next_seq,
-                        tenant=self.claim.tenant,
-                        workflow_id=self.claim.workflow_id,
-                        blobs=blobs,
-                    )
-                except ConcurrencyError:
-                    await self._catch_up_locked()
-                    continue
-                self._outputs.written(blobs)
-                self._fold(stored)
-                return stored
+            if only_if_running is None:
+                events = [*self._deferred, *events]
+                self._deferred = []
+            else:  # the node's own before must be folded before its status is checked
+                await self._write_deferred_locked()
+            return await self._write_locked(events, only_if_running) if events else []
+
+    async def _write_locked(
+        self, events: list[Event], only_if_running: str | None = None
+    ) -> list[RawEnvelope]:
+        while True:
+            if only_if_running is not None and self.state.node(only_if_running).status != "running":
+                return []
+            blobs = self._outputs.blobs_for(events)  # large outputs: same transaction
+            try:
+                stored = await self.store.append(
+                    self.run_id,
+                    events,
+                    self.next_seq,
+                    tenant=self.claim.tenant,
+                    workflow_id=self.claim.workflow_id,
+                    blobs=blobs,
+                )
+            except ConcurrencyError:
+                await self._catch_up_locked()
+                continue
+            self._outputs.written(blobs)
+            self._fold(stored)
+            return stored
 
     async def refresh(self) -> None:
         """Read events others appended (a cancel request, a signal), look at child runs again,

@@ -54,15 +54,21 @@ def record_output(
     output: Any,
     cap_bytes: int = DEFAULT_OUTPUT_CAP_BYTES,
     max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    encoded: bytes | None = None,
 ) -> RecordedOutput:
     """The recorded form of ``output``. Raises ``NodeFailure`` (not retryable) for a value that
-    is not JSON (``bad_output``) or whose encoding is over ``max_bytes`` (``output_too_large``)."""
-    try:
-        encoded = msgspec.json.encode(output)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise NodeFailure(
-            "bad_output", f"node {node_id} returned a value that is not JSON: {exc}", retryable=False
-        ) from exc
+    is not JSON (``bad_output``) or whose encoding is over ``max_bytes`` (``output_too_large``).
+
+    ``encoded``, when given, is the JSON encoding of ``output``, which is then already made of
+    JSON types (``NodeRegistry.execute_json``): it is neither encoded nor decoded again."""
+    if encoded is None:
+        try:
+            encoded = msgspec.json.encode(output)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise NodeFailure(
+                "bad_output", f"node {node_id} returned a value that is not JSON: {exc}", retryable=False
+            ) from exc
+        output = msgspec.json.decode(encoded)
     size = len(encoded)
     if size > max_bytes:
         raise NodeFailure(
@@ -72,7 +78,7 @@ def record_output(
             retryable=False,
         )
     digest = hashlib.sha256(encoded).hexdigest()
-    value = msgspec.json.decode(encoded)
+    value = output
     if size <= cap_bytes:
         data = NodeExecuteAfterData(
             node_id=node_id, attempt=attempt, output=value, output_bytes=size, output_sha256=digest

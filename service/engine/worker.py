@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from uuid import UUID
 
 import structlog
@@ -67,6 +68,8 @@ class Worker:
         self.children = Children(start=self._start_child, cancel=self._cancel_child, graph=self._graph_of)
         self.executors: dict[UUID, RunExecutor] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._lease_until: dict[UUID, float] = {}
+        """Per run: the monotonic time until which its lease surely holds (``_lease_left``)."""
         self._wake = asyncio.Event()
         self._graphs: dict[tuple[str, str, str], WorkflowGraph] = {}
         self.completed = 0
@@ -102,6 +105,7 @@ class Worker:
                         if orphans:
                             log.info("worker_released_unstarted_runs", runs=orphans)
                         claim_unsure = False
+                    asked_at = time.monotonic()
                     claims = (
                         await self.queue.claim(self.worker_id, free, self.settings.lease_s)
                         if free > 0
@@ -119,6 +123,7 @@ class Worker:
                     continue
                 backoff.reset()
                 for claim in claims:
+                    self._lease_until[claim.run_id] = asked_at + self.settings.lease_s
                     self._start(claim)
                 if len(claims) < free or free <= 0:
                     await wait_set(self._wake, self.settings.poll_s)
@@ -222,6 +227,7 @@ class Worker:
                 limits=self.limits,
                 secrets=self.secrets,
                 children=self.children,
+                lease_left=partial(self._lease_left, claim.run_id),
             )
             self.executors[claim.run_id] = executor
             await executor.execute()
@@ -250,6 +256,7 @@ class Worker:
                 del self.executors[claim.run_id]
             if self._tasks.get(claim.run_id) is me:
                 del self._tasks[claim.run_id]
+                self._lease_until.pop(claim.run_id, None)
             # Released only once out of _tasks: the heartbeat must not renew the lease after it.
             if hand_back:
                 await self._hand_back(claim.run_id)
@@ -276,16 +283,25 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
 
+    def _lease_left(self, run_id: UUID) -> float:
+        """Seconds the run's lease surely still holds: counted from before the claim or renewal
+        was sent, so the database's expiry is never earlier (no other worker can claim it)."""
+        return self._lease_until.get(run_id, 0.0) - time.monotonic()
+
     async def _heartbeat(self) -> None:
         interval = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(interval)
             owned = list(self._tasks)
+            asked_at = time.monotonic()
             try:
                 held = await self.queue.renew(self.worker_id, owned, self.settings.lease_s)
             except Exception as exc:
                 log.warning("lease_renewal_failed", error=str(exc))
                 continue
+            for run_id in held:
+                if run_id in self._lease_until:
+                    self._lease_until[run_id] = asked_at + self.settings.lease_s
             for run_id in owned:
                 if run_id not in held and run_id in self._tasks and run_id in self.executors:
                     log.warning("run_lease_lost", run_id=str(run_id))

@@ -11,6 +11,8 @@ import asyncpg
 import structlog
 
 from projections.runner import PROJECTIONS, Projection, ProjectionRunner, rebuild_all
+from service.followers.gc_pause import collector_paused
+from service.followers.parallel_rebuild import PARALLEL_FROM_EVENTS, default_workers, process_fold
 from service.infra.listen import listen
 from service.retry import Backoff
 from service.store.event_store import EventStore
@@ -88,15 +90,33 @@ class ProjectionService:
 
 
 async def rebuild_projections(
-    pool: asyncpg.Pool, store: EventStore, names: list[str], on_progress: Any = None, batch: int = 10000
+    pool: asyncpg.Pool,
+    store: EventStore,
+    names: list[str],
+    on_progress: Any = None,
+    batch: int = 10000,
+    *,
+    database_url: str | None = None,
+    workers: int | None = None,
+    parallel_from: int = PARALLEL_FROM_EVENTS,
 ) -> int:
-    """Rebuild projections from position 0 (one read of the log) into shadow tables and swap them in."""
-    async with pool.acquire() as conn:
-        return await rebuild_all(
-            conn,
-            StoreLog(store),
-            [PROJECTIONS[n] for n in names],
-            schema=store.schema,
-            batch=batch,
-            on_progress=on_progress,
-        )
+    """Rebuild projections from position 0 (one read of the log) into shadow tables and swap them in.
+
+    With ``database_url`` and a log of at least ``parallel_from`` events, the fold runs in
+    ``workers`` processes (default: half the cores, at most 4), each folding a share of the runs.
+    """
+    workers = default_workers() if workers is None else workers
+    fold = None
+    if database_url is not None and workers > 1 and await store.head_position() >= parallel_from:
+        fold = process_fold(store, database_url, workers)
+    with collector_paused():
+        async with pool.acquire() as conn:
+            return await rebuild_all(
+                conn,
+                StoreLog(store),
+                [PROJECTIONS[n] for n in names],
+                schema=store.schema,
+                batch=batch,
+                on_progress=on_progress,
+                fold=fold,
+            )

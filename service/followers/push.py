@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 import structlog
@@ -79,52 +79,63 @@ class HubClosing(Exception):
     """The service is shutting down: live streams end (clients resume elsewhere or later)."""
 
 
-_CLOSE = object()
-"""Put in a subscription's queue to wake a reader waiting on it when the hub closes."""
-
-
 @dataclass(eq=False)
 class Subscription:
-    """A client's bounded inbox. The hub never waits on it: when full, the client is cut off."""
+    """A client's bounded inbox. The hub never waits on it: when full, the client is cut off.
+
+    A deque and one waiter future, not an ``asyncio.Queue``: the hub's offer to a
+    thousand clients of one run is an append each, and a client takes all that is
+    queued at once.
+    """
 
     run_id: str | None
     matches: Callable[[PushEvent], bool]
-    queue: asyncio.Queue[PushEvent] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
+    maxsize: int = 1000
     overflowed: bool = False
     generation: int = 0
     closed: bool = False
+    pending: deque[PushEvent] = field(default_factory=deque)
+    _waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: PushEvent) -> None:
         if self.overflowed or not self.matches(event):
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self.pending) >= self.maxsize:
             self.overflowed = True
+        else:
+            self.pending.append(event)
+        self._wake()
 
-    async def next(self, timeout: float) -> PushEvent | None:
-        """The next live event, or None after ``timeout`` seconds of silence."""
-        if self.overflowed:
-            raise Overflow(f"more than {self.queue.maxsize} events queued for a client that is not reading")
-        if self.closed:
-            raise HubClosing("the service is shutting down")
-        try:
-            item: Any = self.queue.get_nowait()  # the common case under load: no task, no timer
-        except asyncio.QueueEmpty:
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self, timeout: float) -> list[PushEvent] | None:
+        """Every live event queued now (waiting up to ``timeout`` seconds for the first), or None
+        after that long in silence. Taking them all at once lets a client write them in one go."""
+        if not self.pending and not self.overflowed and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, self._wake)
             try:
-                async with asyncio.timeout(timeout):
-                    item = await self.queue.get()
-            except TimeoutError:
-                return None
-        if item is _CLOSE:
-            raise HubClosing("the service is shutting down")
-        event: PushEvent = item
-        return event
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if self.overflowed:
+            raise Overflow(f"more than {self.maxsize} events queued for a client that is not reading")
+        if not self.pending:
+            if self.closed:
+                raise HubClosing("the service is shutting down")
+            return None
+        batch = list(self.pending)
+        self.pending.clear()
+        return batch  # events offered before a close still go out; the next call ends the stream
 
     def close(self) -> None:
         self.closed = True
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue: its reader is not waiting
-            self.queue.put_nowait(_CLOSE)  # type: ignore[arg-type]
+        self._wake()
 
 
 class PushHub:
@@ -168,9 +179,7 @@ class PushHub:
     def subscribe(
         self, run_id: str | None, matches: Callable[[PushEvent], bool] = lambda _e: True
     ) -> Subscription:
-        sub = Subscription(
-            run_id, matches, asyncio.Queue(maxsize=self.queue_size), generation=self.generation
-        )
+        sub = Subscription(run_id, matches, self.queue_size, generation=self.generation)
         if self.closing.is_set():
             sub.close()
         if run_id is None:
@@ -213,6 +222,11 @@ class PushHub:
         self.delivered += 1
 
 
+def _ends_run(batch: list[PushEvent]) -> bool:
+    """A run's terminal event is its last, so it can only end a batch."""
+    return batch[-1].type in TERMINAL_TYPES
+
+
 async def run_events(
     hub: PushHub,
     store: EventStore,
@@ -222,9 +236,11 @@ async def run_events(
     heartbeat_s: float = 15.0,
     poll_s: float = 5.0,
     stop_at_end: bool = True,
-) -> AsyncIterator[PushEvent | None]:
-    """Every event of ``run_id`` after ``after_seq``, exactly once and in seq order.
+) -> AsyncIterator[list[PushEvent] | None]:
+    """Every event of ``run_id`` after ``after_seq``, exactly once and in seq order, in batches.
 
+    A batch is what is ready at once (a page of stored events, or the live events queued
+    while the client was writing), so a busy client writes several events in one go.
     Yields None as a heartbeat when nothing happened for ``heartbeat_s``. Ends after
     the run's terminal event (when ``stop_at_end``). Raises ``Overflow`` when the
     consumer does not keep up.
@@ -235,23 +251,22 @@ async def run_events(
     last = after_seq
     try:
 
-        async def catch_up(until: int | None = None) -> AsyncIterator[PushEvent]:
+        async def catch_up(until: int | None = None) -> AsyncIterator[list[PushEvent]]:
             nonlocal last
             while True:
                 stored = await store.read_run(run_id, after_seq=last, limit=500)
-                for event in stored:
-                    if until is not None and event.seq > until:
-                        return
-                    last = event.seq
-                    yield from_envelope(event, cap)
-                if len(stored) < 500:
+                page = [from_envelope(event, cap) for event in stored if until is None or event.seq <= until]
+                if page:
+                    last = page[-1].seq
+                    yield page
+                if len(stored) < 500 or len(page) < len(stored):
                     return
 
         resumed_from_end = after_seq >= 0
-        async for event in catch_up():
+        async for page in catch_up():
             resumed_from_end = False
-            yield event
-            if stop_at_end and event.type in TERMINAL_TYPES:
+            yield page
+            if stop_at_end and _ends_run(page):
                 return
         if resumed_from_end and stop_at_end:
             # Resuming at or past the run's last event: if that was its end, there is nothing more.
@@ -260,16 +275,16 @@ async def run_events(
                 return
         quiet = 0.0
         while True:
-            live = await sub.next(min(poll_s, heartbeat_s))
+            live = await sub.next_batch(min(poll_s, heartbeat_s))
             if live is None or sub.generation != hub.generation:
                 sub.generation = hub.generation
                 # Silence or a NATS reconnect: anything stored but not (yet) pushed comes from the
                 # log, so a stalled relay delays a client by at most ``poll_s``.
                 caught = False
-                async for event in catch_up():
+                async for page in catch_up():
                     caught = True
-                    yield event
-                    if stop_at_end and event.type in TERMINAL_TYPES:
+                    yield page
+                    if stop_at_end and _ends_run(page):
                         return
                 if live is None:
                     quiet = 0.0 if caught else quiet + min(poll_s, heartbeat_s)
@@ -278,17 +293,21 @@ async def run_events(
                         yield None
                     continue
             quiet = 0.0
-            if live.seq <= last:
-                continue
-            if live.seq > last + 1:
-                async for event in catch_up(until=live.seq - 1):
-                    yield event
-            if live.seq != last + 1:
-                continue  # the gap could not be filled yet (not visible); the log catch-up will deliver it
-            last = live.seq
-            yield live
-            if stop_at_end and live.type in TERMINAL_TYPES:
-                return
+            batch: list[PushEvent] = []
+            for event in live:
+                if event.seq <= last:
+                    continue
+                if event.seq > last + 1:
+                    async for page in catch_up(until=event.seq - 1):
+                        batch.extend(page)
+                if event.seq != last + 1:
+                    continue  # the gap could not be filled yet (not visible); the log catch-up will deliver it
+                last = event.seq
+                batch.append(event)
+            if batch:
+                yield batch
+                if stop_at_end and _ends_run(batch):
+                    return
     finally:
         hub.unsubscribe(sub)
 
@@ -302,8 +321,9 @@ async def all_events(
     workflow_id: str | None,
     types: frozenset[str] | None,
     heartbeat_s: float = 15.0,
-) -> AsyncIterator[PushEvent | None]:
-    """Every event of the tenant (optionally one workflow / some types) after a global position, in log order."""
+) -> AsyncIterator[list[PushEvent] | None]:
+    """Every event of the tenant (optionally one workflow / some types) after a global position,
+    in log order, in batches of what is ready at once."""
 
     def matches(event: PushEvent) -> bool:
         return (
@@ -317,34 +337,34 @@ async def all_events(
     last = after_position
     try:
 
-        async def catch_up() -> AsyncIterator[PushEvent]:
+        async def catch_up() -> AsyncIterator[list[PushEvent]]:
             nonlocal last
             while True:
                 stored = await store.read_filtered(
                     last, tenant=tenant, workflow_id=workflow_id, types=types, limit=500
                 )
-                for event in stored:
-                    last = event.global_position
-                    yield from_envelope(event, cap)
+                if stored:
+                    last = stored[-1].global_position
+                    yield [from_envelope(event, cap) for event in stored]
                 if len(stored) < 500:
                     return
 
-        async for event in catch_up():
-            yield event
+        async for page in catch_up():
+            yield page
         while True:
-            live = await sub.next(heartbeat_s)
+            live = await sub.next_batch(heartbeat_s)
             if live is None or sub.generation != hub.generation:
                 sub.generation = hub.generation
-                async for event in catch_up():
-                    yield event
+                async for page in catch_up():
+                    yield page
                 if live is None:
                     yield None
                     continue
-            if live.global_position <= last:
-                continue
-            # The relay publishes in log order, so everything matching before this event
+            # The relay publishes in log order, so everything matching before these events
             # was already offered to this subscription (a reconnect is caught up above).
-            last = live.global_position
-            yield live
+            batch = [event for event in live if event.global_position > last]
+            if batch:
+                last = batch[-1].global_position
+                yield batch
     finally:
         hub.unsubscribe(sub)

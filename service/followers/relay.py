@@ -14,7 +14,8 @@ The log is the outbox. Guarantees:
   rest;
 - publishes are pipelined: a whole batch is in flight before the first ack is
   awaited, and the next batch is sent while the previous one's acks are on
-  their way.
+  their way. A batch's acks arrive on one inbox and complete one future
+  (``AckInbox``), not a future per message.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
-from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from schemas.codec import json_encoder
@@ -45,6 +45,8 @@ from service.infra.nats import (
     payload_cap,
     trimmed_payload,
 )
+from service.infra.publish_acks import REFUSED as REFUSED_UNSENT
+from service.infra.publish_acks import AckInbox, BatchAcks
 from service.retry import Backoff
 from service.store.checkpoints import read_checkpoint, write_checkpoint
 from service.store.event_store import EventStore
@@ -52,8 +54,6 @@ from service.store.installation import event_source, try_session_lock
 from service.waiting import wait_set
 
 log = structlog.get_logger(__name__)
-
-_NATS_PY_MAX_PENDING = 4000  # JetStreamContext's default publish_async_max_pending
 
 
 @dataclass
@@ -112,12 +112,7 @@ class Relay:
         self.ack_timeout_s = ack_timeout_s
         self.standby_poll_s = standby_poll_s
         self.max_batches_in_flight = max_batches_in_flight
-        # Publishing never waits for a free slot (a timed wait per message costs a task and
-        # a socket write each), so everything in flight must fit nats-py's pending limit.
-        if batch_size * max_batches_in_flight > _NATS_PY_MAX_PENDING:
-            raise ValueError(
-                f"batch_size x max_batches_in_flight must be <= {_NATS_PY_MAX_PENDING} (nats-py's pending limit)"
-            )
+        self._acks = AckInbox(nc)
         self.status = RelayStatus()
         self._lock_key = int.from_bytes(
             hashlib.sha256(f"flowledger-relay:{store.schema}:{stream}".encode()).digest()[:8],
@@ -154,6 +149,7 @@ class Relay:
             try:
                 await self._hold_lock_and_relay(conn)
             finally:
+                await self._acks.close()
                 # Dropping the session ends its advisory lock and LISTEN at once, with
                 # no await that a cancellation could interrupt; the pool reconnects.
                 self.status.backend_pid = None
@@ -171,6 +167,7 @@ class Relay:
         self._source = await event_source(conn, self.store.schema) or ""  # migration 0003 writes the row
         log.info("relay_active", stream=self.stream)
         await conn.add_listener(self.store.notify_channel, self._on_notify)
+        await self._acks.open()
         read_position, stream_seq = await self._reconcile(conn)
         # Two-stage pipeline: batch N+1 is sent while batch N's acks are still on their way.
         in_flight: deque[_InFlight] = deque()
@@ -192,7 +189,7 @@ class Relay:
                     await self._await_acks(batch)
                 except _PublishFailed as exc:
                     for later in in_flight:
-                        later.cancel()
+                        self._acks.forget(later.acks)
                     in_flight.clear()
                     self.status.failures += 1
                     self.status.last_error = str(exc)
@@ -241,12 +238,14 @@ class Relay:
 
     async def _send(self, events: list[RawEnvelope], first_seq: int) -> _InFlight:
         """Send a batch without waiting for acks; event i expects stream sequence first_seq + i."""
-        futures: list[asyncio.Future[PubAck]] = []
+        acks = self._acks.batch(len(events))
+        reply_prefix = acks.reply_prefix
         prefix = self.subject_prefix
         encode = json_encoder.encode
-        publish = self.js.publish_async
+        publish = self.nc.publish
         source = self._source
         cap = payload_cap(self.nc)
+        sent = 0
         try:
             for i, event in enumerate(events):
                 headers = {
@@ -259,34 +258,30 @@ class Relay:
                 payload = encode(event)
                 if len(payload) > cap:
                     payload, headers[HEADER_TRIMMED] = trimmed_payload(event), "true"
-                futures.append(await publish(event_subject(prefix, event), payload, headers=headers))
+                await publish(
+                    event_subject(prefix, event), payload, reply=f"{reply_prefix}{i}", headers=headers
+                )
+                sent += 1
         except (NatsError, OSError) as exc:
             # Not all were sent: the acks of those that were decide (nothing later was sent).
             log.warning("relay_send_failed", error=f"{type(exc).__name__}: {exc}")
-            return _InFlight(events, futures, first_seq, sent_all=False)
-        return _InFlight(events, futures, first_seq)
+            for i in range(sent, len(events)):
+                acks.record(i, REFUSED_UNSENT, "send failed")
+            return _InFlight(events, acks, first_seq, sent_all=False)
+        return _InFlight(events, acks, first_seq)
 
     async def _await_acks(self, batch: _InFlight) -> None:
         """Wait for a batch's acks; raises ``_PublishFailed`` unless every event was stored in order."""
-        futures = batch.futures
-        if futures:
-            _done, pending = await asyncio.wait(futures, timeout=self.ack_timeout_s)
-            for f in pending:
-                f.cancel()  # releases nats-py's pending-publish slot
-        stored = 0
-        for f in futures:
-            if f.cancelled() or f.exception() is not None or f.result().duplicate:
-                break
-            stored += 1
+        acks = batch.acks
+        await acks.wait(self.ack_timeout_s)
+        self._acks.forget(acks)
+        stored = acks.stored_in_order()
         self.status.published += stored
         self.status.last_publish_at = time.time()
-        if stored < len(futures) or not batch.sent_all:
-            if stored < len(futures):
-                bad = futures[stored]
-                reason = "ack timeout" if bad.cancelled() else repr(bad.exception() or "duplicate")
-            else:
-                reason = "send failed"
-            raise _PublishFailed(f"{stored} of {len(batch.events)} stored; then {reason}")
+        if stored < len(batch.events):
+            raise _PublishFailed(
+                f"{stored} of {len(batch.events)} stored; then {acks.failure_reason(stored)}"
+            )
 
 
 @dataclass
@@ -294,10 +289,6 @@ class _InFlight:
     """A sent batch whose acks are outstanding."""
 
     events: list[RawEnvelope]
-    futures: list[asyncio.Future[PubAck]]
+    acks: BatchAcks
     first_seq: int
     sent_all: bool = True
-
-    def cancel(self) -> None:
-        for f in self.futures:
-            f.cancel()

@@ -29,9 +29,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 10.0
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    timeout: float = 10.0,
+    server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
-    """A pool whose connections are initialised by ``init_connection``.
+    """A pool whose connections are initialised by ``init_connection`` (and start with
+    ``server_settings``, e.g. ``{"work_mem": "64MB"}``).
 
     Raises ``DatabaseUnavailable`` with one human-readable line on failure.
     """
@@ -43,6 +49,7 @@ async def create_pool(
             init=init_connection,
             timeout=timeout,
             command_timeout=None,
+            server_settings=server_settings,
         )
     except (TimeoutError, OSError, socket.gaierror) as exc:
         reason = str(exc) or type(exc).__name__

@@ -36,7 +36,7 @@ import uuid_utils.compat as uuid_compat
 
 from schemas.canonical import canonical_header, chain_hash
 from schemas.codec import encode_event, event_decoder
-from schemas.envelope import Envelope, EventEnvelope, RawEnvelope
+from schemas.envelope import Envelope, LogEvent, RawEnvelope
 from schemas.events import SCHEMA_VERSION, Event, event_tag
 from schemas.names import DB_SCHEMA
 from service.infra.db import Conn, is_usable
@@ -211,6 +211,17 @@ class EventStore:
         )
         self._sql_read_all = (
             f"SELECT {cols} FROM {s}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+        )
+        # What a rebuild's folds read (``LogEvent``, in field order): no ids, version or hashes.
+        fold_cols = "run_id::text, seq, global_position, type, tenant, workflow_id, recorded_at, data"
+        self._sql_read_folded = (
+            f"SELECT {fold_cols} FROM {s}.events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+        )
+        # One share of the runs (by a hash of the run id), up to a fixed position: a rebuild
+        # may fold the log in several processes, each reading the runs of its share.
+        self._sql_read_share = (
+            f"SELECT {fold_cols} FROM {s}.events WHERE global_position > $1 AND global_position <= $3 "
+            "AND (uuid_hash(run_id) & 2147483647) % $4 = $5 ORDER BY global_position LIMIT $2"
         )
         self._sql_read_run_types = (
             f"SELECT {cols} FROM {s}.events WHERE run_id = $1 AND seq > $2 AND type = ANY($3) "
@@ -602,21 +613,25 @@ class EventStore:
         rows = await conn.fetch(self._sql_read_all, after_position, limit)
         return [_envelope(row, msgspec.Raw) for row in rows]
 
-    async def read_typed(
+    async def read_folded(
         self, after_position: int, limit: int, types: frozenset[str]
-    ) -> tuple[int, int, list[EventEnvelope]]:
-        """Read like ``read_all``; decode and return only the events of ``types``.
+    ) -> tuple[int, int, list[LogEvent]]:
+        """Read like ``read_all``; return only the events of ``types``, as ``LogEvent``s.
 
         Returns (the last position read, the number of events read, the decoded events).
-        The envelope is built once, with its body decoded (no intermediate raw envelope).
         """
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(self._sql_read_all, after_position, limit)
-        if not rows:
-            return after_position, 0, []
-        decode = event_decoder.decode
-        events: list[EventEnvelope] = [_envelope(row, decode) for row in rows if row[4] in types]
-        return rows[-1][3], len(rows), events
+            rows = await conn.fetch(self._sql_read_folded, after_position, limit)
+        return _log_events(rows, after_position, types)
+
+    async def read_folded_share(
+        self, after_position: int, limit: int, types: frozenset[str], *, upto: int, share: int, shares: int
+    ) -> tuple[int, int, list[LogEvent]]:
+        """``read_folded`` of the events up to ``upto`` of the runs in ``share`` (0 to
+        ``shares - 1``): every run is in exactly one share, with all its events."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self._sql_read_share, after_position, limit, upto, shares, share)
+        return _log_events(rows, after_position, types)
 
     async def read_filtered(
         self,
@@ -735,6 +750,22 @@ def _settle(request: _AppendRequest, error: BaseException | None) -> None:
         future.set_result(request.recorded)
     else:
         future.set_exception(error)
+
+
+def _log_events(
+    rows: list[asyncpg.Record], after_position: int, types: frozenset[str]
+) -> tuple[int, int, list[LogEvent]]:
+    """(last position, count, the ``LogEvent``s of ``types``) of rows in ``LogEvent`` field order."""
+    if not rows:
+        return after_position, 0, []
+    decode = event_decoder.decode
+    # Positional, unpacked in the comprehension: this runs once per event of a rebuild.
+    events = [
+        LogEvent(run_id, seq, position, type_, tenant, workflow_id, at, decode(data))
+        for run_id, seq, position, type_, tenant, workflow_id, at, data in rows
+        if type_ in types
+    ]
+    return rows[-1][2], len(rows), events
 
 
 def _envelope(row: asyncpg.Record, body: Callable[[bytes], BodyT]) -> Envelope[BodyT]:

@@ -32,7 +32,7 @@ class StoreLog:
         return [to_typed(e) for e in await self.store.read_all_conn(conn, after_position, limit)]
 
     async def read_page(self, after_position: int, limit: int, types: frozenset[str]) -> LogPage:
-        last, count, events = await self.store.read_typed(after_position, limit, types)
+        last, count, events = await self.store.read_folded(after_position, limit, types)
         return LogPage(last, count, events)
 
     async def lock_checkpoint(self, conn: Conn, name: str) -> int:
@@ -41,6 +41,23 @@ class StoreLog:
 
     async def write_checkpoint(self, conn: Conn, name: str, position: int) -> None:
         await write_checkpoint(conn, name, position, self.store.schema)
+
+
+class ShareLog(StoreLog):
+    """``StoreLog`` whose pages hold only one share of the runs, up to a fixed position (what
+    one process of a parallel rebuild folds; see ``EventStore.read_folded_share``)."""
+
+    def __init__(self, store: EventStore, *, upto: int, share: int, shares: int) -> None:
+        if not 0 <= share < shares:
+            raise ValueError(f"share {share} is not one of 0..{shares - 1}")
+        super().__init__(store)
+        self.upto, self.share, self.shares = upto, share, shares
+
+    async def read_page(self, after_position: int, limit: int, types: frozenset[str]) -> LogPage:
+        last, count, events = await self.store.read_folded_share(
+            after_position, limit, types, upto=self.upto, share=self.share, shares=self.shares
+        )
+        return LogPage(last, count, events)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +50,30 @@ def _db_token(database_url: str) -> str:
 
 
 class ServeProcess:
-    """One ``flowledger serve`` subprocess; its JSON log goes to ``<log_dir>/<name>.log``."""
+    """One ``flowledger serve`` subprocess; its JSON log goes to ``<log_dir>/<name>.log``.
+
+    ``serve_args`` are added to ``serve`` (e.g. ``--role``); ``env`` overrides the environment
+    built here. ``start()`` may be called again after the process died: same port, same log.
+    """
 
     def __init__(
-        self, name: str, *, database_url: str, nats_url: str, home: Path, log_dir: Path, processes: str = "1"
+        self,
+        name: str,
+        *,
+        database_url: str,
+        nats_url: str,
+        home: Path,
+        log_dir: Path,
+        processes: str = "1",
+        serve_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
-        env.update(
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLEDGER_")}
+        full_env.update(
             FLOWLEDGER_DATABASE_URL=database_url,
             FLOWLEDGER_NATS_URL=nats_url,
             FLOWLEDGER_HOME=str(home),
@@ -70,7 +84,9 @@ class ServeProcess:
             FLOWLEDGER_NATS_STREAM=f"CRASH_{_db_token(database_url)}",
             FLOWLEDGER_NATS_SUBJECT_PREFIX=f"crash{_db_token(database_url)}.events",
         )
-        self._env = env
+        full_env.update(env or {})
+        self._env = full_env
+        self._serve_args = list(serve_args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,7 +103,7 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [FLOWLEDGER, "serve", "--port", str(self.port)],
+                [FLOWLEDGER, "serve", "--port", str(self.port), *self._serve_args],
                 env=self._env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

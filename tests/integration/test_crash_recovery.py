@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -25,7 +25,6 @@ import httpx
 import pytest
 
 from schemas.canonical import verify_chain
-from schemas.codec import to_typed
 from schemas.envelope import EventEnvelope, RawEnvelope
 from schemas.events import (
     TERMINAL_TYPES,
@@ -39,9 +38,9 @@ from schemas.events import (
 )
 from service.infra.db import init_connection
 from service.infra.embedded import EmbeddedNats
-from service.store.event_store import EventStore
 from tests.helpers.databases import scratch_database
 from tests.helpers.engine_process import ServeProcess, wait_sessions_gone
+from tests.helpers.run_logs import bodies, pid_of, read_runs, typed
 
 APP_NAME = "flowledger-crash-test"
 """application_name of the test's own sessions (so the killed service's sessions can be told apart)."""
@@ -118,6 +117,9 @@ def spawn(crash_db: str, private_nats: str, tmp_path: Path) -> Iterator[Callable
             home=tmp_path / "home",
             log_dir=tmp_path,
             processes=str(processes),
+            # Runs stay in memory while they wait: a parked run is woken, not recovered, and is
+            # claimed once more per wake (parked runs under kill -9: test_crash_waiting.py).
+            env={"FLOWLEDGER_PARK_AFTER_SECONDS": "60"},
         )
         started.append(proc)
         return proc.start()
@@ -153,11 +155,6 @@ async def register_and_start(
     return run_ids
 
 
-async def read_runs(pool: asyncpg.Pool, run_ids: list[UUID]) -> dict[UUID, list[RawEnvelope]]:
-    store = EventStore(pool)  # reads only: no committer needed
-    return {run_id: await store.read_run(run_id) for run_id in run_ids}
-
-
 async def wait_all_ended(pool: asyncpg.Pool, run_ids: list[UUID], timeout: float) -> None:
     sql = "SELECT count(DISTINCT run_id) FROM flowledger.events WHERE run_id = ANY($1::uuid[]) AND type = ANY($2)"
     deadline = time.monotonic() + timeout
@@ -165,23 +162,6 @@ async def wait_all_ended(pool: asyncpg.Pool, run_ids: list[UUID], timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"only {ended} of {len(run_ids)} runs ended within {timeout:.0f} s")
         await asyncio.sleep(0.1)
-
-
-def typed(events: list[RawEnvelope]) -> list[EventEnvelope]:
-    return [to_typed(e) for e in events]
-
-
-E = TypeVar("E")
-
-
-def bodies(events: list[EventEnvelope], kind: type[E]) -> list[E]:
-    """The bodies of ``events`` that are of event type ``kind``, in seq order."""
-    return [e.data for e in events if isinstance(e.data, kind)]
-
-
-def pid_of(worker_id: str) -> int:
-    """Worker ids are ``host:pid:suffix``."""
-    return int(worker_id.split(":")[-2])
 
 
 def assert_finished_once_and_intact(run_id: UUID, raw: list[RawEnvelope]) -> list[EventEnvelope]:

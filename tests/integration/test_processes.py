@@ -15,12 +15,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-import nats
 import pytest
 
 from projections import run_summaries
 from schemas.events import NodeExecuteBefore, RunRecovered, RunStarted
 from tests.helpers.engine_process import ServeProcess, _db_token
+from tests.helpers.run_logs import read_stream
 from tests.integration.test_crash_recovery import (  # noqa: F401 - fixtures
     NODES,
     assert_finished_once_and_intact,
@@ -54,24 +54,9 @@ async def _both_workers(proc: ServeProcess, timeout: float = 60) -> set[int]:
 
 async def _stream_count(nats_url: str, database_url: str) -> tuple[int, int]:
     """(messages, distinct Nats-Msg-Id) of the service's stream."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        name = f"CRASH_{_db_token(database_url)}"
-        info = await js.stream_info(name)
-        sub = await js.pull_subscribe(f"crash{_db_token(database_url)}.events.>", durable=None, stream=name)
-        ids: Counter[str] = Counter()
-        while True:
-            try:
-                msgs = await sub.fetch(500, timeout=1)
-            except nats.errors.TimeoutError:
-                break
-            for m in msgs:
-                ids[m.headers["Nats-Msg-Id"] if m.headers else ""] += 1
-                await m.ack()
-        return info.state.messages, len(ids)
-    finally:
-        await nc.close()
+    token = _db_token(database_url)
+    contents = await read_stream(nats_url, f"CRASH_{token}", f"crash{token}.events.>")
+    return contents.messages, len(contents.ids)
 
 
 async def test_two_processes_share_the_port_and_run_each_run_once(

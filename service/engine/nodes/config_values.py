@@ -87,6 +87,17 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
     return text
 
 
+def redact_encoded_output(output: Any, encoded: bytes, secrets: Mapping[str, str]) -> tuple[Any, bytes]:
+    """``redact_output`` for an output whose JSON ``encoded`` is at hand: (value, its JSON)."""
+    if not secrets:
+        return output, encoded
+    text = encoded.decode()
+    cleaned = redact(text, secrets)
+    if cleaned == text:
+        return output, encoded
+    return msgspec.json.decode(cleaned), cleaned.encode()
+
+
 def redact_output(output: Any, secrets: Mapping[str, str]) -> Any:
     """A JSON value with every secret value inside its strings (and keys) redacted."""
     if not secrets:

@@ -19,7 +19,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 import msgspec
@@ -38,6 +38,13 @@ ENTRY_POINT_GROUP = "flowledger.nodes"
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
+
+
+class JsonOutput(NamedTuple):
+    """A node's output as JSON types, and its JSON encoding (what the event log records)."""
+
+    value: Any
+    encoded: bytes
 
 
 def _log() -> Any:
@@ -338,6 +345,11 @@ class NodeRegistry:
         Any ``Exception`` becomes a ``NodeFailure`` (kind = its class name,
         chained as ``__cause__``); ``CancelledError`` propagates untouched.
         """
+        return (await self.execute_json(name, config, ctx)).value
+
+    async def execute_json(self, name: str, config: msgspec.Struct, ctx: NodeContext) -> JsonOutput:
+        """Like :meth:`execute`, with the output's JSON encoding too: the executor records
+        those bytes (size, SHA-256, blob) instead of encoding the output again."""
         try:
             node_type = self.get(name)
         except UnknownNodeType as exc:
@@ -350,7 +362,8 @@ class NodeRegistry:
                 retryable=False,
             )
         if node_type.isolated:
-            return await self._execute_isolated(node_type, config, ctx)
+            value = await self._execute_isolated(node_type, config, ctx)
+            return JsonOutput(value, _json_encode(value))
         try:
             result = await node_type.handler(config, ctx)
         except NodeFailure:
@@ -384,7 +397,8 @@ class NodeRegistry:
             # log stores (and what a recovered or replayed run reads back) -
             # Structs, tuples and datetimes become JSON types, and the output is
             # detached from any object the handler keeps mutating.
-            return _json_decode(_json_encode(result))
+            encoded = _json_encode(result)
+            return JsonOutput(_json_decode(encoded), encoded)
         except (TypeError, ValueError, OverflowError) as exc:
             raise NodeFailure(
                 "invalid_output",

@@ -333,8 +333,15 @@ async def test_the_service_keeps_serving_while_python_nodes_crash_and_burn(serve
                 slowest = max(slowest, time.monotonic() - started)
                 await asyncio.sleep(0.05)
             burned = await ended
-        assert slowest < 0.5, f"/health took {slowest:.2f} s while a python node burned CPU"
         assert burned[-1]["data"]["status"] == "succeeded"
+        burn_s = next(
+            e["data"]["duration_ms"] / 1000
+            for e in burned
+            if e["type"] == "node_execute_after" and e["data"]["node_id"] == "burn"
+        )
+        # A loop held by the node would not answer at all until the burn was over; on a loaded
+        # machine an answer can still take a while, so the bound is relative to the burn.
+        assert slowest < burn_s / 2, f"/health took {slowest:.2f} s while a python node burned {burn_s:.2f} s"
 
         crashed = await wait_ended(api, crash, timeout=60)
         errors = [e["data"]["error"]["kind"] for e in crashed if e["type"] == "node_execute_after"]

@@ -290,3 +290,62 @@ def test_a_malformed_seed_list_stops_a_command_with_one_line(tmp_path: Path, com
     assert line.startswith("flowledger: invalid NATS URL"), proc.stderr
     assert "(entry 2 of 3)" in line
     assert "hunter2" not in proc.stderr + proc.stdout
+
+
+async def _ready(client: object, want: int, timeout: float = 45.0) -> dict[str, object]:
+    """Poll ``/ready`` until it answers ``want``; returns its readiness document."""
+    import httpx
+
+    assert isinstance(client, httpx.AsyncClient)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        answer = await client.get("/ready")
+        body = answer.json()
+        if answer.status_code == want:
+            return body if want == 200 else body["readiness"] | {"detail": body["detail"]}
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"/ready stayed {answer.status_code}: {body}")
+        await asyncio.sleep(0.3)
+
+
+async def test_ready_reports_the_stream_and_refuses_while_it_has_no_quorum(
+    cluster: NatsCluster, cluster_client: NATS, servers: Servers
+) -> None:
+    target = _target()
+    on_cluster = Servers(servers.database_url, cluster.seed_url, servers.home)
+    down: list[str] = []
+    async with serve_app(
+        on_cluster,
+        own_database=True,
+        nats_stream=target.name,
+        nats_subject_prefix=target.subject_prefix,
+        nats_replicas=3,
+    ) as client:
+        try:
+            await _wait_all_replicas_current(cluster_client, target.name)
+            ready = await _ready(client, 200)
+            stream = ready["stream"]
+            assert isinstance(stream, dict)
+            assert stream["name"] == target.name and stream["replicas"] == 3
+            assert stream["leader"] in {n.name for n in cluster.nodes}
+            assert stream["replicas_current"] == 3
+            # Two of three nodes gone: the stream has no quorum and answers nothing.
+            on = cluster_client.connected_url
+            assert on is not None
+            kept = next(n.name for n in cluster.nodes if n.client_port == on.port)
+            down = [n.name for n in cluster.nodes if n.name != kept]
+            for name in down:
+                await asyncio.to_thread(cluster.kill, name)
+            refused = await _ready(client, 503)
+            assert refused["status"] == "unavailable"
+            stream = refused["stream"]
+            # Either nothing answers for the stream, or a server answers from what it last knew.
+            assert stream is None or (isinstance(stream, dict) and stream["leader"] is None), stream
+            assert f"stream {target.name}" in str(refused["detail"])
+            for name in list(down):
+                await asyncio.to_thread(cluster.restart, name)
+                down.remove(name)
+            assert (await _ready(client, 200))["stream"] is not None
+        finally:
+            for name in down:
+                await asyncio.to_thread(cluster.restart, name)

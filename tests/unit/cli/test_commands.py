@@ -54,3 +54,20 @@ def test_every_listed_command_has_a_help_page(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "--help"], prog_name="flowledger", terminal_width=200)
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"Usage: flowledger {command} ")
+
+
+BENCH_COMMANDS = ["append", "load", "projections", "push", "relay", "runs"]
+"""``flowledger bench --help``: the benchmarks, and ``load``, the open-loop load generator."""
+
+
+def test_bench_help_lists_exactly_the_benchmarks() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--help"], prog_name="flowledger", terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert listed_commands(result.output) == BENCH_COMMANDS
+
+
+@pytest.mark.parametrize("command", BENCH_COMMANDS)
+def test_every_bench_has_a_help_page(command: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", command, "--help"], prog_name="flowledger", terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: flowledger bench {command} ")
