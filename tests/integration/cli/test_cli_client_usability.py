@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,13 @@ async def _finished_run(api: httpx.AsyncClient, *, workflow_id: str | None = Non
     assert (await api.post("/v1/workflows", json=spec)).status_code in (200, 201)
     run_id = (await api.post(f"/v1/workflows/{wid}/runs", json={"inputs": {}})).json()["run_id"]
     await wait_ended(api, run_id)
-    return wid, run_id
+    # The listings read the run summaries (a projection): wait until they show the end too.
+    deadline = time.monotonic() + 20
+    while True:
+        listed = (await api.get("/v1/runs", params={"workflow_id": wid})).json()["items"]
+        if [r["status"] for r in listed] == ["succeeded"] or time.monotonic() > deadline:
+            return wid, run_id
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
