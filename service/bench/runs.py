@@ -523,33 +523,28 @@ async def bench_runs(
     async with running(settings, relay=False, worker=False) as runtime:
         assert runtime.pool is not None and runtime.nats is not None and runtime.database_url is not None
         with Progress(transient=True) as progress:
+
+            async def measure(worker_processes: int) -> SideResult:
+                assert runtime.pool is not None and runtime.nats is not None
+                assert runtime.database_url is not None
+                return await _ours(
+                    runtime.pool,
+                    runtime.database_url,
+                    runtime.nats,
+                    runs,
+                    concurrency,
+                    progress,
+                    node_type,
+                    worker_processes,
+                )
+
             scaling = None
             if processes:
-                one = await _ours(
-                    runtime.pool,
-                    runtime.database_url,
-                    runtime.nats,
-                    runs,
-                    concurrency,
-                    progress,
-                    node_type,
-                    1,
-                )
-                ours = await _ours(
-                    runtime.pool,
-                    runtime.database_url,
-                    runtime.nats,
-                    runs,
-                    concurrency,
-                    progress,
-                    node_type,
-                    processes,
-                )
+                one = await measure(1)
+                ours = await measure(processes)
                 scaling = (processes, one, ours)
             else:
-                ours = await _ours(
-                    runtime.pool, runtime.database_url, runtime.nats, runs, concurrency, progress, node_type
-                )
+                ours = await measure(0)
             theirs = (
                 await _dbos(runtime.pool, runtime.database_url, runs, concurrency, progress)
                 if with_dbos

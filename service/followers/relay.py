@@ -45,8 +45,7 @@ from service.infra.nats import (
     payload_cap,
     trimmed_payload,
 )
-from service.infra.publish_acks import REFUSED as REFUSED_UNSENT
-from service.infra.publish_acks import AckInbox, BatchAcks
+from service.infra.publish_acks import REFUSED, AckInbox, BatchAcks
 from service.retry import Backoff
 from service.store.checkpoints import read_checkpoint, write_checkpoint
 from service.store.event_store import EventStore
@@ -266,7 +265,7 @@ class Relay:
             # Not all were sent: the acks of those that were decide (nothing later was sent).
             log.warning("relay_send_failed", error=f"{type(exc).__name__}: {exc}")
             for i in range(sent, len(events)):
-                acks.record(i, REFUSED_UNSENT, "send failed")
+                acks.record(i, REFUSED, "send failed")
             return _InFlight(events, acks, first_seq, sent_all=False)
         return _InFlight(events, acks, first_seq)
 

@@ -109,11 +109,10 @@ class AckInbox:
         acks = BatchAcks(batch_id, size, f"{self._prefix}.{batch_id}.")
         if size:
             self._batches[batch_id] = acks
-            acks.done.add_done_callback(lambda _: self._batches.pop(batch_id, None))
         return acks
 
     def forget(self, acks: BatchAcks) -> None:
-        """Stop collecting for ``acks`` (its pipeline was abandoned)."""
+        """Stop collecting for ``acks``: its acks were awaited, or its pipeline was abandoned."""
         self._batches.pop(acks.batch_id, None)
 
     async def _on_reply(self, msg: Msg) -> None:

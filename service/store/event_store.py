@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -145,6 +145,24 @@ def prepare_events(events: Sequence[Event]) -> list[_PreparedEvent]:
     if not events:
         raise EmptyAppend("append needs at least one event")
     return [_PreparedEvent(event_tag(e), encode_event(e)) for e in events]
+
+
+def _recorded_columns(events: Sequence[RawEnvelope]) -> tuple[list[Any], ...]:
+    """The insert statements' column arrays (after ``global_position``) for events recorded
+    elsewhere, with their ids, seqs, times and hashes as they were."""
+    return (
+        [e.event_id for e in events],
+        [e.run_id for e in events],
+        [e.seq for e in events],
+        [e.type for e in events],
+        [e.tenant for e in events],
+        [e.workflow_id for e in events],
+        [e.recorded_at for e in events],
+        [e.schema_version for e in events],
+        [bytes.fromhex(e.prev_hash) if e.prev_hash else None for e in events],
+        [bytes.fromhex(e.hash) for e in events],
+        [bytes(e.data) for e in events],
+    )
 
 
 class EventStore:
@@ -535,21 +553,7 @@ class EventStore:
         await self.ensure_partitions(len(events))
         for start in range(0, len(events), 5000):
             chunk = events[start : start + 5000]
-            await conn.fetch(
-                self._sql_insert,
-                [e.event_id for e in chunk],
-                [e.run_id for e in chunk],
-                [e.seq for e in chunk],
-                [e.type for e in chunk],
-                [e.tenant for e in chunk],
-                [e.workflow_id for e in chunk],
-                [e.recorded_at for e in chunk],
-                [e.schema_version for e in chunk],
-                [bytes.fromhex(e.prev_hash) if e.prev_hash else None for e in chunk],
-                [bytes.fromhex(e.hash) for e in chunk],
-                [bytes(e.data) for e in chunk],
-                self.notify_channel,
-            )
+            await conn.fetch(self._sql_insert, *_recorded_columns(chunk), self.notify_channel)
 
     async def restore_recorded_txn(self, conn: Conn, events: Sequence[RawEnvelope]) -> None:
         """Insert events of a restored archive at the ``global_position`` they had (their range's
@@ -558,19 +562,7 @@ class EventStore:
         for start in range(0, len(events), 5000):
             chunk = events[start : start + 5000]
             await conn.execute(
-                self._sql_insert_at,
-                [e.global_position for e in chunk],
-                [e.event_id for e in chunk],
-                [e.run_id for e in chunk],
-                [e.seq for e in chunk],
-                [e.type for e in chunk],
-                [e.tenant for e in chunk],
-                [e.workflow_id for e in chunk],
-                [e.recorded_at for e in chunk],
-                [e.schema_version for e in chunk],
-                [bytes.fromhex(e.prev_hash) if e.prev_hash else None for e in chunk],
-                [bytes.fromhex(e.hash) for e in chunk],
-                [bytes(e.data) for e in chunk],
+                self._sql_insert_at, [e.global_position for e in chunk], *_recorded_columns(chunk)
             )
 
     # -- reading ---------------------------------------------------------------------------------

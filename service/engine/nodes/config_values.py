@@ -102,6 +102,4 @@ def redact_output(output: Any, secrets: Mapping[str, str]) -> Any:
     """A JSON value with every secret value inside its strings (and keys) redacted."""
     if not secrets:
         return output
-    encoded = msgspec.json.encode(output).decode()
-    cleaned = redact(encoded, secrets)
-    return output if cleaned == encoded else msgspec.json.decode(cleaned)
+    return redact_encoded_output(output, msgspec.json.encode(output), secrets)[0]
